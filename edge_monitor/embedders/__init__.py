@@ -1,0 +1,1 @@
+"""Embedders turn one window of audio into one L2-normalised vector."""

@@ -1,0 +1,86 @@
+"""Make every window comparable before embedding: DC removal, BS.1770 loudness, fault flags.
+
+Loudness normalisation (ITU-R BS.1770 via pyloudnorm) takes the microphone gain out of the
+embedding; a floor keeps near-silent input from being amplified into noise. Silence and
+clipping are flagged, not hidden: the daemon turns them into a `fault` state.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import numpy as np
+import pyloudnorm
+
+# pyloudnorm gates in 400 ms blocks; shorter input is measured by RMS instead.
+LOUDNESS_BLOCK_S = 0.4
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """How a window is conditioned; defaults suit 16-bit microphones on machines."""
+
+    normalise_loudness: bool = True
+    target_lufs: float = -23.0
+    # Input quieter than this is not lifted further: its gain is capped at target - floor.
+    loudness_floor_lufs: float = -60.0
+    remove_dc: bool = True
+    silence_dbfs: float = -70.0
+    clip_level: float = 0.999
+    clip_fraction: float = 0.001
+
+
+@dataclass(frozen=True)
+class Preprocessed:
+    """A conditioned window and what was measured on the way."""
+
+    audio: np.ndarray
+    loudness_lufs: float
+    gain_db: float
+    rms_dbfs: float
+    silent: bool
+    clipped: bool
+
+
+@functools.lru_cache(maxsize=8)
+def _meter(sample_rate_hz: int) -> pyloudnorm.Meter:
+    return pyloudnorm.Meter(sample_rate_hz, block_size=LOUDNESS_BLOCK_S)
+
+
+def _dbfs(value: float) -> float:
+    return float(20.0 * np.log10(max(value, 1e-12)))
+
+
+def loudness_lufs(audio: np.ndarray, sample_rate_hz: int) -> float:
+    """Integrated BS.1770 loudness; RMS-based for input shorter than one gating block."""
+    if audio.shape[0] < int(LOUDNESS_BLOCK_S * sample_rate_hz) + 1:
+        return _dbfs(float(np.sqrt(np.mean(np.square(audio, dtype=np.float64))))) - 0.691
+    value = float(_meter(sample_rate_hz).integrated_loudness(audio.astype(np.float64)))
+    return value if np.isfinite(value) else -120.0
+
+
+def preprocess(
+    audio: np.ndarray, sample_rate_hz: int, config: PreprocessConfig | None = None
+) -> Preprocessed:
+    """Condition one mono window; the returned audio is float32 and never aliases the input."""
+    cfg = config or PreprocessConfig()
+    x = np.asarray(audio, dtype=np.float32)
+    peak_hits = int(np.count_nonzero(np.abs(x) >= cfg.clip_level))
+    clipped = x.size > 0 and peak_hits / x.size >= cfg.clip_fraction
+    x = x - np.float32(x.mean()) if cfg.remove_dc and x.size else x.copy()
+    rms_dbfs = _dbfs(float(np.sqrt(np.mean(np.square(x, dtype=np.float64)))) if x.size else 0.0)
+    silent = rms_dbfs < cfg.silence_dbfs
+    lufs = loudness_lufs(x, sample_rate_hz) if x.size else -120.0
+    gain_db = 0.0
+    if cfg.normalise_loudness:
+        gain_db = cfg.target_lufs - max(lufs, cfg.loudness_floor_lufs)
+        x = x * np.float32(10.0 ** (gain_db / 20.0))
+    return Preprocessed(
+        audio=x.astype(np.float32, copy=False),
+        loudness_lufs=lufs,
+        gain_db=gain_db,
+        rms_dbfs=rms_dbfs,
+        silent=bool(silent),
+        clipped=bool(clipped),
+    )
