@@ -1,0 +1,1 @@
+"""Subcommands of `edge-monitor`, one module each (NAME, HELP, configure, run)."""

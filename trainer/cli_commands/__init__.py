@@ -1,0 +1,1 @@
+"""Subcommands of `edge-trainer`, one module each (NAME, HELP, configure, run)."""
