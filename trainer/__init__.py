@@ -1,0 +1,1 @@
+"""Workstation side: data sets, backbones, fine-tuning, evaluation and export (uses torch)."""
