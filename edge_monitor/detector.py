@@ -83,7 +83,8 @@ def fused_loo_scores(members: list[Member]) -> np.ndarray:
     common = sorted(set.intersection(*(set(d) for d in per_member)))
     if not common:
         raise BankError("the members' banks share no clip ids; build them from the same clips")
-    raw = {m.name: np.array([d[c] for c in common]) for m, d in zip(members, per_member)}
+    pairs = zip(members, per_member, strict=True)
+    raw = {m.name: np.array([d[c] for c in common]) for m, d in pairs}
     return fuse(members, raw)
 
 
