@@ -23,11 +23,10 @@ Faults (each a `FaultSegment` with a severity in (0, 1]):
 from __future__ import annotations
 
 import csv
+import io
 import itertools
 import logging
 import math
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +35,7 @@ import numpy as np
 import soundfile as sf
 from scipy import signal
 
+from edge_monitor.atomic import atomic_path, atomic_write_text
 from edge_monitor.errors import BadInputError
 
 log = logging.getLogger(__name__)
@@ -290,16 +290,13 @@ def schedule_rows(
 
 def write_schedule_csv(path: str | Path, segments: Sequence[FaultSegment], total_s: float) -> Path:
     """Write the schedule as CSV (start_s, end_s, label, severity), atomically."""
-    path = Path(path)
-    rows = schedule_rows(segments, total_s)
-    with _atomic_target(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["start_s", "end_s", "label", "severity"])
-        for lo, hi, label, severity in rows:
-            writer.writerow([f"{lo:.3f}", f"{hi:.3f}", label, f"{severity:.3f}"])
-        handle.flush()
-        os.fsync(handle.fileno())
-    return path
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["start_s", "end_s", "label", "severity"])
+    for lo, hi, label, severity in schedule_rows(segments, total_s):
+        writer.writerow([f"{lo:.3f}", f"{hi:.3f}", label, f"{severity:.3f}"])
+    atomic_write_text(path, buffer.getvalue())
+    return Path(path)
 
 
 def write_audio(path: str | Path, audio: np.ndarray, sample_rate_hz: int) -> Path:
@@ -312,34 +309,9 @@ def write_audio(path: str | Path, audio: np.ndarray, sample_rate_hz: int) -> Pat
     audio = np.asarray(audio)
     if audio.ndim != 1 or audio.size == 0:
         raise BadInputError(f"audio has shape {audio.shape}; give a non-empty mono 1-D array")
-    with _atomic_target(path) as tmp, open(tmp, "wb") as handle:
-        sf.write(handle, audio, sample_rate_hz, format=fmt, subtype="PCM_16")
-        handle.flush()
-        os.fsync(handle.fileno())
+    with atomic_path(path) as tmp:
+        sf.write(tmp, audio, sample_rate_hz, format=fmt, subtype="PCM_16")
     return path
-
-
-class _atomic_target:
-    """Context manager yielding a temp path beside `path`, renamed onto it on success."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def __enter__(self) -> Path:
-        if not self.path.parent.is_dir():
-            raise BadInputError(
-                f"directory {str(self.path.parent)!r} does not exist; create it first"
-            )
-        fd, name = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self.path.parent)
-        os.close(fd)
-        self.tmp = Path(name)
-        return self.tmp
-
-    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        if exc_type is None:
-            os.replace(self.tmp, self.path)
-        else:
-            self.tmp.unlink(missing_ok=True)
 
 
 @dataclass(frozen=True)
