@@ -403,8 +403,9 @@ class MqttClient:
 
     def _on_connect_fail(self, client: paho.Client, userdata: object) -> None:
         s = self.settings
-        self._last_error = f"cannot reach the broker at {s.host}:{s.port}"
-        log.warning("MQTT broker %s:%d unreachable; retrying with back-off", s.host, s.port)
+        hint = "; or the TLS handshake failed: check mqtt.tls_* files" if s.tls else ""
+        self._last_error = f"cannot connect to the broker at {s.host}:{s.port}{hint}"
+        log.warning("MQTT %s; retrying with back-off", self._last_error)
 
     def _on_disconnect(
         self, client: paho.Client, userdata: object, flags: paho.DisconnectFlags,

@@ -1,8 +1,10 @@
 """Shared fixtures: a real mosquitto broker on a free loopback port, and a recording subscriber.
 
 `mosquitto` is an anonymous broker; `mosquitto_auth` requires a password (users in
-`broker.users`) and applies the production ACL shipped in conf/mosquitto/. Every broker
-offers `stop()` and `start()` on the same port, so a test can take it away and bring it back.
+`broker.users`) and applies the production ACL shipped in conf/mosquitto/;
+`mosquitto_factory(tls_files=(ca, cert, key))` adds a TLS listener on `broker.tls_port`.
+Every broker offers `stop()` and `start()` on the same port, so a test can take it away and
+bring it back.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ class MosquittoBroker:
         users: dict[str, str] | None = None,
         acl_file: Path | None = None,
         persistence: bool = False,
+        tls_files: tuple[Path, Path, Path] | None = None,
     ) -> None:
         if shutil.which("mosquitto") is None:
             raise RuntimeError("mosquitto is not installed: run `bash tools/setup.sh`")
@@ -54,6 +57,7 @@ class MosquittoBroker:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = _free_port()
         self.users = dict(users or {})
+        self.tls_port = _free_port() if tls_files else None
         self.log_path = workdir / "mosquitto.log"
         self.conf_path = workdir / "mosquitto.conf"
         self._proc: subprocess.Popen[bytes] | None = None
@@ -75,6 +79,10 @@ class MosquittoBroker:
             lines.append("allow_anonymous true")
         if acl_file is not None:
             lines.append(f"acl_file {acl_file}")
+        if tls_files is not None:  # a second listener that requires client certificates
+            ca, cert, key = tls_files
+            lines += [f"listener {self.tls_port} {self.host}", f"cafile {ca}",
+                      f"certfile {cert}", f"keyfile {key}", "require_certificate true"]
         self.conf_path.write_text("\n".join(lines) + "\n")
 
     @property
@@ -97,7 +105,9 @@ class MosquittoBroker:
                     f"mosquitto exited with {self._proc.returncode}:\n{self.log_path.read_text()}"
                 )
             try:
-                socket.create_connection((self.host, self.port), timeout=0.2).close()
+                for port in (self.port, self.tls_port):
+                    if port is not None:
+                        socket.create_connection((self.host, port), timeout=0.2).close()
                 return
             except OSError:
                 time.sleep(0.01)
