@@ -1,0 +1,156 @@
+"""Command validation and the router: bad commands get an error reply and run nothing."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import pytest
+
+from edge_monitor.commands import (
+    MAX_PAYLOAD_BYTES,
+    CommandError,
+    CommandRouter,
+    parse_command,
+)
+from edge_monitor.errors import BadInputError, EdgeMonitorError
+from edge_monitor.topics import CommandReply
+
+WAIT_S = 15.0
+
+
+def body(**fields) -> bytes:
+    return json.dumps(fields).encode()
+
+
+def test_valid_enroll_start_is_parsed():
+    command = parse_command("enroll/start", body(request_id="r1", machine="pump", seconds=60))
+    assert (command.name, command.request_id) == ("enroll/start", "r1")
+    assert command.args == {"machine": "pump", "seconds": 60.0}
+
+
+@pytest.mark.parametrize(
+    ("name", "payload", "request_id", "fragment"),
+    [
+        ("status", b"{not json", None, "not JSON"),
+        ("status", b"\xff\xfe", None, "not JSON"),
+        ("status", b"[1, 2]", None, "JSON object"),
+        ("status", body(request_id="r", pad="x" * MAX_PAYLOAD_BYTES), None, "byte limit"),
+        ("explode", body(request_id="r2"), "r2", "unknown command"),
+        ("status", body(), None, "request_id"),
+        ("status", body(request_id=""), None, "request_id"),
+        ("status", body(request_id=7), None, "request_id"),
+        ("status", body(request_id="r3", extra=1), "r3", "unknown field(s) extra"),
+        ("enroll/start", body(request_id="r4", machine="pump"), "r4", "'seconds'"),
+        ("enroll/start", body(request_id="r5", machine="pump", seconds=2), "r5", "out of range"),
+        ("enroll/start", body(request_id="r6", machine="pump", seconds="60"), "r6", "number"),
+        ("enroll/start", body(request_id="r7", machine="pump", seconds=True), "r7", "number"),
+        ("enroll/commit", body(request_id="r8", machine="a/b"), "r8", "machine"),
+        ("enroll/cancel", body(request_id="r9", machine=3), "r9", "machine"),
+    ],
+)
+def test_bad_payloads_name_the_problem(name, payload, request_id, fragment):
+    with pytest.raises(CommandError) as caught:
+        parse_command(name, payload)
+    assert fragment in str(caught.value)
+    assert caught.value.request_id == request_id
+    assert isinstance(caught.value, BadInputError)
+
+
+class Recorder:
+    """Collects replies and handler calls (real callables, run by the real router)."""
+
+    def __init__(self) -> None:
+        self.replies: list[CommandReply] = []
+        self.calls: list[tuple[str, str]] = []
+        self.done = threading.Event()
+
+    def reply(self, reply: CommandReply) -> None:
+        self.replies.append(reply)
+        self.done.set()
+
+    def handler(self, result=None, error: Exception | None = None):
+        def handle(command):
+            self.calls.append((command.name, threading.current_thread().name))
+            if error is not None:
+                raise error
+            return result
+        return handle
+
+
+@pytest.fixture
+def router():
+    routers: list[CommandRouter] = []
+
+    def make(**options) -> CommandRouter:
+        r = CommandRouter(**options)
+        r.start()
+        routers.append(r)
+        return r
+
+    yield make
+    for r in routers:
+        r.stop()
+
+
+def test_handler_runs_on_the_worker_and_its_result_is_replied(router):
+    rec = Recorder()
+    r = router()
+    r.register("enroll/start", rec.handler({"enrolling": "pump"}))
+    r.submit("enroll/start", body(request_id="a", machine="pump", seconds=30), rec.reply)
+    assert rec.done.wait(WAIT_S)
+    assert rec.calls == [("enroll/start", "mqtt-commands")]
+    assert rec.replies == [CommandReply("a", "enroll/start", True, result={"enrolling": "pump"})]
+
+
+def test_handler_errors_become_error_replies(router):
+    rec = Recorder()
+    r = router()
+    r.register("reload", rec.handler(error=EdgeMonitorError("bundle /x is missing")))
+    r.submit("reload", body(request_id="b"), rec.reply)
+    assert rec.done.wait(WAIT_S)
+    assert rec.replies == [CommandReply("b", "reload", False, error="bundle /x is missing")]
+
+
+def test_disabled_and_not_allowed_commands_are_refused(router):
+    rec = Recorder()
+    off = router(enabled=False)
+    off.register("status", rec.handler({}))
+    off.submit("status", body(request_id="c"), rec.reply)
+    limited = router(allowed=("status",))
+    limited.register("enroll/rollback", rec.handler({}))
+    limited.submit("enroll/rollback", body(request_id="d", machine="pump"), rec.reply)
+    unhandled = router()
+    unhandled.submit("status", body(request_id="e"), rec.reply)
+    assert [(x.request_id, x.ok) for x in rec.replies] == [("c", False), ("d", False),
+                                                           ("e", False)]
+    assert "commands_enabled" in rec.replies[0].error
+    assert "commands_allowed" in rec.replies[1].error
+    assert "not available" in rec.replies[2].error
+    assert rec.calls == []
+
+
+def test_unknown_allow_list_entry_is_a_config_error():
+    with pytest.raises(BadInputError, match="enroll/begin"):
+        CommandRouter(allowed=("enroll/begin",))
+
+
+def test_a_full_queue_answers_busy(router):
+    rec = Recorder()
+    release = threading.Event()
+    started = threading.Event()
+
+    def slow(command):
+        started.set()
+        release.wait(WAIT_S)
+        return {}
+
+    r = router(queue_size=1)
+    r.register("status", slow)
+    r.submit("status", body(request_id="1"), rec.reply)
+    assert started.wait(WAIT_S)  # the worker holds the first; the queue holds the second
+    r.submit("status", body(request_id="2"), rec.reply)
+    r.submit("status", body(request_id="3"), rec.reply)
+    assert [(x.request_id, x.ok) for x in rec.replies] == [("3", False)]
+    assert "busy" in rec.replies[0].error
+    release.set()
