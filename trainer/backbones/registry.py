@@ -7,10 +7,14 @@ from pathlib import Path
 from typing import Any
 
 from edge_monitor.errors import ConfigError
-from trainer.backbones import resnet
+from trainer.backbones import beats, eat, hubert, resnet
 from trainer.backbones.base import Backbone
 
 BUILDERS: dict[str, Callable[[str | Mapping[str, Any], Path | None], Backbone]] = {
+    "beats": beats.build,
+    "eat": eat.build,
+    "sslam": eat.build_sslam,
+    "hubert": hubert.build,
     "resnet": resnet.build,
 }
 
