@@ -1,0 +1,56 @@
+"""Build an Embedder from a name or a trained checkpoint, for evaluation and bank building."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from pathlib import Path
+
+from edge_monitor.embedders.base import Embedder
+from edge_monitor.embedders.logmel_stats import NAME as LOGMEL_STATS
+from edge_monitor.embedders.logmel_stats import LogMelStatsEmbedder
+from edge_monitor.errors import ConfigError
+
+DEFAULT_EMBEDDER = LOGMEL_STATS
+BUILTIN: dict[str, Callable[[], Embedder]] = {LOGMEL_STATS: LogMelStatsEmbedder}
+CHECKPOINT_MODULE = "trainer.checkpoint_embedder"
+
+
+def _load_checkpoint(checkpoint: Path) -> Embedder:
+    if not checkpoint.exists():
+        raise ConfigError(f"--checkpoint {checkpoint}: no such file or run directory")
+    try:
+        module = importlib.import_module(CHECKPOINT_MODULE)
+    except ModuleNotFoundError as exc:
+        if exc.name != CHECKPOINT_MODULE:
+            raise
+        raise ConfigError(
+            f"--checkpoint {checkpoint}: this installation has no {CHECKPOINT_MODULE} to load "
+            "trained embedders; evaluate with a built-in embedder "
+            f"({', '.join(sorted(BUILTIN))}) or update the trainer"
+        ) from exc
+    return module.load_checkpoint_embedder(checkpoint)
+
+
+def make_embedder(name: str | None = None, checkpoint: Path | None = None) -> Embedder:
+    """A built-in embedder by name, or the embedder a trained checkpoint rebuilds.
+
+    With a checkpoint the checkpoint defines the model; `name`, if given, must match it.
+    """
+    if checkpoint is not None:
+        embedder = _load_checkpoint(Path(checkpoint))
+        if name is not None and name != embedder.name:
+            raise ConfigError(
+                f"--embedder {name!r} does not match the checkpoint's embedder "
+                f"{embedder.name!r} ({checkpoint}); drop --embedder or pick the matching run"
+            )
+        return embedder
+    name = name or DEFAULT_EMBEDDER
+    try:
+        factory = BUILTIN[name]
+    except KeyError:
+        raise ConfigError(
+            f"--embedder {name!r} is unknown; built-in choices are {sorted(BUILTIN)} "
+            "(a trained model is given with --checkpoint RUN)"
+        ) from None
+    return factory()
