@@ -1,0 +1,259 @@
+"""A file or directory replay source: recorded audio through the same path as a microphone.
+
+`ReplaySource` implements `edge_monitor.capture.AudioSource`. It reads WAV/FLAC files
+(directories are searched recursively; each list is sorted by path) with
+`edge_monitor.audio_io`, resampled to `sample_rate_hz`, and emits `block_s` chunks:
+
+- `realtime=True`: paced like a live input (a block is emitted once its duration has
+  elapsed); a full queue drops the chunk and counts it, as a live source would.
+- `realtime=False`: as fast as the consumer takes chunks; the bounded queue blocks the
+  reader instead of dropping, so nothing is lost (tests, back-testing, soak runs).
+
+Each chunk says which file and frame offset it came from (`Chunk.file`,
+`Chunk.file_offset_frame`) so a back-test can report per file. Files are separate
+recordings by default: the frame counter skips one frame between files so a windower never
+splices two files into one window; `contiguous=True` treats them as one long recording.
+
+An unreadable file is logged with its name, counted in `stats().skipped_files` and skipped;
+it never stops the replay. `finished` becomes True once the last file has been emitted and
+the consumer has taken every chunk; with `loop=True` the files repeat until `stop()`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import queue
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from edge_monitor.audio_io import SUPPORTED_SUFFIXES, read_audio, resample
+from edge_monitor.capture import Chunk, SourceStats
+from edge_monitor.errors import AudioFileError, ConfigError
+
+log = logging.getLogger(__name__)
+
+PUT_POLL_S = 0.1  # how often a blocked fast-mode reader checks for stop()
+
+
+def find_audio_files(paths: Sequence[str | Path]) -> list[Path]:
+    """Expand files and directories into a list of audio files, each directory sorted.
+
+    A missing path, or no audio file at all, raises AudioFileError naming it.
+    """
+    if isinstance(paths, (str, Path)):
+        paths = [paths]
+    if not paths:
+        raise ConfigError("paths: give at least one audio file or directory to replay")
+    found: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            inside = sorted(
+                p for p in path.rglob("*")
+                if p.is_file() and p.suffix.lower() in SUPPORTED_SUFFIXES
+            )
+            if not inside:
+                raise AudioFileError(
+                    f"{path}: no {'/'.join(SUPPORTED_SUFFIXES)} files in this directory"
+                )
+            found.extend(inside)
+        elif path.is_file():
+            found.append(path)
+        else:
+            raise AudioFileError(f"{path}: no such file or directory to replay; check the path")
+    return found
+
+
+def read_frames(path: Path, sample_rate_hz: int, channels: int) -> np.ndarray:
+    """Decode a file to float32 (frames, channels) at `sample_rate_hz`.
+
+    One channel: the file's channels are averaged. More: the file must have exactly that
+    many channels, or one (copied to each).
+    """
+    if channels == 1:
+        return read_audio(path, sample_rate_hz)[:, None]
+    try:
+        audio, rate = sf.read(str(path), dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
+        raise AudioFileError(
+            f"{path}: cannot decode audio ({exc}); the file must be a complete WAV or FLAC"
+        ) from exc
+    if audio.shape[0] == 0 or not np.all(np.isfinite(audio)):
+        raise AudioFileError(f"{path}: the file holds no audio or non-finite samples")
+    if audio.shape[1] == 1:
+        audio = np.repeat(audio, channels, axis=1)
+    elif audio.shape[1] != channels:
+        raise AudioFileError(
+            f"{path}: has {audio.shape[1]} channels, the replay source expects {channels}; "
+            "set `channels` to match the recordings"
+        )
+    return resample(audio, int(rate), sample_rate_hz)
+
+
+class ReplaySource:
+    """Replays audio files as a stream of chunks (see the module docstring)."""
+
+    def __init__(
+        self,
+        paths: Sequence[str | Path],
+        sample_rate_hz: int,
+        channels: int = 1,
+        realtime: bool = True,
+        block_s: float = 0.1,
+        loop: bool = False,
+        *,
+        queue_s: float = 5.0,
+        contiguous: bool = False,
+    ) -> None:
+        if isinstance(sample_rate_hz, bool) or not isinstance(sample_rate_hz, int) or (
+            sample_rate_hz < 1
+        ):
+            raise ConfigError(f"sample_rate_hz: must be a whole number > 0, got {sample_rate_hz!r}")
+        if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
+            raise ConfigError(f"channels: must be a whole number >= 1, got {channels!r}")
+        for name, value in (("block_s", block_s), ("queue_s", queue_s)):
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise ConfigError(f"{name}: must be a positive number of seconds, got {value!r}")
+        self.files = find_audio_files(paths)
+        self._rate_hz = sample_rate_hz
+        self._channels = channels
+        self._realtime = realtime
+        self._loop = loop
+        self._contiguous = contiguous
+        self._block_frames = max(1, round(block_s * sample_rate_hz))
+        self._queue: queue.Queue[Chunk] = queue.Queue(maxsize=max(1, math.ceil(queue_s / block_s)))
+        self._stop = threading.Event()
+        self._done = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._fault: str | None = None
+        self._frames = 0
+        self._chunks = 0
+        self._dropped = 0
+        self._skipped = 0
+        self._last_error: str | None = None
+
+    @property
+    def sample_rate_hz(self) -> int:
+        return self._rate_hz
+
+    @property
+    def channels(self) -> int:
+        return self._channels
+
+    @property
+    def fault(self) -> str | None:
+        return self._fault
+
+    @property
+    def finished(self) -> bool:
+        """True once every file was emitted and every chunk taken (or after stop())."""
+        return self._done.is_set() and self._queue.empty()
+
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        self._thread = threading.Thread(target=self._run, name="replay", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5.0)
+            self._thread = None
+        self._done.set()
+
+    def get(self, timeout_s: float) -> Chunk | None:
+        try:
+            return self._queue.get(timeout=timeout_s)
+        except queue.Empty:
+            return None
+
+    def stats(self) -> SourceStats:
+        return SourceStats(
+            frames=self._frames,
+            chunks=self._chunks,
+            dropped_chunks=self._dropped,
+            skipped_files=self._skipped,
+            last_error=self._last_error,
+        )
+
+    def _run(self) -> None:
+        try:
+            self._replay()
+        finally:
+            self._done.set()
+
+    def _replay(self) -> None:
+        started = time.monotonic()
+        paced_frames = 0  # frames whose real-time duration has been waited for
+        next_frame = 0
+        while True:
+            played_any = False
+            for path in self.files:
+                if self._stop.is_set():
+                    return
+                try:
+                    audio = read_frames(path, self._rate_hz, self._channels)
+                except AudioFileError as exc:
+                    self._skipped += 1
+                    self._last_error = str(exc)
+                    log.warning("skipping unreadable replay file: %s", exc)
+                    continue
+                played_any = True
+                if next_frame > 0 and not self._contiguous:
+                    next_frame += 1  # a one-frame jump: the next file is a new recording
+                log.debug("replaying %s (%d frames)", path, audio.shape[0])
+                for offset in range(0, audio.shape[0], self._block_frames):
+                    frames = audio[offset : offset + self._block_frames].copy()
+                    if self._realtime:
+                        paced_frames += frames.shape[0]
+                        due = started + paced_frames / self._rate_hz
+                        if self._stop.wait(max(0.0, due - time.monotonic())):
+                            return
+                    chunk = Chunk(
+                        frames=frames,
+                        start_frame=next_frame,
+                        captured_at=time.time(),
+                        sample_rate_hz=self._rate_hz,
+                        file=path,
+                        file_offset_frame=offset,
+                    )
+                    next_frame += frames.shape[0]
+                    if not self._deliver(chunk):
+                        return
+            if not self._loop:
+                return
+            if not played_any:
+                self._fault = (
+                    f"replay: none of the {len(self.files)} file(s) could be read; "
+                    f"last error: {self._last_error}"
+                )
+                log.error("%s", self._fault)
+                return
+
+    def _deliver(self, chunk: Chunk) -> bool:
+        """Queue a chunk; False when stop() was asked for while waiting."""
+        if self._realtime:
+            try:
+                self._queue.put_nowait(chunk)
+            except queue.Full:
+                self._dropped += 1
+                return True
+        else:
+            while True:
+                if self._stop.is_set():
+                    return False
+                try:
+                    self._queue.put(chunk, timeout=PUT_POLL_S)
+                    break
+                except queue.Full:
+                    continue
+        self._frames += chunk.frames.shape[0]
+        self._chunks += 1
+        return True
