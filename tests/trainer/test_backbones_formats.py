@@ -175,19 +175,20 @@ def test_hubert_state_dict_of_another_size_is_caught(tmp_path: Path) -> None:
     _, cfg, state = _tiny("hubert")
     path = _write_hubert_torchaudio(cfg, state, tmp_path)
     wider = {**PRESETS["tiny"], "encoder_ff_interm_features": 96}
-    with pytest.raises(CheckpointError, match="intermediate_dense.weight: checkpoint"):
+    with pytest.raises(CheckpointError, match=r"intermediate_dense\.weight: checkpoint"):
         build_backbone("hubert", wider, path)
 
 
 def test_head_keys_are_ignored_only_when_allow_listed(tmp_path: Path) -> None:
     model, cfg, state = _tiny("beats")
     head = {"predictor.weight": torch.zeros(5, 64), "predictor.bias": torch.zeros(5)}
-    path = _write_beats({**cfg, "finetuned_model": True, "predictor_class": 5}, state | head, tmp_path)
+    finetuned = {**cfg, "finetuned_model": True, "predictor_class": 5}
+    path = _write_beats(finetuned, state | head, tmp_path)
     loaded = build_backbone("beats", "tiny", path).eval()
     with torch.no_grad():
         torch.testing.assert_close(loaded(_wave()), model(_wave()), rtol=0, atol=0)
 
-    hf_model, hf_cfg, hf_state = _tiny("hubert")
+    hf_model, _, hf_state = _tiny("hubert")
     wrapped = {f"hubert.{k}": v for k, v in hf_state.items()}
     wrapped["lm_head.weight"] = torch.zeros(4, 64)
     path = tmp_path / "hubert_ctc.pt"
