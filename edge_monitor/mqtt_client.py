@@ -332,13 +332,18 @@ class MqttClient:
 
     def _run(self) -> None:
         while (item := self._inbox.get()) is not _STOP:
-            if isinstance(item, _Outgoing):
-                self._store(item)
-            elif isinstance(item, _Ack):
-                seq = self._inflight.pop(item.mid, None)
-                if seq is not None and self._journal is not None:
-                    self._journal.remove(seq)
-            self._pump()
+            try:
+                if isinstance(item, _Outgoing):
+                    self._store(item)
+                elif isinstance(item, _Ack):
+                    seq = self._inflight.pop(item.mid, None)
+                    if seq is not None and self._journal is not None:
+                        self._journal.remove(seq)
+                self._pump()
+            except (sqlite3.Error, OSError) as exc:  # keep delivering once the disk recovers
+                self._last_error = f"MQTT journal {self.settings.journal_path} failed: {exc}"
+                log.error("%s; messages already journaled are kept and sent later",
+                          self._last_error)
 
     def _store(self, item: _Outgoing) -> None:
         try:
