@@ -188,6 +188,7 @@ class MqttClient:
         self._journal: Journal | None = None
         self._paho: paho.Client | None = None
         self._worker: threading.Thread | None = None
+        self._stopped = False
 
     # Lifecycle ----------------------------------------------------------------------
 
@@ -195,6 +196,9 @@ class MqttClient:
         """Open the journal and connect in the background; returns at once."""
         s = self.settings
         self._journal = Journal(s.journal_path, s.journal_max_events)
+        self._inflight.clear()
+        self._last_handed = 0  # hand the whole backlog to this connection, oldest first
+        self._stopped = False
         client = paho.Client(
             callback_api_version=paho.CallbackAPIVersion.VERSION2,
             client_id=s.client_id or f"edge-monitor-{s.device_id}",
@@ -255,7 +259,9 @@ class MqttClient:
                 log.warning("could not publish 'offline' before disconnecting: %s", exc)
         client.disconnect()
         client.loop_stop()
-        self._inbox.put(_STOP)
+        with self._queued_lock:  # nothing can be queued behind the stop marker
+            self._stopped = True
+            self._inbox.put(_STOP)
         if self._worker is not None:
             self._worker.join()
         backlog = journal.count()
@@ -303,7 +309,12 @@ class MqttClient:
             self._send_direct(self.topics.discovery_messages(new, self.settings.device_name))
 
     def _enqueue(self, item: _Outgoing) -> None:
+        """Queue for the worker; before `start()` messages wait, after `stop()` they cannot."""
         with self._queued_lock:
+            if self._stopped:
+                log.error("MQTT client is stopped: DROPPED %s on %s", item.label,
+                          item.message.topic)
+                return
             if self._queued >= MAX_QUEUED_MESSAGES:
                 self._overflow_drops += 1
                 log.error(
@@ -312,7 +323,7 @@ class MqttClient:
                 )
                 return
             self._queued += 1
-        self._inbox.put(item)
+            self._inbox.put(item)
 
     def stats(self) -> MqttStats:
         journal = self._journal
