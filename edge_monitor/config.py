@@ -51,6 +51,11 @@ class ReplayConfig(Section):
         "processing allows (tests, back-testing)"
     )
     loop: bool = Field(default=False, description="start again from the first file at the end")
+    contiguous: bool = Field(
+        default=False,
+        description="treat the files as one recording (windows may span two files); false = "
+        "each file is a separate recording",
+    )
 
 
 class SourceConfig(Section):

@@ -1,0 +1,18 @@
+"""`edge-monitor run -c CONF`: run the monitor daemon in the foreground (systemd, a shell)."""
+
+from __future__ import annotations
+
+import argparse
+
+from edge_monitor.daemon import run_daemon
+
+NAME = "run"
+HELP = "run the monitor daemon: capture, score, decide, publish (stop with SIGTERM or Ctrl-C)"
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-c", "--config", required=True, help="daemon config file (YAML)")
+
+
+def run(args: argparse.Namespace) -> int:
+    return run_daemon(args.config)

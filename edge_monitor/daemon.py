@@ -1,0 +1,379 @@
+"""The one place that wires the daemon's threads: source, processing, MQTT; one stop event.
+
+Threads: the audio source's own (PortAudio callback and its supervisor, or the replay
+reader), the processing thread (`edge_monitor.processing`), paho's network thread and the
+MQTT outbox and command workers. The main thread only waits: on SIGTERM/SIGINT it sets the
+stop event and shuts down in order (processing, source, MQTT: `offline` is published and the
+journal flushed); on SIGHUP (or the `reload` command) it reloads the config and the
+bundle and applies them between two windows. A source whose settings did not change keeps
+running, so a reload loses no audio. A bad config on reload is logged and the running one
+kept: the daemon never goes deaf because of a typo.
+
+Enrolment plugs in through `Daemon.processor` (audio taps, `set_enrolling`,
+`swap_detector`) and `Daemon.register_command`.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import queue
+import signal
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from edge_monitor.capture import AudioSource, SoundDeviceSource
+from edge_monitor.clip_store import ClipStore
+from edge_monitor.commands import Command
+from edge_monitor.config import Config, load_config
+from edge_monitor.decision import DecisionConfig
+from edge_monitor.detector import Detector
+from edge_monitor.errors import BadInputError, ConfigError, EdgeMonitorError
+from edge_monitor.learning import (
+    BankLearner,
+    builtin_detector,
+    builtin_embedder,
+    fingerprint,
+    load_learned,
+)
+from edge_monitor.mqtt_client import MqttClient
+from edge_monitor.processing import MachineSetup, ProcessingSettings, Processor
+from edge_monitor.replay import ReplaySource
+from edge_monitor.service import Notifier
+
+log = logging.getLogger(__name__)
+
+MAIN_WAIT_S = 0.2
+JOIN_TIMEOUT_S = 10.0
+RELOAD_TIMEOUT_S = 60.0
+BUILTIN_WINDOW_S = 10.0
+MB = 1_000_000
+DAY_S = 86400.0
+
+
+@dataclass
+class Plan:
+    """What a config turns into before anything starts: settings and per-machine setups."""
+
+    settings: ProcessingSettings
+    machines: list[MachineSetup]
+    model_rate_hz: int
+
+
+def _bundle_detectors(config: Config) -> dict[str, Detector]:
+    from edge_monitor.bundle import load_bundle
+
+    assert config.model.bundle is not None
+    bundle = load_bundle(config.model.bundle, config.state_dir / "bundle-extract")
+    providers = [p.lower() for p in config.model.providers]
+    return bundle.detectors(providers)
+
+
+def plan_machines(config: Config) -> Plan:
+    """Detectors (from the bundle, or learned banks on disk) or learners, per machine.
+
+    Raises ConfigError/BundleError/BankError when the config and the models disagree.
+    """
+    preprocess_config = config.preprocess.to_preprocess_config()
+    setups: list[MachineSetup] = []
+    if config.model.bundle is not None:
+        detectors = _bundle_detectors(config)
+        for m in config.machines:
+            key = m.bundle_machine or m.name
+            if key not in detectors:
+                raise ConfigError(
+                    f"machines: {m.name!r} looks for {key!r} in the bundle, which has "
+                    f"{sorted(detectors)}; set machines[].bundle_machine to one of them"
+                )
+            setups.append(MachineSetup(m.name, m.channel, detector=detectors[key]))
+        first = setups[0].detector
+        assert first is not None
+        model_rate, window_s = first.sample_rate_hz, first.window_s
+        if config.windows.window_s is not None and config.windows.window_s != window_s:
+            raise ConfigError(
+                f"windows.window_s = {config.windows.window_s}: the bundle's model takes "
+                f"{window_s} s windows; remove windows.window_s or set it to {window_s}"
+            )
+    else:
+        model_rate = config.model.sample_rate_hz
+        window_s = config.windows.window_s or BUILTIN_WINDOW_S
+        for m in config.machines:
+            embedder = builtin_embedder(model_rate, window_s)
+            expected = fingerprint(embedder, config.learning.scoring, preprocess_config)
+            bank = load_learned(config.state_dir, m.name, expected)
+            if bank is not None:
+                detector = builtin_detector(
+                    m.name, embedder, bank, config.decision.false_alarm_rate, preprocess_config
+                )
+                log.info("machine %s: using the learned bank %s", m.name, bank.version)
+                setups.append(MachineSetup(m.name, m.channel, detector=detector))
+            else:
+                learner = BankLearner(m.name, embedder, config.state_dir,
+                                      config.learning.seconds, config.learning.scoring,
+                                      preprocess_config)
+                log.info("machine %s: no learned bank yet; learning from the next %.0f s",
+                         m.name, learner.target_windows * window_s)
+                setups.append(MachineSetup(m.name, m.channel, learner=learner))
+    if config.windows.hop_s > window_s:
+        raise ConfigError(
+            f"windows.hop_s = {config.windows.hop_s} is longer than the {window_s} s window: "
+            "make hop_s <= window_s"
+        )
+    d = config.decision
+    settings = ProcessingSettings(
+        window_s=window_s,
+        hop_s=config.windows.hop_s,
+        model_rate_hz=model_rate,
+        decision=DecisionConfig(d.smoothing, d.k, d.n, d.hysteresis_ratio, d.cooldown_s,
+                                d.update_interval_s),
+        false_alarm_rate=d.false_alarm_rate,
+        state_dir=config.state_dir,
+        silence_s=config.faults.silence_s,
+        silence_dbfs=config.preprocess.silence_dbfs,
+        clip_level=config.preprocess.clip_level,
+        clip_fraction=config.preprocess.clip_fraction,
+        clipping_windows=config.faults.clipping_windows,
+        no_audio_s=config.faults.no_audio_s,
+        disk_check_s=config.faults.disk_check_s,
+        realtime=config.source.kind == "sounddevice" or config.source.replay.realtime,
+        score_telemetry=config.mqtt.score_telemetry,
+        stats_interval_s=config.logging.stats_interval_s,
+    )
+    return Plan(settings, setups, model_rate)
+
+
+def build_source(config: Config, model_rate_hz: int) -> AudioSource:
+    s = config.source
+    rate = s.sample_rate_hz or model_rate_hz
+    if s.kind == "replay":
+        return ReplaySource(
+            s.replay.paths, rate, s.channels, s.replay.realtime, s.block_s, s.replay.loop,
+            queue_s=s.buffer_s, contiguous=s.replay.contiguous,
+        )
+    return SoundDeviceSource(
+        s.device, s.channels, rate, s.block_s, s.buffer_s,
+        stall_s=config.faults.no_audio_s, retry_min_s=s.reopen_s,
+        retry_max_s=max(10.0, s.reopen_s),
+    )
+
+
+def build_clip_store(config: Config) -> ClipStore | None:
+    a = config.alarm_audio
+    if not a.enabled:
+        return None
+    return ClipStore(config.clip_dir, a.max_clips, int(a.max_mb * MB), a.max_age_days * DAY_S)
+
+
+def prepare_state_dir(config: Config) -> None:
+    try:
+        config.state_dir.mkdir(parents=True, exist_ok=True)
+        probe = config.state_dir / ".write-check"
+        probe.write_text("ok\n")
+    except OSError as exc:
+        raise ConfigError(
+            f"state_dir = {str(config.state_dir)!r} is not writable ({exc.strerror or exc}): "
+            "create it for the daemon's user or point state_dir elsewhere"
+        ) from exc
+
+
+class _ClipAdapter:
+    """Bridges the processing loop's ClipSaver protocol to ClipStore."""
+
+    def __init__(self, store: ClipStore) -> None:
+        self.store = store
+
+    def save(self, machine: str, event_id: str, audio: Any, sample_rate_hz: int, at: Any) -> Path:
+        return self.store.save(machine, audio, sample_rate_hz, event_id, at.timestamp())
+
+
+class Daemon:
+    """Owns the threads of one `edge-monitor run`; `run()` returns the exit code."""
+
+    def __init__(self, config_path: str | Path, notifier: Notifier | None = None) -> None:
+        self.config_path = Path(config_path)
+        self.notifier = notifier or Notifier()
+        self.stop_event = threading.Event()
+        self.config: Config | None = None
+        self.source: AudioSource | None = None
+        self.processor: Processor | None = None
+        self.mqtt: MqttClient | None = None
+        self._reloads: queue.Queue[concurrent.futures.Future[dict[str, Any]]] = queue.Queue()
+        self._extra_commands: dict[str, Callable[[Command], Mapping[str, Any] | None]] = {}
+
+    # Public hooks ----------------------------------------------------------------------
+
+    def register_command(
+        self, name: str, handler: Callable[[Command], Mapping[str, Any] | None]
+    ) -> None:
+        """Add an MQTT command handler (e.g. enrolment); kept across MQTT reconnections."""
+        self._extra_commands[name] = handler
+        if self.mqtt is not None:
+            self.mqtt.commands.register(name, handler)
+
+    def request_reload(self) -> concurrent.futures.Future[dict[str, Any]]:
+        """Ask the main thread to reload; the future holds the outcome."""
+        future: concurrent.futures.Future[dict[str, Any]] = concurrent.futures.Future()
+        self._reloads.put(future)
+        return future
+
+    def request_stop(self) -> None:
+        self.stop_event.set()
+
+    # Lifecycle -------------------------------------------------------------------------
+
+    def run(self) -> int:
+        config = load_config(self.config_path)
+        self._apply_log_level(config)
+        prepare_state_dir(config)
+        plan = plan_machines(config)
+        self.config = config
+        self._install_signals()
+        self.mqtt = self._start_mqtt(config)
+        self.source = build_source(config, plan.model_rate_hz)
+        self.source.start()
+        store = build_clip_store(config)
+        self.processor = Processor(
+            self.source, plan.settings, plan.machines, self.mqtt,
+            _ClipAdapter(store) if store else None, self.notifier, self.stop_event,
+        )
+        self.processor.start()
+        log.info("edge-monitor running: device %s, %d machine(s), %s source at %d Hz, "
+                 "window %.2f s, hop %.2f s", config.device_id, len(plan.machines),
+                 config.source.kind, self.source.sample_rate_hz, plan.settings.window_s,
+                 plan.settings.hop_s)
+        try:
+            while not self.stop_event.wait(MAIN_WAIT_S):
+                self._serve_reloads()
+                if self.processor.finished.is_set():
+                    break
+        finally:
+            self._shutdown()
+        return 1 if self.processor.error is not None else 0
+
+    def _apply_log_level(self, config: Config) -> None:
+        root = logging.getLogger()
+        if root.level != logging.DEBUG:
+            root.setLevel(config.logging.level)
+
+    def _install_signals(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+
+        def on_stop(signum: int, frame: FrameType | None) -> None:
+            log.info("signal %s: stopping", signal.Signals(signum).name)
+            self.stop_event.set()
+
+        def on_hup(signum: int, frame: FrameType | None) -> None:
+            log.info("SIGHUP: reloading %s", self.config_path)
+            self._reloads.put(concurrent.futures.Future())
+
+        signal.signal(signal.SIGTERM, on_stop)
+        signal.signal(signal.SIGINT, on_stop)
+        signal.signal(signal.SIGHUP, on_hup)
+
+    def _start_mqtt(self, config: Config) -> MqttClient | None:
+        if not config.mqtt.enabled:
+            log.info("MQTT disabled (mqtt.enabled: false): states and alarms go to the log only")
+            return None
+        client = MqttClient(config.mqtt_settings(), [m.name for m in config.machines])
+        client.commands.register("status", self._status_command)
+        client.commands.register("reload", self._reload_command)
+        for name, handler in self._extra_commands.items():
+            client.commands.register(name, handler)
+        client.start()
+        return client
+
+    def _shutdown(self) -> None:
+        self.notifier.stopping()
+        self.stop_event.set()
+        if self.processor is not None and not self.processor.join(JOIN_TIMEOUT_S):
+            log.error("the processing thread did not stop within %.0f s", JOIN_TIMEOUT_S)
+        if self.source is not None:
+            self.source.stop()
+        if self.mqtt is not None:
+            self.mqtt.stop()
+        while not self._reloads.empty():
+            self._reloads.get_nowait().set_result({"reloaded": False, "reason": "stopping"})
+        log.info("edge-monitor stopped")
+
+    # Reload ----------------------------------------------------------------------------
+
+    def _serve_reloads(self) -> None:
+        while True:
+            try:
+                future = self._reloads.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                future.set_result(self._reload())
+            except Exception as exc:
+                log.exception("reload failed")
+                future.set_exception(exc)
+
+    def _reload(self) -> dict[str, Any]:
+        assert self.config is not None and self.processor is not None
+        self.notifier.reloading()
+        try:
+            new = load_config(self.config_path)
+            prepare_state_dir(new)
+            plan = plan_machines(new)
+        except BadInputError as exc:
+            log.error("reload rejected, the running configuration stays: %s", exc)
+            self.notifier.ready()
+            raise
+        old = self.config
+        self._apply_log_level(new)
+        source = None
+        if new.source != old.source or plan.model_rate_hz != self.processor.settings.model_rate_hz:
+            source = build_source(new, plan.model_rate_hz)
+            source.start()
+        if new.mqtt != old.mqtt or new.device_id != old.device_id or new.state_dir != old.state_dir:
+            client = self._start_mqtt(new)
+            self.processor.submit(lambda: setattr(self.processor, "publisher", client)).result(
+                RELOAD_TIMEOUT_S)
+            if self.mqtt is not None:
+                self.mqtt.stop()
+            self.mqtt = client
+        elif self.mqtt is not None:
+            self.mqtt.set_machines([m.name for m in new.machines])
+        if new.alarm_audio != old.alarm_audio or new.state_dir != old.state_dir:
+            store = build_clip_store(new)
+            clips = _ClipAdapter(store) if store else None
+            self.processor.submit(lambda: setattr(self.processor, "clips", clips)).result(
+                RELOAD_TIMEOUT_S)
+        self.processor.reconfigure(plan.settings, plan.machines, source).result(RELOAD_TIMEOUT_S)
+        if source is not None:
+            assert self.source is not None
+            self.source.stop()
+            self.source = source
+        self.config = new
+        self.notifier.ready()
+        log.info("reload done (source %s)", "restarted" if source else "kept running")
+        return {"reloaded": True, "source_restarted": source is not None,
+                "machines": [m.name for m in new.machines]}
+
+    # Commands (on the MQTT command worker) ---------------------------------------------
+
+    def _status_command(self, command: Command) -> Mapping[str, Any]:
+        assert self.processor is not None
+        status = self.processor.snapshot()
+        if self.mqtt is not None:
+            stats = self.mqtt.stats()
+            status["mqtt"] = {"backlog": stats.backlog, "dropped_events": stats.dropped_events}
+        return status
+
+    def _reload_command(self, command: Command) -> Mapping[str, Any]:
+        try:
+            return self.request_reload().result(RELOAD_TIMEOUT_S)
+        except concurrent.futures.TimeoutError as exc:
+            message = f"reload did not finish within {RELOAD_TIMEOUT_S:.0f} s"
+            raise EdgeMonitorError(message) from exc
+
+
+def run_daemon(config_path: str | Path) -> int:
+    """Entry point of `edge-monitor run`."""
+    return Daemon(config_path).run()
