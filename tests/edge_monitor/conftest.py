@@ -23,6 +23,8 @@ from pathlib import Path
 
 import pytest
 
+from edge_monitor.capture import refresh_devices
+
 PULSE_WAIT_S = 10.0
 
 
@@ -123,6 +125,8 @@ def pulse(monkeypatch: pytest.MonkeyPatch) -> Iterator[PulseServer]:
     for key, value in server.env.items():
         monkeypatch.setenv(key, value)
     server.start()
+    # PortAudio lists devices once; an earlier test may have listed them with no server up.
+    refresh_devices()
     try:
         yield server
     finally:
