@@ -26,7 +26,7 @@ import paho.mqtt.client as paho
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from edge_monitor.commands import CommandRouter
+from edge_monitor.commands import COMMAND_NAMES, CommandRouter
 from edge_monitor.errors import ConfigError
 from edge_monitor.journal import KIND_EVENT, KIND_STATE, Journal
 from edge_monitor.topics import (
@@ -121,6 +121,12 @@ class MqttSettings:
                 "mqtt reconnect delays must satisfy 0 < reconnect_min_delay_s <= "
                 f"reconnect_max_delay_s, got {self.reconnect_min_delay_s} and "
                 f"{self.reconnect_max_delay_s}"
+            )
+        unknown = sorted(set(self.commands_allowed) - set(COMMAND_NAMES))
+        if unknown:
+            raise ConfigError(
+                f"mqtt.commands_allowed names unknown command(s) {', '.join(unknown)}: "
+                f"use names from {', '.join(COMMAND_NAMES)}"
             )
         for name in ("journal_max_events", "max_inflight", "command_queue_size"):
             if getattr(self, name) < 1:

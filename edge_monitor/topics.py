@@ -31,12 +31,12 @@ EVENT_TYPES = ("new", "update", "end")
 
 _COMMAND_LEVEL = "cmd"
 _RESULT_NAME = "result"
-_SEGMENT = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_SEGMENT = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 def check_segment(value: str, field_name: str) -> str:
     """Return `value` if it is safe as one topic level and as a Home Assistant object id."""
-    if not isinstance(value, str) or not _SEGMENT.match(value):
+    if not isinstance(value, str) or not _SEGMENT.fullmatch(value):
         raise ConfigError(
             f"{field_name} = {value!r} cannot be used in an MQTT topic: "
             "use 1 to 64 letters, digits, '_' or '-' (no '/', '+', '#' or spaces)"

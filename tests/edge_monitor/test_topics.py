@@ -34,7 +34,7 @@ def test_topic_tree():
     assert TopicTree("b", prefix="plant/line-1").root == "plant/line-1/b"
 
 
-@pytest.mark.parametrize("bad", ["", "a/b", "a+", "#", "with space", "x" * 65])
+@pytest.mark.parametrize("bad", ["", "a/b", "a+", "#", "with space", "x" * 65, "box\n"])
 def test_unsafe_names_are_refused(bad):
     with pytest.raises(ConfigError, match=r"mqtt\.device_id"):
         TopicTree(bad)
