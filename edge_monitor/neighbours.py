@@ -12,7 +12,8 @@ import logging
 from typing import Literal
 
 import numpy as np
-from usearch.index import Index
+from usearch.index import Index, MetricKind
+from usearch.index import search as usearch_scan
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,7 @@ class NeighbourIndex:
         self.vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         self.backend = choose_backend(len(self.vectors)) if backend == "auto" else backend
         self._index = usearch_index
-        if self.backend in ("exact", "hnsw") and self._index is None:
+        if self.backend == "hnsw" and self._index is None:
             self._index = build_usearch_index(self.vectors)
 
     def __len__(self) -> int:
@@ -67,8 +68,11 @@ class NeighbourIndex:
             return np.zeros((q.shape[0], 0), np.float32), np.zeros((q.shape[0], 0), np.int64)
         if self.backend == "matmul":
             return self._matmul(q, k)
-        assert self._index is not None
-        matches = self._index.search(q, k, exact=self.backend == "exact")
+        if self.backend == "exact":
+            matches = usearch_scan(self.vectors, q, k, MetricKind.Cos, exact=True)
+        else:
+            assert self._index is not None
+            matches = self._index.search(q, k)
         rows = np.asarray(matches.keys, dtype=np.int64).reshape(q.shape[0], -1)[:, :k]
         dists = np.asarray(matches.distances, dtype=np.float32).reshape(q.shape[0], -1)[:, :k]
         return np.maximum(dists, 0.0), rows

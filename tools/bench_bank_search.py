@@ -41,7 +41,7 @@ def real_embeddings(data: Path, crops_per_clip: int, seed: int) -> np.ndarray:
 
 
 def bank_of_size(real: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
-    rows = rng.integers(0, len(real), size=size)
+    rows = rng.choice(len(real), size=size, replace=size > len(real))
     jitter = rng.normal(scale=0.01, size=(size, real.shape[1])).astype(np.float32)
     bank = real[rows] + (jitter if size > len(real) else 0)
     return l2_normalise(bank)
