@@ -281,8 +281,13 @@ class MqttSection(Section):
     max_inflight: int = Field(
         default=20, ge=1, le=1000, description="unacknowledged QoS 1 messages"
     )
-    reconnect_min_delay_s: float = Field(default=1.0, gt=0.0, le=3600.0, description="back-off")
-    reconnect_max_delay_s: float = Field(default=60.0, gt=0.0, le=3600.0, description="back-off")
+    reconnect_min_delay_s: float = Field(
+        default=1.0, gt=0.0, le=3600.0,
+        description="first reconnect delay, doubled after each failure",
+    )
+    reconnect_max_delay_s: float = Field(
+        default=60.0, gt=0.0, le=3600.0, description="longest reconnect delay"
+    )
     commands_enabled: bool = Field(default=True, description="accept commands under cmd/")
     commands_allowed: list[str] = Field(
         default_factory=list, description="accepted command names; empty = all"

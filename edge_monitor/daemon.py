@@ -131,7 +131,8 @@ def plan_machines(config: Config) -> Plan:
         decision=DecisionConfig(d.smoothing, d.k, d.n, d.hysteresis_ratio, d.cooldown_s,
                                 d.update_interval_s),
         false_alarm_rate=d.false_alarm_rate,
-        state_dir=config.state_dir,
+        disk_paths=(config.state_dir, config.clip_dir) if config.alarm_audio.enabled
+        else (config.state_dir,),
         silence_s=config.faults.silence_s,
         silence_dbfs=config.preprocess.silence_dbfs,
         clip_level=config.preprocess.clip_level,

@@ -89,7 +89,7 @@ class ProcessingSettings:
     model_rate_hz: int
     decision: DecisionConfig
     false_alarm_rate: float
-    state_dir: Path
+    disk_paths: tuple[Path, ...] = ()  # directories written to; probed while a disk fault lasts
     silence_s: float = 30.0
     silence_dbfs: float = -70.0
     clip_level: float = 0.999
@@ -117,6 +117,7 @@ class Counters:
     windows: int = 0
     scored_windows: int = 0
     late_windows: int = 0
+    silent_windows: int = 0
     windower_gaps: int = 0
     clip_errors: int = 0
     max_lag_s: float = 0.0
@@ -335,6 +336,11 @@ class Processor:
         lane.clipped_run = lane.clipped_run + 1 if hits >= s.clip_fraction * audio.size else 0
         if self._settle(lane, at) in (FAULT, ENROLLING):
             return
+        if _dbfs(audio) < s.silence_dbfs:
+            # A silent window says nothing about the machine (stopped, or a dead input that
+            # has not yet lasted `silence_s`); judging it would only make false alarms.
+            self.counters.silent_windows += 1
+            return
         model_audio = resample(audio, rate, s.model_rate_hz)
         setup = lane.setup
         if setup.learner is not None:
@@ -443,12 +449,14 @@ class Processor:
 
     def _probe_disk(self) -> None:
         self._last_disk_probe = time.monotonic()
-        try:
-            atomic_write_text(Path(self.settings.state_dir) / DISK_PROBE_NAME, f"{time.time()}\n")
-        except OSError as exc:
-            log.warning("state directory still not writable: %s", exc)
-            return
-        log.info("state directory writable again; disk fault cleared")
+        for directory in self.settings.disk_paths:
+            try:
+                atomic_write_text(Path(directory) / DISK_PROBE_NAME, f"{time.time()}\n")
+            except OSError as exc:
+                log.warning("%s still not writable: %s", directory, exc)
+                return
+        log.info("%s writable again; disk fault cleared",
+                 ", ".join(str(p) for p in self.settings.disk_paths))
         self._disk_fault = None
 
     def _set_disk_fault(self, message: str) -> None:
@@ -546,6 +554,7 @@ class Processor:
             "windows": c.windows,
             "scored_windows": c.scored_windows,
             "late_windows": c.late_windows,
+            "silent_windows": c.silent_windows,
             "max_lag_s": round(c.max_lag_s, 3),
             "windower_gaps": c.windower_gaps,
             "clip_errors": c.clip_errors,
