@@ -282,7 +282,10 @@ class SoundDeviceSource:
             raise ConfigError(f"channels: must be a whole number >= 1, got {channels!r}")
         if not isinstance(sample_rate_hz, int) or sample_rate_hz < 1:
             raise ConfigError(f"sample_rate_hz: must be a whole number > 0, got {sample_rate_hz!r}")
-        for name, value in (("block_s", block_s), ("queue_s", queue_s), ("stall_s", stall_s)):
+        for name, value in (
+            ("block_s", block_s), ("queue_s", queue_s), ("stall_s", stall_s),
+            ("retry_min_s", retry_min_s), ("retry_max_s", retry_max_s),
+        ):
             _check_positive(name, value)
         if queue_s < block_s:
             raise ConfigError(f"queue_s: must be at least block_s ({block_s}), got {queue_s}")
@@ -471,6 +474,18 @@ class SoundDeviceSource:
         return None
 
     def _supervise(self) -> None:
+        """Run the watch loop; an unexpected error is a fault and a retry, never a dead thread."""
+        while not self._stop.is_set():
+            try:
+                self._watch()
+            except Exception as exc:  # the capture must not stop healing itself
+                log.exception("capture supervisor error")
+                self._set_fault(f"input device error: {exc}; reopening it")
+                self._close_stream()
+                self._lost_at = self._lost_at or time.monotonic()
+                self._stop.wait(self._retry_max_s)
+
+    def _watch(self) -> None:
         delay_s = self._retry_min_s
         next_try = time.monotonic() + delay_s
         check_s = min(0.2, self._block_s)
