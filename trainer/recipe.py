@@ -1,0 +1,240 @@
+"""Training recipes: one YAML file per strategy, validated into typed models before any work starts.
+
+Every section forbids unknown keys, so a misspelt option fails at once with its key path and
+the fix instead of silently training with a default. Cross-field rules (a LoRA recipe needs a
+`lora` section, the dual-head stage must end before training does) are checked here too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from edge_monitor.errors import ConfigError
+
+StrategyName = Literal["full", "extra-classes", "lora", "dual-head", "tats", "masked-consistency"]
+MAX_SHOWN_VALUE = 80
+STRATEGIES: tuple[str, ...] = StrategyName.__args__  # type: ignore[attr-defined]
+
+
+class Section(BaseModel):
+    """Base of every recipe section: typed fields with defaults; unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BackboneSection(Section):
+    """Which backbone, at which size, from which (optional) pretrained checkpoint."""
+
+    name: Literal["beats", "eat", "sslam", "hubert", "resnet"] = "resnet"
+    size: str | dict[str, Any] = Field(
+        "base", description="a preset name ('tiny', 'base') or explicit config values"
+    )
+    checkpoint: Path | None = Field(None, description="local pretrained checkpoint; None = scratch")
+
+
+class HeadSection(Section):
+    """Attentive statistical pooling, two FC layers and the margin loss on top of the backbone."""
+
+    attention_dim: int = Field(128, gt=0, description="hidden size of the pooling attention")
+    hidden_dim: int = Field(256, gt=0, description="width of the first FC layer")
+    embed_dim: int = Field(128, gt=0, description="size of the embedding (second FC layer)")
+    loss: Literal["arcface", "subcluster-adacos"] = "arcface"
+    scale: float = Field(30.0, gt=0, description="ArcFace logit scale s")
+    margin: float = Field(0.5, ge=0, lt=1.6, description="ArcFace additive angular margin (rad)")
+    subclusters: int = Field(4, ge=1, description="centres per class for sub-cluster AdaCos")
+
+
+class DataSection(Section):
+    """How clips become training batches and, at embedding time, one vector."""
+
+    crop_s: float = Field(3.0, gt=0, description="random crop length per training example")
+    batch_size: int = Field(32, ge=1)
+    attributes: list[str] | None = Field(
+        None, description="attribute names combined into classes; None = all of them"
+    )
+    embed_window_s: float = Field(
+        0.0, ge=0, description="audio seconds per embedding; 0 = the whole clip"
+    )
+
+
+class AugmentSection(Section):
+    """Augmentations from the technical reports; each applied with its own probability."""
+
+    noise_prob: float = Field(0.0, ge=0, le=1)
+    snr_db: tuple[float, float] = (-5.0, 15.0)
+    stretch_prob: float = Field(0.0, ge=0, le=1)
+    stretch: tuple[float, float] = (0.8, 1.2)
+    mixup_prob: float = Field(0.0, ge=0, le=1)
+    mixup_alpha: float = Field(0.4, gt=0)
+    mask_prob: float = Field(0.0, ge=0, le=1)
+    time_masks: int = Field(2, ge=0)
+    max_time_mask: float = Field(0.1, ge=0, le=1, description="fraction of frames per mask")
+    feature_masks: int = Field(2, ge=0)
+    max_feature_mask: float = Field(0.1, ge=0, le=1, description="fraction of channels per mask")
+
+    @model_validator(mode="after")
+    def _ranges_ordered(self) -> AugmentSection:
+        for name in ("snr_db", "stretch"):
+            low, high = getattr(self, name)
+            if low > high:
+                raise ValueError(f"{name}: low {low} is above high {high}; write [low, high]")
+        if self.stretch[0] <= 0:
+            raise ValueError("stretch: rates must be positive")
+        return self
+
+
+class OptimSection(Section):
+    """AdamW with linear warm-up then cosine decay; AMP and gradient accumulation."""
+
+    steps: int = Field(1000, ge=1, description="optimizer steps in total")
+    lr: float = Field(1e-3, gt=0)
+    backbone_lr: float | None = Field(None, gt=0, description="LR for backbone params; None = lr")
+    weight_decay: float = Field(1e-4, ge=0)
+    warmup_steps: int = Field(100, ge=0)
+    min_lr_ratio: float = Field(0.01, ge=0, le=1)
+    grad_accum: int = Field(1, ge=1, description="micro-batches per optimizer step")
+    clip_grad_norm: float = Field(5.0, gt=0)
+    amp: bool = Field(True, description="bfloat16/float16 autocast; only used on CUDA")
+    seed: int = 0
+
+
+class LoggingSection(Section):
+    """How often the loop writes metrics and checkpoints."""
+
+    log_every: int = Field(10, ge=1)
+    checkpoint_every: int = Field(200, ge=1)
+
+
+class ExtraClassesSection(Section):
+    """Directories of noise-only and clean clips; each becomes one extra class per directory."""
+
+    noise_dirs: list[Path] = Field(default_factory=list)
+    clean_dirs: list[Path] = Field(default_factory=list)
+
+
+class LoraSection(Section):
+    """Low-rank adapters on the backbone's attention projections; the base stays frozen."""
+
+    rank: int = Field(8, ge=1)
+    alpha: float = Field(16.0, gt=0)
+    dropout: float = Field(0.0, ge=0, lt=1)
+
+
+class DualHeadSection(Section):
+    """Supervised stage, then k-means pseudo-labels and a joint labelled + unlabelled stage."""
+
+    stage1_steps: int = Field(500, ge=1)
+    clusters: int = Field(16, ge=2)
+    pseudo_weight: float = Field(1.0, ge=0, description="weight of the pseudo-label head loss")
+    unlabelled_roots: list[Path] = Field(
+        default_factory=list, description="extra DCASE roots whose clips count as unlabelled"
+    )
+
+
+class TatsSection(Section):
+    """Teacher-student over several data roots (years); the teacher is an EMA of the student."""
+
+    extra_roots: list[Path] = Field(default_factory=list, description="roots besides --data")
+    ema_decay: float = Field(0.999, gt=0, lt=1)
+    consistency_weight: float = Field(1.0, ge=0)
+
+
+class MaskedSection(Section):
+    """Masked-frame consistency: the student sees masked frames, the teacher the clean input."""
+
+    mask_ratio: float = Field(0.3, gt=0, lt=1)
+    span_frames: int = Field(5, ge=1, description="length of each masked span in frames")
+    ema_decay: float = Field(0.999, gt=0, lt=1)
+    consistency_weight: float = Field(1.0, ge=0)
+    classification_weight: float = Field(1.0, ge=0)
+
+
+class Recipe(BaseModel):
+    """One training recipe: a strategy with its backbone, head, data, augmentation, optimiser."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(..., min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    strategy: StrategyName
+    backbone: BackboneSection = BackboneSection()
+    head: HeadSection = HeadSection()
+    data: DataSection = DataSection()
+    augment: AugmentSection = AugmentSection()
+    optim: OptimSection = OptimSection()
+    logging: LoggingSection = LoggingSection()
+    extra_classes: ExtraClassesSection | None = None
+    lora: LoraSection | None = None
+    dual_head: DualHeadSection | None = None
+    tats: TatsSection | None = None
+    masked: MaskedSection | None = None
+
+    @model_validator(mode="after")
+    def _strategy_sections(self) -> Recipe:
+        needed = {
+            "extra-classes": "extra_classes",
+            "lora": "lora",
+            "dual-head": "dual_head",
+            "tats": "tats",
+            "masked-consistency": "masked",
+        }
+        for strategy, section in needed.items():
+            present = getattr(self, section) is not None
+            if strategy == self.strategy and not present:
+                raise ValueError(f"strategy {strategy!r} needs a '{section}' section")
+            if strategy != self.strategy and present:
+                raise ValueError(
+                    f"section '{section}' belongs to strategy {strategy!r}, not "
+                    f"{self.strategy!r}; remove it or change the strategy"
+                )
+        if self.dual_head is not None and self.dual_head.stage1_steps >= self.optim.steps:
+            raise ValueError(
+                f"dual_head.stage1_steps ({self.dual_head.stage1_steps}) must be below "
+                f"optim.steps ({self.optim.steps}) so the joint stage runs"
+            )
+        if self.extra_classes is not None and not (
+            self.extra_classes.noise_dirs or self.extra_classes.clean_dirs
+        ):
+            raise ValueError("extra_classes needs at least one of noise_dirs or clean_dirs")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON/YAML-safe values (paths as strings), for the run directory."""
+        return self.model_dump(mode="json")
+
+
+def parse_recipe(values: Any, source: str) -> Recipe:
+    """Validate `values` as a Recipe, or raise ConfigError naming each key path and the fix."""
+    if not isinstance(values, Mapping):
+        raise ConfigError(f"{source}: a recipe is a YAML mapping, got {type(values).__name__}")
+    try:
+        return Recipe.model_validate(dict(values))
+    except ValidationError as exc:
+        problems = []
+        for item in exc.errors():
+            where = ".".join(str(p) for p in item["loc"]) or "<recipe>"
+            shown = repr(item["input"])
+            shown = shown if len(shown) <= MAX_SHOWN_VALUE else shown[:MAX_SHOWN_VALUE] + "..."
+            value = f" (got {shown})" if item["type"] != "missing" else ""
+            problems.append(f"{where}: {item['msg']}{value}")
+        raise ConfigError(
+            f"{source}: invalid recipe: "
+            + "; ".join(problems)
+            + ". Fix those keys (see conf/train/*.yaml for complete examples)."
+        ) from exc
+
+
+def load_recipe(path: Path) -> Recipe:
+    """Read and validate a YAML recipe file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"recipe {path} does not exist; pass --recipe conf/train/<name>.yaml")
+    try:
+        values = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: not readable YAML ({exc}); fix the file") from exc
+    return parse_recipe(values, str(path))
