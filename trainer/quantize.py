@@ -1,0 +1,139 @@
+"""INT8 quantisation of exported models, keeping the log-mel front end in float.
+
+Quantising the DFT kernels or the mel matrix would spread quantisation noise over every
+band before the log amplifies it in quiet bands, so the front end is excluded:
+
+- ONNX (onnxruntime.quantization): the front end is every node the first `Log` depends on
+  (framing convolutions, power, mel MatMul, clamp, log); the rest is quantised dynamically
+  (int8 weights, activations quantised at run time) or statically (QDQ, activation ranges
+  calibrated on real windows).
+- TFLite (ai-edge-quantizer): ops whose output tensor is named after a `trainer.frontend`
+  module stay float; convolution and fully connected weights elsewhere become int8.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import re
+import tempfile
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import onnx
+
+from edge_monitor.atomic import atomic_path
+from edge_monitor.errors import ConfigError, RuntimeUnavailableError
+
+log = logging.getLogger(__name__)
+
+OnnxInt8Mode = Literal["dynamic", "static"]
+ONNX_INT8_MODES = ("dynamic", "static")
+TFLITE_FRONTEND_PATTERN = "trainer.frontend."
+# ai-edge-quantizer matches this against each op's output tensor name.
+TFLITE_QUANTISE_REGEX = rf"^(?!.*{re.escape(TFLITE_FRONTEND_PATTERN)}).*$"
+
+
+def front_end_nodes(model: onnx.ModelProto) -> list[str]:
+    """Names of the nodes that compute the first `Log` of the graph (the log-mel front end)."""
+    nodes = list(model.graph.node)
+    logs = [n for n in nodes if n.op_type == "Log"]
+    if not logs:
+        return []
+    producer = {out: n for n in nodes for out in n.output}
+    keep: dict[str, onnx.NodeProto] = {}
+    stack = [logs[0]]
+    while stack:
+        node = stack.pop()
+        if node.name in keep:
+            continue
+        keep[node.name] = node
+        stack += [producer[name] for name in node.input if name in producer]
+    return list(keep)
+
+
+class _WindowReader:
+    """onnxruntime CalibrationDataReader over waveform windows."""
+
+    def __init__(self, input_name: str, windows: list[np.ndarray]) -> None:
+        self._windows = windows
+        self._input = input_name
+        self._next = 0
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        if self._next >= len(self._windows):
+            return None
+        window = np.asarray(self._windows[self._next], np.float32)[None, :]
+        self._next += 1
+        return {self._input: window}
+
+    def rewind(self) -> None:
+        self._next = 0
+
+
+def quantize_onnx(
+    source: Path,
+    target: Path,
+    mode: OnnxInt8Mode = "dynamic",
+    calibration: list[np.ndarray] | None = None,
+) -> Path:
+    """Write an INT8 copy of a float ONNX model, the front end left in float, atomically."""
+    from onnxruntime import quantization as q
+
+    if mode not in ONNX_INT8_MODES:
+        raise ConfigError(f"INT8 mode {mode!r} is unknown; use one of {ONNX_INT8_MODES}")
+    model = onnx.load(str(source))
+    excluded = front_end_nodes(model)
+    log.info("quantising %s (%s), keeping %d front-end nodes in float", source, mode, len(excluded))
+    with tempfile.TemporaryDirectory() as scratch, atomic_path(target) as tmp:
+        prepared = Path(scratch) / "prepared.onnx"
+        q.quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
+        if mode == "dynamic":
+            q.quantize_dynamic(
+                str(prepared), str(tmp), weight_type=q.QuantType.QInt8,
+                nodes_to_exclude=excluded, per_channel=True,
+            )
+        else:
+            if not calibration:
+                raise ConfigError(
+                    "static INT8 needs calibration windows; pass --data with training clips"
+                )
+            input_name = model.graph.input[0].name
+            q.quantize_static(
+                str(prepared), str(tmp), _WindowReader(input_name, calibration),
+                quant_format=q.QuantFormat.QDQ, per_channel=True,
+                activation_type=q.QuantType.QInt8, weight_type=q.QuantType.QInt8,
+                nodes_to_exclude=excluded,
+                calibrate_method=q.CalibrationMethod.MinMax,
+            )
+    return target
+
+
+def _quantizer() -> Any:
+    try:
+        return importlib.import_module("ai_edge_quantizer.quantizer")
+    except ImportError as exc:
+        raise RuntimeUnavailableError(
+            "int8 TFLite weights need ai-edge-quantizer (installed with litert-torch, the "
+            "tflite-export extra); install it or export with --no-tflite-int8"
+        ) from exc
+
+
+def quantize_tflite_weights(source: Path, target: Path) -> Path:
+    """Int8 weights (channelwise, dynamic range) for every op after the front end."""
+    quantizer_module = _quantizer()
+    from ai_edge_quantizer import qtyping
+
+    quantizer = quantizer_module.Quantizer(str(source))
+    quantizer.add_dynamic_config(
+        regex=TFLITE_QUANTISE_REGEX,
+        operation_name=qtyping.TFLOperationName.ALL_SUPPORTED,
+        num_bits=8,
+    )
+    result = quantizer.quantize()
+    content = result.quantized_model
+    if content is None:
+        raise RuntimeUnavailableError(f"{source}: ai-edge-quantizer produced no model")
+    Path(target).write_bytes(bytes(content))
+    return target
