@@ -17,7 +17,8 @@ the audio thread. A small supervisor thread watches the stream: when it stops (d
 unplugged, PulseAudio gone, stream error) or goes quiet for `stall_s`, it sets `fault`,
 closes the stream and reopens it with exponential backoff, refreshing PortAudio's device
 list between attempts so a re-plugged USB microphone is found again. A successful reopen
-clears `fault` and counts a restart.
+clears `fault` and counts a restart. That refresh restarts PortAudio, so a process runs one
+live source (record several machines as channels of it, not as several sources).
 
 The sample rate is negotiated at open: the requested rate if the device accepts it, else the
 device's default rate (logged). `sample_rate_hz` and each `Chunk.sample_rate_hz` give the

@@ -84,6 +84,21 @@ def test_realtime_replay_is_paced(tmp_path: Path) -> None:
     assert paced_s > 0.5
 
 
+def test_realtime_replay_drops_and_counts_when_the_consumer_stalls(tmp_path: Path) -> None:
+    _write(tmp_path / "a.wav", 0.5, 1)
+    source = ReplaySource([tmp_path], RATE_HZ, realtime=True, block_s=0.1, queue_s=0.1)
+    source.start()
+    deadline = time.monotonic() + 30.0
+    while source.stats().dropped_chunks + 1 < 5:  # one chunk fits in the queue
+        assert time.monotonic() < deadline, "replay did not run"
+        time.sleep(0.05)
+    kept = source.get(timeout_s=1.0)
+    source.stop()
+    assert kept is not None and kept.file_offset_frame == 0
+    stats = source.stats()
+    assert (stats.chunks, stats.dropped_chunks, stats.frames) == (1, 4, 800)
+
+
 def test_unreadable_files_are_skipped_and_counted(tmp_path: Path, caplog) -> None:
     _write(tmp_path / "a_good.wav", 0.5, 1)
     (tmp_path / "b_corrupt.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEgarbage")
