@@ -56,6 +56,7 @@ NOISE_LOW_CUT_HZ = 20.0
 ALIAS_GUARD = 0.45
 """Tones above this fraction of the sample rate are left out, so speed wander cannot alias."""
 FAULT_FADE_S = 0.25
+BLOCK_SAMPLES = 1 << 18
 
 BEARING_ORDER = 5.43
 """Ball-pass frequency of the inner race as a multiple of the shaft rate (typical 6-9 balls)."""
@@ -189,15 +190,18 @@ def synthesize(
 
     streams = np.random.SeedSequence(spec.seed).spawn(4 + len(faults))
     sr = float(sample_rate_hz)
-    theta = _shaft_angle(spec, n, sr, np.random.default_rng(streams[0]))
-    tonal, first = _tonal_parts(spec, theta, sr, np.random.default_rng(streams[1]))
+    # Noise first: its FFT is the largest transient, best taken before the tones exist.
     noise = _coloured_noise(spec.noise_colour, n, sr, np.random.default_rng(streams[2]))
-    tonal_rms = _rms(tonal + first.signal)
-    noise *= spec.noise_level * tonal_rms
+    theta = _shaft_angle(spec, n, sr, np.random.default_rng(streams[0]))
+    out = np.zeros(n)
+    tonal, first = _tonal_parts(spec, theta, sr, out, np.random.default_rng(streams[1]))
+    out += tonal
+    noise *= spec.noise_level * _rms(out)
+    out += noise
+    del noise
     target_rms = 10.0 ** (spec.level_dbfs / 20.0)
-    scale = target_rms / max(_rms(tonal + first.signal + noise), 1e-12)
-
-    out = (tonal + first.signal + noise) * scale
+    scale = target_rms / max(_rms(out), 1e-12)
+    out *= scale
     additive = {
         "bearing": (_bearing, BEARING_RMS),
         "rubbing": (_rubbing, RUB_RMS),
@@ -316,25 +320,36 @@ def write_audio(path: str | Path, audio: np.ndarray, sample_rate_hz: int) -> Pat
 
 @dataclass(frozen=True)
 class _FirstHarmonic:
-    """The 1x tone kept apart from the other tones, since imbalance acts on it alone."""
+    """The 1x tone's settings, which imbalance builds on."""
 
-    signal: np.ndarray
     amplitude: float
     phase: float
 
 
 def _shaft_angle(spec: MachineSpec, n: int, sr: float, rng: np.random.Generator) -> np.ndarray:
     """Shaft angle in radians per sample, with a slow random speed wander."""
-    wobble = _slow_process(rng, n, sr, SPEED_CORNER_HZ) * spec.speed_jitter
-    inst_hz = spec.shaft_hz * (1.0 + wobble)
-    return rng.uniform(0.0, 2.0 * np.pi) + 2.0 * np.pi * np.cumsum(inst_hz) / sr
+    wobble = _SlowProcess(rng, SPEED_CORNER_HZ)
+    theta = np.empty(n)
+    angle = rng.uniform(0.0, 2.0 * np.pi)
+    for lo, hi in _blocks(n):
+        inst_hz = spec.shaft_hz * (1.0 + spec.speed_jitter * wobble.at(lo, hi, sr))
+        theta[lo:hi] = angle + np.cumsum(inst_hz) * (2.0 * np.pi / sr)
+        angle = theta[hi - 1]
+    return theta
 
 
 def _tonal_parts(
-    spec: MachineSpec, theta: np.ndarray, sr: float, rng: np.random.Generator
+    spec: MachineSpec,
+    theta: np.ndarray,
+    sr: float,
+    first_out: np.ndarray,
+    rng: np.random.Generator,
 ) -> tuple[np.ndarray, _FirstHarmonic]:
-    """Shaft harmonics, motor whine and gear mesh (with sidebands), all locked to `theta`."""
-    nyquist_guard = ALIAS_GUARD * sr
+    """Shaft harmonics, motor whine and gear mesh (with sidebands), all locked to `theta`.
+
+    The 1x tone is added into `first_out`; every other tone is returned as one array, kept
+    apart because imbalance modulates it.
+    """
     orders: list[tuple[float, float]] = [
         (float(h), spec.harmonic_decay ** (h - 1)) for h in range(1, spec.harmonics + 1)
     ]
@@ -348,33 +363,46 @@ def _tonal_parts(
             (mesh + 1.0, 0.3 * spec.mesh_level),
             (2.0 * mesh, 0.35 * spec.mesh_level),
         ]
+    # Draw every order's randomness, audible or not, so the streams never depend on sr.
+    tones = [
+        (
+            order,
+            level,
+            rng.uniform(0.0, 2.0 * np.pi),
+            _SlowProcess(rng, WANDER_CORNER_HZ),
+            _SlowProcess(rng, WANDER_CORNER_HZ),
+        )
+        for order, level in orders
+    ]
+    limit_hz = ALIAS_GUARD * sr / (1.0 + 4.0 * spec.speed_jitter)
     tonal = np.zeros_like(theta)
-    first = _FirstHarmonic(np.zeros_like(theta), 0.0, 0.0)
-    for order, level in orders:
-        phase = rng.uniform(0.0, 2.0 * np.pi)
-        amp_wander = _slow_process(rng, theta.size, sr, WANDER_CORNER_HZ)
-        phase_wander = _slow_process(rng, theta.size, sr, WANDER_CORNER_HZ)
-        if order * spec.shaft_hz * (1.0 + 4.0 * spec.speed_jitter) >= nyquist_guard:
+    first = _FirstHarmonic(0.0, 0.0)
+    for order, level, phase, amp_wander, phase_wander in tones:
+        if order * spec.shaft_hz >= limit_hz:
             continue
-        amplitude = level * np.clip(1.0 + spec.wander * amp_wander, 0.05, None)
-        tone = amplitude * np.sin(order * theta + phase + 0.5 * spec.wander * phase_wander)
+        target = first_out if order == 1.0 else tonal
         if order == 1.0:
-            first = _FirstHarmonic(tone, level, phase)
-        else:
-            tonal += tone
+            first = _FirstHarmonic(level, phase)
+        for lo, hi in _blocks(theta.size):
+            amplitude = level * np.clip(1.0 + spec.wander * amp_wander.at(lo, hi, sr), 0.05, None)
+            wobble = phase + 0.5 * spec.wander * phase_wander.at(lo, hi, sr)
+            target[lo:hi] += amplitude * np.sin(order * theta[lo:hi] + wobble)
     return tonal, first
 
 
 def _coloured_noise(colour: str, n: int, sr: float, rng: np.random.Generator) -> np.ndarray:
     """Unit-RMS white, pink (1/f power) or brown (1/f^2 power) noise, high-passed at 20 Hz."""
     spectrum = np.fft.rfft(rng.standard_normal(n))
-    freqs = np.fft.rfftfreq(n, 1.0 / sr)
-    exponent = {"white": 0.0, "pink": 0.5, "brown": 1.0}[colour]
-    gain = np.where(freqs >= NOISE_LOW_CUT_HZ, np.maximum(freqs, NOISE_LOW_CUT_HZ), 0.0)
-    with np.errstate(divide="ignore"):
-        shaped = np.where(gain > 0, gain**-exponent, 0.0)
-    noise = np.fft.irfft(spectrum * shaped, n)
-    return noise / max(_rms(noise), 1e-12)
+    gain = np.fft.rfftfreq(n, 1.0 / sr)
+    below = gain < NOISE_LOW_CUT_HZ
+    gain[below] = 1.0
+    gain **= -{"white": 0.0, "pink": 0.5, "brown": 1.0}[colour]
+    gain[below] = 0.0
+    spectrum *= gain
+    del gain
+    noise = np.fft.irfft(spectrum, n)
+    noise /= max(_rms(noise), 1e-12)
+    return noise
 
 
 def _bearing(theta: np.ndarray, sr: float, rng: np.random.Generator) -> np.ndarray:
@@ -440,21 +468,32 @@ def _imbalance(
     return extra + depth * np.sin(theta + rng.uniform(0.0, 2.0 * np.pi)) * tonal
 
 
-def _slow_process(rng: np.random.Generator, n: int, sr: float, corner_hz: float) -> np.ndarray:
-    """Unit-variance smooth random wander below `corner_hz`, as a few random low sinusoids.
+class _SlowProcess:
+    """Unit-variance smooth random wander below `corner_hz`: a few random low sinusoids.
 
-    Drawn at a control rate and interpolated, so it costs little for long clips, and its
-    variance does not depend on the clip length.
+    Evaluated at a control rate and interpolated, so long clips cost little, and its variance
+    does not depend on the clip's length.
     """
-    count = 4
-    freqs = rng.uniform(0.1 * corner_hz, corner_hz, count)
-    phases = rng.uniform(0.0, 2.0 * np.pi, count)
-    seconds = n / sr
-    t_ctrl = np.arange(math.ceil(seconds * CONTROL_RATE_HZ) + 2) / CONTROL_RATE_HZ
-    ctrl = np.sqrt(2.0 / count) * np.sin(
-        2.0 * np.pi * freqs[:, None] * t_ctrl[None, :] + phases[:, None]
-    ).sum(axis=0)
-    return np.interp(np.arange(n) / sr, t_ctrl, ctrl)
+
+    COMPONENTS = 4
+
+    def __init__(self, rng: np.random.Generator, corner_hz: float) -> None:
+        self.freqs = rng.uniform(0.1 * corner_hz, corner_hz, self.COMPONENTS)
+        self.phases = rng.uniform(0.0, 2.0 * np.pi, self.COMPONENTS)
+
+    def at(self, lo: int, hi: int, sr: float) -> np.ndarray:
+        """Values at samples lo..hi-1 of a clip sampled at `sr`."""
+        first = math.floor(lo / sr * CONTROL_RATE_HZ)
+        t_ctrl = np.arange(first, math.ceil(hi / sr * CONTROL_RATE_HZ) + 2) / CONTROL_RATE_HZ
+        ctrl = np.sqrt(2.0 / self.COMPONENTS) * np.sin(
+            2.0 * np.pi * self.freqs[:, None] * t_ctrl[None, :] + self.phases[:, None]
+        ).sum(axis=0)
+        return np.interp(np.arange(lo, hi) / sr, t_ctrl, ctrl)
+
+
+def _blocks(n: int) -> list[tuple[int, int]]:
+    """Sample ranges of at most BLOCK_SAMPLES covering 0..n, to bound temporary memory."""
+    return [(lo, min(lo + BLOCK_SAMPLES, n)) for lo in range(0, n, BLOCK_SAMPLES)]
 
 
 def _fade_envelope(length: int, sr: float) -> np.ndarray:
@@ -474,7 +513,7 @@ def _unit_rms(x: np.ndarray) -> np.ndarray:
 
 
 def _rms(x: np.ndarray) -> float:
-    return float(np.sqrt(np.mean(np.square(x)))) if x.size else 0.0
+    return float(np.sqrt(np.dot(x, x) / x.size)) if x.size else 0.0
 
 
 def _require_finite(

@@ -1,4 +1,4 @@
-"""The synthetic machine: deterministic, sane levels, and faults a log-mel statistic hears."""
+"""The synthetic machine: deterministic, sane levels, and faults the default embedder hears."""
 
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ import pytest
 import soundfile as sf
 from scipy import signal
 
+from edge_monitor.embedders.logmel_stats import LogMelStatsEmbedder
 from edge_monitor.errors import BadInputError
+from edge_monitor.preprocess import preprocess
 from edge_monitor.synth import (
     FAULT_KINDS,
     PEAK_LIMIT,
@@ -35,25 +37,19 @@ def _band_db(x: np.ndarray, lo_hz: float, hi_hz: float) -> float:
     return float(10.0 * np.log10(band / power.sum()))
 
 
-def _logmel_stats(x: np.ndarray, n_mels: int = 64) -> np.ndarray:
-    """Level-independent mean and std of a 64-band log-mel spectrogram (20 Hz - 8 kHz)."""
-
-    def mel(f: np.ndarray) -> np.ndarray:
-        return 2595.0 * np.log10(1.0 + f / 700.0)
-
-    edges = 700.0 * (10.0 ** (np.linspace(mel(20.0), mel(8000.0), n_mels + 2) / 2595.0) - 1.0)
-    freqs = np.fft.rfftfreq(1024, 1.0 / SR)
-    lo, mid, hi = edges[:-2, None], edges[1:-1, None], edges[2:, None]
-    bank = np.clip(np.minimum((freqs - lo) / (mid - lo), (hi - freqs) / (hi - mid)), 0.0, None)
-    _, _, spec = signal.stft(x, SR, nperseg=1024, noverlap=512)
-    logmel = np.log(bank @ np.abs(spec) ** 2 + 1e-10)
-    logmel -= logmel.mean()
-    return np.concatenate([logmel.mean(axis=1), logmel.std(axis=1)])
+def _embed(x: np.ndarray) -> np.ndarray:
+    """The daemon's default embedding of a clip: preprocess, then `logmel-stats`."""
+    return LogMelStatsEmbedder(sample_rate_hz=SR).embed(preprocess(x, SR).audio)
 
 
 @pytest.fixture(scope="module")
 def normal() -> np.ndarray:
     return synthesize(MachineSpec(seed=1), SECONDS)
+
+
+@pytest.fixture(scope="module")
+def other_normal() -> np.ndarray:
+    return synthesize(MachineSpec(seed=2), SECONDS)
 
 
 def test_same_seed_same_samples_other_seed_other_samples(normal: np.ndarray) -> None:
@@ -95,18 +91,22 @@ def test_faults_leave_the_normal_stretches_alone(normal: np.ndarray) -> None:
         ("looseness", 15.0, 40.0, 3.0),  # the 0.5x sub-harmonic
     ],
 )
-def test_each_fault_moves_its_band_and_the_logmel_statistic(
-    normal: np.ndarray, kind: str, lo_hz: float, hi_hz: float, min_rise_db: float
+def test_each_fault_moves_its_band_and_the_default_embedding(
+    normal: np.ndarray,
+    other_normal: np.ndarray,
+    kind: str,
+    lo_hz: float,
+    hi_hz: float,
+    min_rise_db: float,
 ) -> None:
-    other_normal = synthesize(MachineSpec(seed=2), SECONDS)
     faulty = synthesize(MachineSpec(seed=2), SECONDS, faults=[FaultSegment(kind, 0.0, SECONDS)])
     assert abs(_band_db(other_normal, lo_hz, hi_hz) - _band_db(normal, lo_hz, hi_hz)) < 1.0
     assert _band_db(faulty, lo_hz, hi_hz) - _band_db(normal, lo_hz, hi_hz) > min_rise_db
 
-    reference = _logmel_stats(normal)
-    normal_gap = np.linalg.norm(_logmel_stats(other_normal) - reference)
-    fault_gap = np.linalg.norm(_logmel_stats(faulty) - reference)
-    assert fault_gap > 4.0 * normal_gap
+    reference = _embed(normal)
+    normal_distance = 1.0 - float(reference @ _embed(other_normal))
+    fault_distance = 1.0 - float(reference @ _embed(faulty))
+    assert fault_distance > 10.0 * normal_distance
 
 
 def test_demo_timeline_starts_normal_and_alternates() -> None:
