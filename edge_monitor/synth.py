@@ -188,7 +188,7 @@ def synthesize(
                 f"{seconds}); end the fault at or before the end of the clip"
             )
 
-    streams = np.random.SeedSequence(spec.seed).spawn(4 + len(faults))
+    streams = np.random.SeedSequence(spec.seed).spawn(3 + len(faults))
     sr = float(sample_rate_hz)
     # Noise first: its FFT is the largest transient, best taken before the tones exist.
     noise = _coloured_noise(spec.noise_colour, n, sr, np.random.default_rng(streams[2]))
@@ -207,7 +207,7 @@ def synthesize(
         "rubbing": (_rubbing, RUB_RMS),
         "looseness": (_looseness, LOOSE_RMS),
     }
-    for fault, stream in zip(faults, streams[4:], strict=True):
+    for fault, stream in zip(faults, streams[3:], strict=True):
         rng = np.random.default_rng(stream)
         lo = round(fault.start_s * sr)
         hi = min(round(fault.end_s * sr), n)
