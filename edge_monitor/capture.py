@@ -50,6 +50,7 @@ log = logging.getLogger(__name__)
 # Latency hint for PortAudio: a monitor needs no low latency, and a large device buffer
 # makes input overflows on a busy small box much rarer.
 STREAM_LATENCY = "high"
+PA_INVALID_SAMPLE_RATE = -9997  # PortAudio's paInvalidSampleRate
 
 
 @dataclass(frozen=True)
@@ -224,7 +225,11 @@ def resolve_device(device: str | int | None) -> InputDevice:
 
 
 def negotiate_sample_rate(device: InputDevice, channels: int, sample_rate_hz: int) -> int:
-    """The requested rate if the device takes it, else its default rate (logged)."""
+    """The requested rate if the device takes it, else its default rate (logged).
+
+    Only PortAudio's "invalid sample rate" triggers the fallback; any other refusal (a busy
+    or vanished device) is raised as PortAudioError for the caller to retry.
+    """
     sd = sounddevice_module()
     if channels > device.max_input_channels:
         raise ConfigError(
@@ -237,20 +242,24 @@ def negotiate_sample_rate(device: InputDevice, channels: int, sample_rate_hz: in
         )
         return sample_rate_hz
     except sd.PortAudioError as exc:
-        fallback = device.default_sample_rate_hz
-        log.warning(
-            "input %r does not take %d Hz (%s); recording at its default %d Hz and resampling",
-            device.name, sample_rate_hz, exc, fallback,
-        )
+        if len(exc.args) < 2 or exc.args[1] != PA_INVALID_SAMPLE_RATE:
+            raise
+    fallback = device.default_sample_rate_hz
     try:
         sd.check_input_settings(
             device=device.index, channels=channels, samplerate=fallback, dtype="float32"
         )
     except sd.PortAudioError as exc:
+        if len(exc.args) < 2 or exc.args[1] != PA_INVALID_SAMPLE_RATE:
+            raise
         raise ConfigError(
             f"sample_rate_hz: {device.name!r} accepts neither {sample_rate_hz} Hz nor its "
-            f"default {fallback} Hz with {channels} channel(s) ({exc})"
+            f"default {fallback} Hz; set `sample_rate_hz` to a rate the device supports"
         ) from exc
+    log.warning(
+        "input %r does not take %d Hz; recording at its default %d Hz and resampling",
+        device.name, sample_rate_hz, fallback,
+    )
     return fallback
 
 
@@ -428,7 +437,7 @@ class SoundDeviceSource:
                 finished_callback=functools.partial(self._on_stream_finished, self._generation),
             )
         except (sd.PortAudioError, ConfigError, ValueError, OSError) as exc:
-            self._set_fault(f"input device unavailable: {exc}")
+            self._set_fault(f"input device {self._describe_spec()} unavailable: {exc}")
             return False
         if self._lost_at is not None:
             # Keep the frame counter honest across the outage so the gap is visible.
@@ -449,6 +458,9 @@ class SoundDeviceSource:
             device.name, device.index, device.host_api, rate, self._channels,
         )
         return True
+
+    def _describe_spec(self) -> str:
+        return "(default)" if self._device_spec in (None, "") else repr(self._device_spec)
 
     def _set_fault(self, message: str) -> None:
         if message != self._fault:

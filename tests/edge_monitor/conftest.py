@@ -6,7 +6,9 @@ with one null sink `vsink` (16 kHz, mono, s16le). Audio played into the sink wit
 `vsink.monitor`, the server's default source. The test process gets the environment
 (PULSE_SERVER, PULSE_SOURCE, HOME, XDG_RUNTIME_DIR) so that sounddevice's ALSA device
 `pulse` (`PulseServer.device`) records from that monitor. `pulse.stop()` kills the server
-(a lost input device) and `pulse.start()` brings it back on the same socket.
+(a lost input device) and `pulse.start()` brings it back on the same socket;
+`pulse.remove_sink()` / `pulse.add_sink()` take the source away with the server still up,
+as unplugging a USB microphone would.
 
 Pad played clips with ~0.5 s of silence: the stream needs a moment before audio flows.
 """
@@ -57,13 +59,16 @@ class PulseServer:
     def running(self) -> bool:
         return self._process is not None and self._process.poll() is None
 
+    def _sink_args(self) -> list[str]:
+        return [
+            "module-null-sink", f"sink_name={self.sink}", f"rate={self.sample_rate_hz}",
+            "channels=1", "format=s16le",
+        ]
+
     def start(self) -> None:
         if self.running:
             return
-        sink = (
-            f"module-null-sink sink_name={self.sink} rate={self.sample_rate_hz} "
-            "channels=1 format=s16le"
-        )
+        sink = " ".join(self._sink_args())
         with open(self.log_path, "ab") as log_file:
             self._process = subprocess.Popen(
                 [
@@ -96,6 +101,18 @@ class PulseServer:
             self._process.kill()
             self._process.wait(timeout=PULSE_WAIT_S)
         self._process = None
+
+    def remove_sink(self) -> None:
+        """Unload the null sink and so its monitor: like unplugging the microphone."""
+        modules = self.pactl("list", "short", "modules").stdout.splitlines()
+        for line in modules:
+            if "module-null-sink" in line and f"sink_name={self.sink}" in line:
+                self.pactl("unload-module", line.split()[0])
+
+    def add_sink(self) -> None:
+        """Load the null sink again (the microphone is back) and make it the default source."""
+        self.pactl("load-module", *self._sink_args())
+        self.pactl("set-default-source", self.monitor)
 
     def pactl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return subprocess.run(

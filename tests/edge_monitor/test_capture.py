@@ -99,6 +99,28 @@ def test_losing_pulseaudio_sets_fault_and_recovers_by_itself(pulse) -> None:
     assert after.start_frame > before.end_frame + RATE_HZ // 2
 
 
+def test_unplugged_source_is_a_fault_until_it_comes_back(pulse) -> None:
+    source = SoundDeviceSource(
+        pulse.device, channels=1, sample_rate_hz=RATE_HZ, block_s=0.05,
+        retry_min_s=0.2, retry_max_s=0.5,
+    )
+    source.start()
+    try:
+        _first_chunk(source)
+        pulse.remove_sink()
+        _wait_for(lambda: source.fault is not None, "a fault after the source vanished")
+        assert "'pulse'" in source.fault
+        time.sleep(1.0)
+        assert source.fault is not None and source.stats().restarts == 0
+        pulse.add_sink()
+        _wait_for(lambda: source.fault is None, "recovery after the source came back")
+        _drain(source)
+        assert _first_chunk(source).frames.shape[1] == 1
+    finally:
+        source.stop()
+    assert source.stats().restarts == 1
+
+
 def test_full_queue_drops_and_counts_instead_of_blocking(pulse) -> None:
     source = SoundDeviceSource(
         pulse.device, channels=1, sample_rate_hz=RATE_HZ, block_s=0.05, queue_s=0.1
