@@ -261,12 +261,16 @@ class HuBERTBackbone(Backbone):
         self.feature_extractor = FeatureExtractor(config)
         self.encoder = Encoder(config)
 
-    def extract_conv_features(self, wave: Tensor) -> Tensor:
-        """Projected conv features [B, frames, dim], before the transformer (for frame masking)."""
+    def frame_features(self, wave: Tensor) -> Tensor:
+        """Projected conv features [B, frames, dim]: where masked-frame training masks frames."""
         return self.encoder.feature_projection(self.feature_extractor(wave))
 
+    def contextualise(self, features: Tensor) -> Tensor:
+        """Run the transformer over (possibly masked) frame features [B, frames, dim]."""
+        return self.encoder.transformer(features)
+
     def forward(self, wave: Tensor) -> Tensor:
-        return self.encoder(self.feature_extractor(wave))
+        return self.contextualise(self.frame_features(wave))
 
 
 _HF_RENAMES = (
