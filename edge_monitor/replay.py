@@ -186,6 +186,10 @@ class ReplaySource:
     def _run(self) -> None:
         try:
             self._replay()
+        except Exception as exc:  # the consumer must hear of it, not see a quiet end
+            log.exception("replay failed")
+            self._fault = f"replay failed: {exc}"
+            self._last_error = self._fault
         finally:
             self._done.set()
 
