@@ -197,6 +197,11 @@ class DecisionSection(Section):
         description="per-window false-alarm rate that sets the threshold from the bank's "
         "leave-one-out scores",
     )
+    threshold_scale: float = Field(
+        default=1.0, ge=0.1, le=10.0,
+        description="multiplies the detector's threshold: above 1 fewer false alarms, below 1 "
+        "more sensitive",
+    )
     smoothing: int = Field(
         default=1, ge=1, le=60,
         description="median over this many consecutive window scores; 1 = no smoothing",
@@ -241,7 +246,7 @@ class FaultsConfig(Section):
         description="no audio from the source this long -> state fault (device lost)",
     )
     disk_check_s: float = Field(
-        default=30.0, ge=1.0, le=3600.0,
+        default=30.0, ge=0.1, le=3600.0,
         description="seconds between write checks of the state directory while it is failing",
     )
 

@@ -131,6 +131,7 @@ def plan_machines(config: Config) -> Plan:
         decision=DecisionConfig(d.smoothing, d.k, d.n, d.hysteresis_ratio, d.cooldown_s,
                                 d.update_interval_s),
         false_alarm_rate=d.false_alarm_rate,
+        threshold_scale=d.threshold_scale,
         disk_paths=(config.state_dir, config.clip_dir) if config.alarm_audio.enabled
         else (config.state_dir,),
         silence_s=config.faults.silence_s,

@@ -89,6 +89,7 @@ class ProcessingSettings:
     model_rate_hz: int
     decision: DecisionConfig
     false_alarm_rate: float
+    threshold_scale: float = 1.0
     disk_paths: tuple[Path, ...] = ()  # directories written to; probed while a disk fault lasts
     silence_s: float = 30.0
     silence_dbfs: float = -70.0
@@ -117,7 +118,7 @@ class Counters:
     windows: int = 0
     scored_windows: int = 0
     late_windows: int = 0
-    silent_windows: int = 0
+    unjudged_windows: int = 0
     windower_gaps: int = 0
     clip_errors: int = 0
     max_lag_s: float = 0.0
@@ -132,6 +133,7 @@ class _Lane:
     windower: Windower | None = None
     silent_frames: int = 0
     clipped_run: int = 0
+    judge_from_frame: int = 0  # windows starting earlier overlap a fault: never judged
     enrolling: bool = False
     last_score: float | None = None
     last_threshold: float | None = None
@@ -175,6 +177,7 @@ class Processor:
         self._thread: threading.Thread | None = None
         self._anchor: float | None = None  # wall time of source frame 0
         self._expected_frame: int | None = None
+        self._chunk_start_frame = 0  # start of the chunk in hand (or the next one expected)
         self._last_chunk_at = time.monotonic()
         self._disk_fault: str | None = None
         self._last_disk_probe = 0.0
@@ -255,13 +258,14 @@ class Processor:
 
     def _main(self) -> None:
         try:
-            self.notifier.ready(self._status_line())
             self._publish_all_states()
+            self.notifier.ready(self._status_line())
             while not self.stop_event.is_set():
                 self._run_calls()
                 chunk = self.source.get(GET_TIMEOUT_S)
                 if chunk is not None:
                     self._on_chunk(chunk)
+                    self._chunk_start_frame = chunk.end_frame
                 self._check_faults()
                 self.notifier.ping_watchdog_if_due()
                 self._periodic()
@@ -299,6 +303,7 @@ class Processor:
             # (Re)anchor the audio timeline to wall time at every hole or rate change.
             self._anchor = chunk.captured_at - chunk.end_frame / rate
         self._expected_frame = chunk.end_frame
+        self._chunk_start_frame = chunk.start_frame
         for lane in self._lanes:
             mono = np.ascontiguousarray(chunk.frames[:, lane.setup.channel])
             for tap in list(lane.taps):
@@ -334,12 +339,13 @@ class Processor:
         at = datetime.fromtimestamp(self._anchor + end_frame / rate, timezone.utc)
         hits = int(np.count_nonzero(np.abs(audio) >= s.clip_level))
         lane.clipped_run = lane.clipped_run + 1 if hits >= s.clip_fraction * audio.size else 0
-        if self._settle(lane, at) in (FAULT, ENROLLING):
+        if self._settle(lane, at) in (FAULT, ENROLLING) or start_frame < lane.judge_from_frame:
             return
-        if _dbfs(audio) < s.silence_dbfs:
-            # A silent window says nothing about the machine (stopped, or a dead input that
-            # has not yet lasted `silence_s`); judging it would only make false alarms.
-            self.counters.silent_windows += 1
+        if _dbfs(audio) < s.silence_dbfs or lane.clipped_run:
+            # A silent or clipped window says nothing reliable about the machine (stopped,
+            # a dead input, too much gain) until it lasts long enough to be a fault; judging
+            # it would only make false alarms.
+            self.counters.unjudged_windows += 1
             return
         model_audio = resample(audio, rate, s.model_rate_hz)
         setup = lane.setup
@@ -350,13 +356,13 @@ class Processor:
         detector = setup.detector
         assert detector is not None
         detection = detector.score(model_audio)
+        threshold = detector.threshold * s.threshold_scale
         self.counters.scored_windows += 1
         lane.last_score = detection.score
-        lane.last_threshold = detector.threshold
-        outcome = lane.decision.observe(detection.score, detector.threshold, at)
+        lane.last_threshold = threshold
+        outcome = lane.decision.observe(detection.score, threshold, at)
         if s.score_telemetry and self.publisher is not None:
-            self.publisher.publish_score(lane.name, ScoreSample(detection.score,
-                                                                detector.threshold, at))
+            self.publisher.publish_score(lane.name, ScoreSample(detection.score, threshold, at))
         self._emit(lane, outcome, at, model_audio)
         if s.realtime:
             lag = time.time() - chunk.captured_at
@@ -402,7 +408,7 @@ class Processor:
             return (f"silence: input below {s.silence_dbfs:g} dBFS for {s.silence_s:g} s "
                     "(microphone dead, muted or unplugged?)")
         if lane.clipped_run >= s.clipping_windows:
-            return (f"clipping: {lane.clipped_run} windows in a row are clipped "
+            return (f"clipping: {s.clipping_windows} or more windows in a row reach full scale "
                     "(lower the input gain)")
         return None
 
@@ -421,12 +427,16 @@ class Processor:
         elif lane.setup.learner is not None:
             wanted, reason = LEARNING, None
         else:
+            if decision.status == FAULT:
+                log.info("machine %s: fault cleared", lane.name)
+                lane.judge_from_frame = self._chunk_start_frame
             if decision.status in (FAULT, LEARNING, ENROLLING):
                 self._emit(lane, decision.resume(at), at, None)
             return None
         if decision.status != wanted or decision.reason != reason:
             if decision.status == FAULT and wanted != FAULT:
                 log.info("machine %s: fault cleared", lane.name)
+                lane.judge_from_frame = self._chunk_start_frame
             self._emit(lane, decision.suspend(wanted, at, reason), at, None)
         return wanted
 
@@ -542,7 +552,7 @@ class Processor:
                 "reason": d.reason,
                 "since": d.since.isoformat() if d.since else None,
                 "score": lane.last_score,
-                "threshold": det.threshold if det else None,
+                "threshold": det.threshold * self.settings.threshold_scale if det else None,
                 "model_version": det.model_version if det else None,
                 "bank_version": det.bank_version if det else None,
                 "learning_progress": lane.setup.learner.progress if lane.setup.learner else None,
@@ -554,7 +564,7 @@ class Processor:
             "windows": c.windows,
             "scored_windows": c.scored_windows,
             "late_windows": c.late_windows,
-            "silent_windows": c.silent_windows,
+            "unjudged_windows": c.unjudged_windows,
             "max_lag_s": round(c.max_lag_s, 3),
             "windower_gaps": c.windower_gaps,
             "clip_errors": c.clip_errors,

@@ -1,0 +1,133 @@
+"""The daemon end to end on the replay source, as fast as it can go, against a real broker.
+
+Audio: a synthetic machine (edge_monitor.synth) learned as normal, then silence, clipping and
+a bearing fault. Expected: learning -> normal -> fault (silence) -> normal -> fault
+(clipping) -> normal -> anomaly -> normal, one alarm with new/end sharing an event id and a
+saved FLAC clip, retained state and `offline` availability at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+from daemon_support import (
+    RATE,
+    DaemonThread,
+    dedupe,
+    small_config,
+    status_of,
+    synth,
+    write_config,
+    write_flac,
+)
+
+from edge_monitor.config import load_config
+from edge_monitor.daemon import plan_machines
+from edge_monitor.service import Notifier
+from edge_monitor.synth import FaultSegment
+
+
+def scenario(tmp_path: Path) -> list[Path]:
+    """One synthetic machine: a_learn.flac its first 10 s; b_test.flac the next 30 s with
+    silence (3-6 s), clipping (9-11 s) and a bearing fault (21-25 s)."""
+    audio = synth(40.0, (FaultSegment("bearing", 31.0, 35.0),), seed=7)
+    learn = write_flac(tmp_path / "a_learn.flac", audio[: 10 * RATE])
+    test = audio[10 * RATE:].copy()
+    test[3 * RATE:6 * RATE] = 0.0
+    test[9 * RATE:11 * RATE] = np.clip(test[9 * RATE:11 * RATE] * 60.0, -1.0, 1.0)
+    return [learn, write_flac(tmp_path / "b_test.flac", test)]
+
+
+def test_replay_fast_gives_the_expected_states_events_and_clip(tmp_path, mosquitto, mqtt_recorder):
+    files = scenario(tmp_path)
+    config = small_config(tmp_path, files, mqtt={"enabled": True, "host": mosquitto.host,
+                                                 "port": mosquitto.port})
+    recorder = mqtt_recorder(mosquitto, ["edge-monitor/#"])
+    daemon = DaemonThread(write_config(tmp_path, config))
+    assert daemon.wait(60) == 0
+    root = "edge-monitor/test-box"
+    states = [json.loads(m.payload) for m in recorder.wait_topic(f"{root}/availability", 2)
+              and recorder.on(f"{root}/machines/pump/state")]
+    statuses = dedupe([s["status"] for s in states])
+    assert statuses == ["learning", "normal", "fault", "normal", "fault", "normal", "anomaly",
+                        "normal"], statuses
+    reasons = [s["reason"] for s in states if s["status"] == "fault"]
+    assert reasons[0].startswith("silence") and reasons[-1].startswith("clipping")
+    events = [json.loads(m.payload) for m in recorder.on(f"{root}/machines/pump/events")]
+    kinds = [e["type"] for e in events]
+    assert kinds[0] == "new" and kinds[-1] == "end" and set(kinds[1:-1]) <= {"update"}
+    assert len({e["event_id"] for e in events}) == 1
+    assert len({e["message_id"] for e in events}) == len(events)
+    new = events[0]
+    assert new["model_version"] == "builtin-logmel-stats" and new["bank_version"]
+    assert new["peak_score"] > new["threshold"]
+    clip = Path(new["clip_path"])
+    assert clip.is_file() and clip.parent == tmp_path / "state" / "clips"
+    assert sf.info(str(clip)).samplerate == RATE and sf.info(str(clip)).duration == 1.0
+    assert recorder.on(f"{root}/availability")[-1].payload == b"offline"
+    assert recorder.on(f"{root}/machines/pump/score")
+    snap = daemon.daemon.processor.snapshot()
+    # Nothing dropped; the one gap is the boundary between the two recordings.
+    assert snap["dropped_chunks"] == 0 and snap["windower_gaps"] == 1
+    # The learned bank is on disk: the next start skips learning.
+    plan = plan_machines(load_config(write_config(tmp_path, config)))
+    assert plan.machines[0].learner is None and plan.machines[0].detector is not None
+    assert plan.machines[0].detector.bank_version == new["bank_version"]
+
+
+def test_watchdog_ready_status_and_stopping_reach_the_notify_socket(tmp_path):
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    address = str(tmp_path / "notify.sock")
+    sock.bind(address)
+    sock.settimeout(10)
+    audio = write_flac(tmp_path / "a.flac", synth(6.0))
+    config = small_config(tmp_path, [audio], source={"replay": {"paths": [str(audio)],
+                                                                "realtime": True, "loop": True}})
+    notifier = Notifier({"NOTIFY_SOCKET": address, "WATCHDOG_USEC": "200000"})
+    daemon = DaemonThread(write_config(tmp_path, config), notifier)
+    received: list[str] = []
+    try:
+        while sum(m == "WATCHDOG=1" for m in received) < 5:
+            received.append(sock.recv(4096).decode())
+    finally:
+        assert daemon.stop() == 0
+    sock.settimeout(1)
+    try:
+        while True:
+            received.append(sock.recv(4096).decode())
+    except TimeoutError:
+        pass
+    sock.close()
+    ready = [m for m in received if m.startswith("READY=1")]
+    assert ready and "STATUS=pump: learning" in ready[0]
+    first_ping = received.index("WATCHDOG=1")
+    assert received.index(ready[0]) < first_ping
+    assert "STOPPING=1" in received
+
+
+def test_disk_error_is_a_fault_that_clears_by_itself(tmp_path):
+    blocker = tmp_path / "blocked"
+    blocker.write_text("a file where the clip directory should be\n")
+    audio = synth(20.0, (FaultSegment("rubbing", 13.0, 20.0),), seed=7)
+    learn = write_flac(tmp_path / "a.flac", audio[: 12 * RATE])
+    faulty = write_flac(tmp_path / "b.flac", audio[12 * RATE:])
+    config = small_config(tmp_path, [learn, faulty],
+                          source={"replay": {"paths": [str(learn), str(faulty)], "loop": True,
+                                             "realtime": False}},
+                          alarm_audio={"dir": str(blocker / "clips")})
+    daemon = DaemonThread(write_config(tmp_path, config))
+    try:
+        snap = daemon.wait_until(
+            lambda s: (s["machines"]["pump"]["reason"] or "").startswith("disk error"),
+            "a disk fault")
+        assert status_of(snap) == "fault" and snap["clip_errors"] >= 1
+        blocker.unlink()
+        daemon.wait_until(lambda s: snap["windows"] < s["windows"] and status_of(s) != "fault"
+                          and s["clip_errors"] == snap["clip_errors"], "recovery from the fault")
+        daemon.wait_until(lambda s: any((blocker / "clips").glob("*.flac")), "a saved clip")
+    finally:
+        assert daemon.stop() == 0
