@@ -1,0 +1,129 @@
+"""Export: tiny models through ONNX (fp32, INT8) and TFLite match torch; the CLI checks itself."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from edge_monitor.cli import main as monitor_main
+from edge_monitor.embedders.logmel_stats import LogMelStatsEmbedder
+from edge_monitor.embedders.onnx_model import OnnxEmbedder
+from trainer.cli import main as trainer_main
+from trainer.export import LogMelStatsModule, export_onnx
+from trainer.quantize import front_end_nodes, quantize_onnx
+from trainer.student import build_student, save_student, student_embedder
+
+RATE_HZ = 16000
+TINY = {"window_s": 1.0, "n_fft": 256, "hop": 128, "n_mels": 16, "channels": [4, 8], "dim": 8}
+
+
+def _clips(count: int, seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    t = np.arange(RATE_HZ) / RATE_HZ
+    return [(0.1 * np.sin(2 * np.pi * rng.uniform(100, 900) * t)
+             + 0.03 * rng.normal(size=t.size)).astype(np.float32) for _ in range(count)]
+
+
+def _tree(root: Path) -> Path:
+    rng = np.random.default_rng(5)
+    t = np.arange(RATE_HZ) / RATE_HZ
+    plan = [("train", "source", "normal", 10), ("train", "target", "normal", 2),
+            ("test", "source", "normal", 3), ("test", "source", "anomaly", 3),
+            ("test", "target", "normal", 3), ("test", "target", "anomaly", 3)]
+    for split, domain, label, count in plan:
+        for i in range(count):
+            hum = (150.0 if domain == "source" else 190.0) * rng.uniform(0.97, 1.03)
+            audio = 0.1 * np.sin(2 * np.pi * hum * t) + 0.02 * rng.normal(size=t.size)
+            if label == "anomaly":
+                audio += 0.1 * np.sin(2 * np.pi * 4100 * t)
+            path = root / "pump" / split / f"section_00_{domain}_{split}_{label}_{i:04d}.wav"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            sf.write(path, audio.astype(np.float32), RATE_HZ)
+    return root
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory):
+    torch.manual_seed(0)
+    model = build_student(TINY).eval()
+    path = tmp_path_factory.mktemp("export") / "tiny.onnx"
+    embedder = student_embedder(model, "tiny")
+    export_onnx(embedder, path)
+    return embedder, path
+
+
+def test_logmel_stats_graph_matches_the_numpy_embedder() -> None:
+    numpy_embedder = LogMelStatsEmbedder()
+    module = LogMelStatsModule(numpy_embedder).eval()
+    for clip in _clips(3):
+        expected = numpy_embedder.embed(clip)
+        got = module(torch.from_numpy(clip)[None, :])[0].detach().numpy()
+        assert float(got @ expected) > 0.99999
+
+
+def test_onnx_fp32_matches_torch_at_any_length(tiny) -> None:
+    embedder, path = tiny
+    runtime = OnnxEmbedder(path, "tiny", RATE_HZ, 1.0, 8, providers=["cuda", "cpu"], threads=1)
+    assert runtime.providers == ["CPUExecutionProvider"]  # cuda is absent: fell back to CPU
+    for clip in _clips(3):
+        for audio in (clip, np.tile(clip, 3)[: int(2.5 * RATE_HZ)]):
+            np.testing.assert_allclose(runtime.embed(audio), embedder.embed(audio), atol=2e-5)
+
+
+@pytest.mark.parametrize("mode", ["dynamic", "static"])
+def test_onnx_int8_stays_close_and_keeps_front_end_float(tiny, tmp_path: Path, mode: str) -> None:
+    import onnx
+
+    embedder, path = tiny
+    target = quantize_onnx(path, tmp_path / f"tiny.{mode}.onnx", mode, _clips(4, seed=1))
+    quantised = onnx.load(str(target))
+    kinds = {n.op_type for n in quantised.graph.node}
+    assert kinds & {"ConvInteger", "MatMulInteger", "QuantizeLinear", "DynamicQuantizeLinear"}
+    assert len(front_end_nodes(quantised)) >= len(front_end_nodes(onnx.load(str(path))))
+    runtime = OnnxEmbedder(target, "tiny", RATE_HZ, 1.0, 8)
+    cosines = [float(runtime.embed(c) @ embedder.embed(c)) for c in _clips(4, seed=2)]
+    assert min(cosines) > 0.98
+
+
+@pytest.mark.skipif(importlib.util.find_spec("litert_torch") is None,
+                    reason="litert-torch (the optional tflite-export extra) is not installed")
+@pytest.mark.parametrize("int8", [False, True])
+def test_tflite_matches_torch(tiny, tmp_path: Path, int8: bool) -> None:
+    from edge_monitor.embedders.tflite_model import TfliteEmbedder
+    from trainer.export import export_tflite
+
+    embedder, _ = tiny
+    path = export_tflite(embedder, tmp_path / "tiny.tflite", int8_weights=int8)
+    runtime = TfliteEmbedder(path, "tiny", RATE_HZ, 1.0, 8, threads=1)
+    cosines = [float(runtime.embed(c) @ embedder.embed(c)) for c in _clips(4, seed=3)]
+    assert min(cosines) > (0.98 if int8 else 0.99999)
+
+
+def test_export_and_bundle_cli_end_to_end(tmp_path: Path, capsys) -> None:
+    data = _tree(tmp_path / "data")
+    torch.manual_seed(1)
+    student = save_student(build_student(TINY), tmp_path / "student.pt")
+    out = tmp_path / "exports"
+    assert trainer_main(["export", "--student", str(student), "--out", str(out), "--data",
+                         str(data), "--formats", "onnx,onnx-int8", "--calibration", "4"]) == 0
+    printed = capsys.readouterr().out
+    assert "student (onnx, fp32): cosine to torch" in printed and "hmean" in printed
+    listed = json.loads((out / "export.json").read_text())["models"]
+    assert [m["name"] for m in listed] == ["student", "student-onnx-int8"]
+    assert listed[0]["check"]["cosine_min"] > 0.9999
+    bundle = tmp_path / "bundle"
+    assert trainer_main(["bundle", "--data", str(data), "--out", str(bundle), "--model",
+                         f"{out / 'export.json'}:student", "--k", "2", "--tar"]) == 0
+    scores = tmp_path / "scores.csv"
+    assert monitor_main(["score", "--bundle", str(bundle) + ".tar", "--out", str(scores),
+                         str(data / "pump" / "test")]) == 0
+    with open(scores) as handle:
+        rows = list(csv.reader(handle))[1:]
+    assert len(rows) == 12 and all(np.isfinite(float(s)) for _, s in rows)

@@ -1,0 +1,100 @@
+"""`edge-trainer bundle`: exported models + banks of every machine -> one verified bundle.
+
+    edge-trainer bundle --data ROOT --out BUNDLE --model logmel-stats \
+        --model exports/student/export.json:student-onnx-int8 [--weights acp.json] [--tar]
+
+A model is a builtin embedder name or `EXPORT_JSON:NAME` (an entry written by
+`edge-trainer export`; `:NAME` may be left out when the file holds one model). Banks are
+built from the training clips under ROOT, one per machine section, through the runtime
+embedders the daemon will run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from edge_monitor.bundle import BUILTIN_EMBEDDERS
+from edge_monitor.errors import ConfigError
+from edge_monitor.scoring_config import VARIANTS, variant
+from trainer.bundle_builder import ModelEntry, build_bundle, write_tar
+from trainer.dcase_data import read_dataset
+
+NAME = "bundle"
+HELP = "Build a bundle (models, banks per machine, thresholds, manifest) for the daemon."
+log = logging.getLogger(__name__)
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", type=Path, required=True, metavar="ROOT",
+                        help="DCASE tree whose training clips fill the banks")
+    parser.add_argument("--out", type=Path, required=True, metavar="BUNDLE",
+                        help="bundle directory to create")
+    parser.add_argument("--model", action="append", required=True, metavar="SPEC",
+                        help=f"builtin {sorted(BUILTIN_EMBEDDERS)} or EXPORT_JSON[:NAME]; repeat")
+    parser.add_argument("--weights", type=Path, default=None,
+                        help="JSON with {'weights': {model: weight}} (from edge-trainer acp)")
+    parser.add_argument("--variant", default="knn", help=f"scoring variant {sorted(VARIANTS)}")
+    parser.add_argument("--k", type=int, default=None, help="neighbours per score")
+    parser.add_argument("--false-alarm-rate", type=float, default=0.01)
+    parser.add_argument("--cache", type=Path, default=None, help="embedding cache directory")
+    parser.add_argument("--tar", action="store_true", help="also write BUNDLE.tar")
+
+
+def model_entry(spec: str) -> ModelEntry:
+    """A builtin name, or one entry of an export.json."""
+    if spec in BUILTIN_EMBEDDERS:
+        embedder = BUILTIN_EMBEDDERS[spec]()
+        return ModelEntry(spec, "builtin", embedder.sample_rate_hz, embedder.window_s,
+                          embedder.dim, builtin=spec)
+    file_part, _, name = spec.partition(":")
+    path = Path(file_part)
+    try:
+        models: list[dict[str, Any]] = json.loads(path.read_text())["models"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(
+            f"--model {spec!r}: {path} is not an export.json of `edge-trainer export` ({exc})"
+        ) from exc
+    chosen = [m for m in models if m["name"] == name] if name else models
+    if len(chosen) != 1:
+        raise ConfigError(
+            f"--model {spec!r}: pick one of {[m['name'] for m in models]} as {path}:NAME"
+        )
+    m = chosen[0]
+    return ModelEntry(m["name"], m["runtime"], int(m["sample_rate_hz"]), float(m["window_s"]),
+                      int(m["dim"]), file=path.parent / m["file"], precision=m["precision"])
+
+
+def read_weights(path: Path) -> dict[str, float]:
+    try:
+        weights = json.loads(path.read_text())["weights"]
+        return {str(k): float(v) for k, v in weights.items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ConfigError(
+            f"--weights {path}: expected JSON {{'weights': {{model: w}}}} ({exc})"
+        ) from exc
+
+
+def run(args: argparse.Namespace) -> int:
+    entries = [model_entry(spec) for spec in args.model]
+    if args.weights is not None:
+        weights = read_weights(args.weights)
+        missing = sorted({e.name for e in entries} - set(weights))
+        if missing:
+            raise ConfigError(f"--weights {args.weights}: no weight for model(s) {missing}")
+        entries = [ModelEntry(**{**e.__dict__, "weight": weights[e.name]}) for e in entries]
+    scoring = variant(args.variant)
+    if args.k is not None:
+        scoring = scoring.replace(k=args.k)
+    if not 0.0 < args.false_alarm_rate < 1.0:
+        raise ConfigError(f"--false-alarm-rate {args.false_alarm_rate}: must lie in (0, 1)")
+    clips = read_dataset(args.data)
+    out = build_bundle(args.out, entries, clips, scoring, args.false_alarm_rate,
+                       cache_dir=args.cache)
+    if args.tar:
+        write_tar(out, out.with_name(out.name + ".tar"))
+    print(f"bundle written to {out}")
+    return 0
