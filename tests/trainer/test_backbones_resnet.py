@@ -95,3 +95,15 @@ def test_a_few_optimizer_steps_reduce_a_simple_loss() -> None:
         optimizer.step()
         losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0]
+
+
+def test_long_key_lists_are_cut_to_ten_with_a_count(tmp_path) -> None:
+    model = build_backbone("resnet", "tiny")
+    state = {k: v for k, v in model.state_dict().items() if not k.startswith("blocks.")}
+    path = tmp_path / "gutted.pt"
+    torch.save({"cfg": model.config.model_dump(mode="json"), "model": state}, path)
+    with pytest.raises(CheckpointError) as error:
+        build_backbone("resnet", "tiny", path)
+    missing = len(model.state_dict()) - len(state)
+    assert f"{missing} missing key(s)" in str(error.value)
+    assert f"({missing - 10} more)" in str(error.value)

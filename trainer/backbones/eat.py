@@ -73,6 +73,7 @@ class EATConfig(BackboneConfig):
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny": {"embed_dim": 64, "depth": 2, "num_heads": 4, "max_length": 64},
     "base": {},
+    "large": {"embed_dim": 1024, "depth": 24, "num_heads": 16},
 }
 
 
