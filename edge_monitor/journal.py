@@ -14,6 +14,7 @@ import logging
 import sqlite3
 import threading
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,25 +95,31 @@ class Journal:
             raise
         return db
 
-    def append(self, message: Message, kind: str, label: str = "") -> int:
-        """Store a message durably and return its sequence number."""
-        if kind not in KINDS:
-            raise ValueError(f"journal kind {kind!r} is not one of {KINDS}")
+    def append(self, items: Sequence[tuple[Message, str, str]]) -> list[int]:
+        """Store (message, kind, label) items durably in one transaction (one fsync for a
+        burst) and return their sequence numbers, in order."""
+        for _, kind, _ in items:
+            if kind not in KINDS:
+                raise ValueError(f"journal kind {kind!r} is not one of {KINDS}")
+        seqs = []
         with self._lock, self._db:
             self._db.execute("BEGIN IMMEDIATE")
-            if kind == KIND_STATE:
-                self._db.execute(
-                    "DELETE FROM outbox WHERE kind = ? AND topic = ?", (KIND_STATE, message.topic)
+            for message, kind, label in items:
+                if kind == KIND_STATE:
+                    self._db.execute(
+                        "DELETE FROM outbox WHERE kind = ? AND topic = ?",
+                        (KIND_STATE, message.topic),
+                    )
+                else:
+                    self._make_room()
+                cursor = self._db.execute(
+                    "INSERT INTO outbox (kind, topic, payload, qos, retain, label, created_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (kind, message.topic, message.payload, message.qos, int(message.retain),
+                     label, time.time()),
                 )
-            else:
-                self._make_room()
-            cursor = self._db.execute(
-                "INSERT INTO outbox (kind, topic, payload, qos, retain, label, created_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (kind, message.topic, message.payload, message.qos, int(message.retain), label,
-                 time.time()),
-            )
-            return int(cursor.lastrowid)
+                seqs.append(int(cursor.lastrowid))
+        return seqs
 
     def _make_room(self) -> None:
         (events,) = self._db.execute(
@@ -149,10 +156,10 @@ class Journal:
             for seq, kind, topic, payload, qos, retain, label in rows
         ]
 
-    def remove(self, seq: int) -> None:
-        """Forget a message the broker acknowledged (a no-op if it was coalesced away)."""
+    def remove(self, seqs: Iterable[int]) -> None:
+        """Forget messages the broker acknowledged (no-op for rows coalesced away)."""
         with self._lock, self._db:
-            self._db.execute("DELETE FROM outbox WHERE seq = ?", (seq,))
+            self._db.executemany("DELETE FROM outbox WHERE seq = ?", [(seq,) for seq in seqs])
 
     def count(self) -> int:
         with self._lock:

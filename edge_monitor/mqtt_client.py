@@ -44,7 +44,7 @@ from edge_monitor.topics import (
 
 log = logging.getLogger(__name__)
 
-MAX_QUEUED_MESSAGES = 1000
+MAX_QUEUED_MESSAGES = 10_000  # messages waiting for the journal (memory bound if the disk stalls)
 _STOP = object()
 _WAKE = object()
 
@@ -348,32 +348,37 @@ class MqttClient:
     # Worker thread: journal first, then paho -----------------------------------------
 
     def _run(self) -> None:
-        while (item := self._inbox.get()) is not _STOP:
+        stopping = False
+        while not stopping:
+            items = [self._inbox.get()]
+            while not self._inbox.empty():  # take the whole burst: one journal transaction
+                items.append(self._inbox.get_nowait())
+            stopping = _STOP in items
             try:
-                if isinstance(item, _Outgoing):
-                    self._store(item)
-                elif isinstance(item, _Ack):
-                    seq = self._inflight.pop(item.mid, None)
-                    if seq is not None and self._journal is not None:
-                        self._journal.remove(seq)
+                self._store([i for i in items if isinstance(i, _Outgoing)])
+                acked = [self._inflight.pop(i.mid, None) for i in items if isinstance(i, _Ack)]
+                if self._journal is not None and any(acked):
+                    self._journal.remove(seq for seq in acked if seq is not None)
                 self._pump()
             except (sqlite3.Error, OSError) as exc:  # keep delivering once the disk recovers
                 self._last_error = f"MQTT journal {self.settings.journal_path} failed: {exc}"
                 log.error("%s; messages already journaled are kept and sent later",
                           self._last_error)
 
-    def _store(self, item: _Outgoing) -> None:
+    def _store(self, items: list[_Outgoing]) -> None:
+        if not items:
+            return
         try:
-            if self._journal is not None:
-                self._journal.append(item.message, item.kind, item.label)
+            if self._journal is not None:  # set for the worker's whole life
+                self._journal.append([(i.message, i.kind, i.label) for i in items])
         except (sqlite3.Error, OSError) as exc:  # disk full: still try to deliver from memory
-            log.error("cannot write %s to the MQTT journal (%s): publishing it without "
-                      "durability; free disk space or fix %s", item.label, exc,
+            log.error("cannot write %d message(s) to the MQTT journal (%s): publishing them "
+                      "without durability; free disk space or fix %s", len(items), exc,
                       self.settings.journal_path)
-            self._send_direct([item.message])
+            self._send_direct([i.message for i in items])
         finally:
             with self._queued_lock:
-                self._queued -= 1
+                self._queued -= len(items)
 
     def _pump(self) -> None:
         client, journal = self._paho, self._journal
