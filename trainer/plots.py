@@ -69,7 +69,7 @@ def plot_roc(sections: Sequence[SectionScores], path: Path) -> Path | None:
         ax.legend(loc="lower right", fontsize=8)
     first = sections[0]
     fig.suptitle(f"{first.machine} section {first.section}")
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.06, right=0.98, bottom=0.14, top=0.86, wspace=0.25)
     try:
         return _save(fig, path) if drawn else None
     finally:
@@ -103,7 +103,7 @@ def plot_histograms(s: SectionScores, path: Path) -> Path:
         ax.axvline(s.threshold, color="black", linestyle="--", linewidth=1, label="threshold")
         ax.legend(fontsize=8)
     fig.suptitle(f"{s.variant}: {s.machine} section {s.section}")
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.06, right=0.98, bottom=0.14, top=0.86, wspace=0.25)
     try:
         return _save(fig, path)
     finally:
