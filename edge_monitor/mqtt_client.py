@@ -200,11 +200,9 @@ class MqttClient:
 
     def start(self) -> None:
         """Open the journal and connect in the background; returns at once."""
+        if self._paho is not None:
+            raise RuntimeError("MqttClient.start() called twice; stop() it first")
         s = self.settings
-        self._journal = Journal(s.journal_path, s.journal_max_events)
-        self._inflight.clear()
-        self._last_handed = 0  # hand the whole backlog to this connection, oldest first
-        self._stopped = False
         client = paho.Client(
             callback_api_version=paho.CallbackAPIVersion.VERSION2,
             client_id=s.client_id or f"edge-monitor-{s.device_id}",
@@ -223,6 +221,10 @@ class MqttClient:
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
         client.on_message = self._on_message
+        self._journal = Journal(s.journal_path, s.journal_max_events)
+        self._inflight.clear()
+        self._last_handed = 0  # hand the whole backlog to this connection, oldest first
+        self._stopped = False
         self._paho = client
         self.commands.start()
         self._worker = threading.Thread(target=self._run, name="mqtt-outbox", daemon=True)
