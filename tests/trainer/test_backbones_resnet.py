@@ -79,6 +79,10 @@ def test_unknown_name_and_size_are_config_errors() -> None:
         build_backbone("resnet", "huge")
     with pytest.raises(ConfigError, match="depth"):
         build_backbone("resnet", {"depth": 3})
+    with pytest.raises(ConfigError, match="divide"):
+        build_backbone("beats", {"input_patch_size": 12})
+    wide = build_backbone("resnet", {"channels": (8,), "n_mels": 16, "dim": 8})
+    assert wide.dim == 8 and wide.config.n_fft == 1024  # the rest comes from "base"
 
 
 def test_a_few_optimizer_steps_reduce_a_simple_loss() -> None:

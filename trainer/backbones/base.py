@@ -71,7 +71,7 @@ class Backbone(nn.Module, metaclass=abc.ABCMeta):
 def config_for_size(
     cls: type[ConfigT], presets: Mapping[str, Mapping[str, Any]], size: str | Mapping[str, Any]
 ) -> ConfigT:
-    """A config from a preset name ("tiny", "base") or from explicit values over the defaults."""
+    """A config from a preset name ("tiny", "base", ...) or from values over the "base" preset."""
     if isinstance(size, str):
         if size not in presets:
             raise ConfigError(
@@ -79,4 +79,6 @@ def config_for_size(
                 "or a mapping of config values"
             )
         return parse_config(cls, presets[size], f"preset {size!r}", ConfigError)
-    return parse_config(cls, size, "size mapping", ConfigError)
+    if not isinstance(size, Mapping):
+        raise ConfigError(f"size must be a preset name or a mapping, got {type(size).__name__}")
+    return parse_config(cls, {**presets["base"], **size}, "size mapping", ConfigError)

@@ -22,7 +22,7 @@ BUILDERS: dict[str, Callable[[str | Mapping[str, Any], Path | None], Backbone]] 
 def build_backbone(
     name: str, size: str | Mapping[str, Any] = "base", checkpoint: Path | None = None
 ) -> Backbone:
-    """The backbone `name` at `size` (a preset or config values), or as stored in `checkpoint`.
+    """The backbone `name` at `size` (a preset, or values over "base"), or as in `checkpoint`.
 
     A checkpoint that stores its own config (BEATs cfg, config.json) decides the architecture;
     `size` then only matters for formats without one (a bare HuBERT state dict).
@@ -30,4 +30,7 @@ def build_backbone(
     """
     if name not in BUILDERS:
         raise ConfigError(f"unknown backbone {name!r}; use one of {sorted(BUILDERS)}")
-    return BUILDERS[name](size, None if checkpoint is None else Path(checkpoint))
+    try:
+        return BUILDERS[name](size, None if checkpoint is None else Path(checkpoint))
+    except ValueError as exc:  # a well-typed config whose values do not fit together
+        raise ConfigError(f"backbone {name!r} with size {size!r}: {exc}") from exc
