@@ -15,13 +15,13 @@ import argparse
 import json
 import logging
 from pathlib import Path
-from typing import Any
 
 from edge_monitor.bundle import BUILTIN_EMBEDDERS
 from edge_monitor.errors import ConfigError
 from edge_monitor.scoring_config import VARIANTS, variant
 from trainer.bundle_builder import ModelEntry, build_bundle, write_tar
 from trainer.dcase_data import read_dataset
+from trainer.model_spec import export_entry
 
 NAME = "bundle"
 HELP = "Build a bundle (models, banks per machine, thresholds, manifest) for the daemon."
@@ -50,22 +50,7 @@ def model_entry(spec: str) -> ModelEntry:
         embedder = BUILTIN_EMBEDDERS[spec]()
         return ModelEntry(spec, "builtin", embedder.sample_rate_hz, embedder.window_s,
                           embedder.dim, builtin=spec)
-    file_part, _, name = spec.partition(":")
-    path = Path(file_part)
-    try:
-        models: list[dict[str, Any]] = json.loads(path.read_text())["models"]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ConfigError(
-            f"--model {spec!r}: {path} is not an export.json of `edge-trainer export` ({exc})"
-        ) from exc
-    chosen = [m for m in models if m["name"] == name] if name else models
-    if len(chosen) != 1:
-        raise ConfigError(
-            f"--model {spec!r}: pick one of {[m['name'] for m in models]} as {path}:NAME"
-        )
-    m = chosen[0]
-    return ModelEntry(m["name"], m["runtime"], int(m["sample_rate_hz"]), float(m["window_s"]),
-                      int(m["dim"]), file=path.parent / m["file"], precision=m["precision"])
+    return export_entry(spec)
 
 
 def read_weights(path: Path) -> dict[str, float]:
