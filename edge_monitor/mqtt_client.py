@@ -308,10 +308,14 @@ class MqttClient:
             client.publish(message.topic, message.payload, message.qos, message.retain)
 
     def set_machines(self, machines: Iterable[str]) -> None:
-        """Change the monitored machines (after a reload): update Home Assistant discovery."""
+        """Change the monitored machines (after a reload): clear the retained state of
+        removed machines (through the journal, so it follows any state still queued) and
+        update Home Assistant discovery."""
         new = tuple(check_segment(m, "machine") for m in machines)
         removed = [m for m in self._machines if m not in new]
         self._machines = new
+        for machine in removed:
+            self._enqueue(_Outgoing(self.topics.state_clear_message(machine), KIND_STATE, machine))
         if self.settings.ha_discovery and self._connected.is_set():
             self._send_direct(self.topics.discovery_removal_messages(removed))
             self._send_direct(self.topics.discovery_messages(new, self.settings.device_name))
@@ -401,9 +405,10 @@ class MqttClient:
 
     def _send_direct(self, messages: Iterable[Message]) -> None:
         client = self._paho
-        if client is None:
-            return
         for m in messages:
+            if client is None:
+                log.warning("MQTT client is stopped: %s not published", m.topic)
+                continue
             client.publish(m.topic, m.payload, m.qos, m.retain)
 
     # paho callbacks (network thread) -------------------------------------------------

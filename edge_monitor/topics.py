@@ -253,6 +253,10 @@ class TopicTree:
     def state_message(self, machine: str, state: MachineState) -> Message:
         return Message(self.state(machine), state.to_json().encode(), QOS_RELIABLE, True)
 
+    def state_clear_message(self, machine: str) -> Message:
+        """An empty retained payload deletes the retained state of a machine no longer watched."""
+        return Message(self.state(machine), b"", QOS_RELIABLE, True)
+
     def event_message(self, event: AlarmEvent) -> Message:
         return Message(self.events(event.machine), event.to_json().encode(), QOS_RELIABLE, False)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from edge_monitor.mqtt_client import MqttClient, MqttSettings
+from edge_monitor.topics import MachineState, utc_now
 
 CONFIG_TOPICS = {
     f"homeassistant/{component}/box1/{machine}_{suffix}/config"
@@ -15,10 +16,12 @@ CONFIG_TOPICS = {
 
 def test_discovery_is_published_and_republished(mosquitto, mqtt_recorder, tmp_path):
     recorder = mqtt_recorder(mosquitto, ["homeassistant/+/+/+/config"])
+    states = mqtt_recorder(mosquitto, ["edge-monitor/box1/machines/+/state"])
     settings = MqttSettings(device_id="box1", journal_path=tmp_path / "j.sqlite3",
                             host=mosquitto.host, port=mosquitto.port, device_name="Line 1")
     client = MqttClient(settings, ["pump", "fan"])
     client.start()
+    client.publish_state("fan", MachineState("normal", 0.1, 1.0, utc_now()))
     try:
         first = recorder.wait_for(lambda ms: len(ms) >= 4, "4 discovery configs")
         assert {m.topic for m in first} == CONFIG_TOPICS
@@ -38,6 +41,7 @@ def test_discovery_is_published_and_republished(mosquitto, mqtt_recorder, tmp_pa
         again = recorder.wait_for(lambda ms: len(ms) >= 8, "republished configs")
         assert {m.topic for m in again[4:]} == CONFIG_TOPICS
 
+        states.wait_topic("edge-monitor/box1/machines/fan/state")
         client.set_machines(["pump"])  # fan removed by a reload: Home Assistant forgets it
         removed = recorder.wait_for(
             lambda ms: sum(m.payload == b"" for m in ms) >= 2, "empty configs for fan"
@@ -45,5 +49,7 @@ def test_discovery_is_published_and_republished(mosquitto, mqtt_recorder, tmp_pa
         assert {m.topic for m in removed if m.payload == b""} == {
             t for t in CONFIG_TOPICS if "/fan_" in t
         }
+        cleared = states.wait_topic("edge-monitor/box1/machines/fan/state", 2)
+        assert cleared[-1].payload == b""  # the retained state of fan is deleted
     finally:
         client.stop()
