@@ -1,0 +1,65 @@
+"""Tiny detectors and machine audio for the enrolment tests: 1 s windows, seconds of audio."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from edge_monitor.detector import Detector, Member
+from edge_monitor.embedders.logmel_stats import LogMelStatsEmbedder
+from edge_monitor.preprocess import PreprocessConfig, preprocess
+from edge_monitor.quality_gate import QualityGateConfig
+from edge_monitor.scoring import SOURCE, build_bank
+from edge_monitor.scoring_config import variant
+from edge_monitor.synth import MachineSpec, synthesize, write_audio
+
+RATE = 16000
+WINDOW_S = 1.0
+OLD_SPEC = MachineSpec(seed=3)
+NEW_SPEC = MachineSpec(seed=4, shaft_hz=71.0, gear_teeth=13)  # after a repair: other speed
+GATE = QualityGateConfig(min_seconds=3.0, min_windows=3)
+
+
+def machine_audio(spec: MachineSpec, seconds: float) -> np.ndarray:
+    return synthesize(spec, seconds, RATE)
+
+
+def windows(audio: np.ndarray) -> list[np.ndarray]:
+    n = int(WINDOW_S * RATE)
+    return [audio[i:i + n] for i in range(0, len(audio) - n + 1, n)]
+
+
+def embedder(name: str = "logmel-stats") -> LogMelStatsEmbedder:
+    e = LogMelStatsEmbedder(sample_rate_hz=RATE, window_s=WINDOW_S, n_fft=512, hop=256,
+                            n_mels=32)
+    e.name = name
+    return e
+
+
+def make_detector(members: tuple[str, ...] = ("logmel-stats",), scoring: str = "dads-dwmin",
+                  seconds: float = 20.0) -> Detector:
+    """A detector whose banks hold `seconds` of the old machine sound (source domain)."""
+    audio = machine_audio(OLD_SPEC, seconds)
+    built = []
+    for name in members:
+        e = embedder(name)
+        vectors = np.stack([e.embed(preprocess(w, RATE).audio) for w in windows(audio)])
+        ids = [f"old-{i}" for i in range(len(vectors))]
+        bank = build_bank(vectors, [SOURCE] * len(ids), ids, variant(scoring),
+                          {"embedder": name, "machine": "pump"})
+        built.append(Member(name, e, bank))
+    return Detector("pump", built, 0.05, PreprocessConfig(), model_version="test-model")
+
+
+def write_clips(directory: Path, spec: MachineSpec, count: int, seconds: float = 1.0) -> list[Path]:
+    """`count` clips of `seconds` each, cut from one recording of `spec`."""
+    directory.mkdir(parents=True, exist_ok=True)
+    audio = machine_audio(spec, count * seconds + 0.5)
+    n = int(seconds * RATE)
+    return [write_audio(directory / f"clip_{i:02d}.flac", audio[i * n:(i + 1) * n], RATE)
+            for i in range(count)]
+
+
+def mean_score(detector: Detector, audio: np.ndarray) -> float:
+    return float(np.mean([detector.score(w).score for w in windows(audio)]))
