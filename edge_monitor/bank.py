@@ -37,7 +37,9 @@ BANK_FORMAT_VERSION = 1
 MANIFEST_NAME = "bank.json"
 INDEX_NAME = "index.usearch"
 META_NAME = "meta.npz"
-META_ARRAYS = ("domains", "clip_ids", "parents", "densities", "loo_scores", "loo_rows")
+META_ARRAYS = (
+    "domains", "clip_ids", "parents", "densities", "loo_scores", "loo_rows", "recordings", "start_s"
+)
 
 
 @dataclass
@@ -52,9 +54,19 @@ class Bank:
     loo_scores: np.ndarray  # leave-one-out scores of sampled original entries
     loo_rows: np.ndarray  # rows those scores belong to
     config: ScoringConfig
+    recordings: np.ndarray = field(default_factory=lambda: np.zeros(0, str))  # (N,) "" = clip
+    start_s: np.ndarray = field(default_factory=lambda: np.zeros(0))  # (N,) window start times
+    overlap_s: float = 0.0  # windows of one recording closer than this overlap
     group_medians: dict[str, float] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)  # embedder, machine, lineage, ...
     version: str = ""
+
+    def __post_init__(self) -> None:
+        n = len(self.embeddings)
+        if self.recordings.size == 0:
+            self.recordings = np.full(n, "", dtype=str)
+        if self.start_s.size == 0:
+            self.start_s = np.zeros(n)
 
     @property
     def dim(self) -> int:
@@ -102,6 +114,8 @@ def save_bank(bank: Bank, directory: str | Path) -> Path:
                 densities=bank.densities.astype(np.float32),
                 loo_scores=bank.loo_scores.astype(np.float32),
                 loo_rows=bank.loo_rows.astype(np.int64),
+                recordings=bank.recordings.astype(str),
+                start_s=bank.start_s.astype(np.float64),
             )
         manifest = {
             "format_version": BANK_FORMAT_VERSION,
@@ -111,6 +125,7 @@ def save_bank(bank: Bank, directory: str | Path) -> Path:
             "count": len(bank),
             "scoring": bank.config.to_dict(),
             "group_medians": bank.group_medians,
+            "overlap_s": bank.overlap_s,
             "info": bank.info,
             "files": {
                 INDEX_NAME: sha256_file(staging / INDEX_NAME),
@@ -170,7 +185,7 @@ def _read_meta(path: Path, count: int) -> dict[str, np.ndarray]:
         raise BankError(f"{path}: array {exc} is missing; rebuild the bank") from exc
     except (OSError, ValueError, zipfile.BadZipFile) as exc:
         raise BankError(f"{path}: unreadable ({exc}); copy the bank again") from exc
-    for name in ("domains", "clip_ids", "parents", "densities"):
+    for name in ("domains", "clip_ids", "parents", "densities", "recordings", "start_s"):
         if arrays[name].shape != (count,):
             raise BankError(
                 f"{path}: {name} has shape {arrays[name].shape}, expected ({count},); "
@@ -218,6 +233,9 @@ def load_bank(directory: str | Path, expected_dim: int | None = None) -> Bank:
         loo_scores=arrays["loo_scores"],
         loo_rows=arrays["loo_rows"],
         config=config,
+        recordings=arrays["recordings"],
+        start_s=arrays["start_s"],
+        overlap_s=float(manifest.get("overlap_s", 0.0)),
         group_medians={k: float(v) for k, v in manifest.get("group_medians", {}).items()},
         info=dict(manifest.get("info", {})),
         version=str(manifest["version"]),

@@ -40,16 +40,18 @@ def synthesise_targets(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Draw n_syn entries per target entry t: normalise(t + lambda (x - t)).
 
-    x is one of t's m nearest other bank entries, lambda ~ U(0, lambda_max). Returns the new
+    x is one of t's m nearest other *target* entries, lambda ~ U(0, lambda_max): synthesis
+    fills the gaps of the sparse target domain. Partners from the source domain would bridge
+    the two domains and pull anomalies lying between them towards "normal". Returns the new
     vectors and, for each, the row of the target entry it came from.
     """
     target_rows = np.flatnonzero(domains == TARGET)
-    if config.n_syn == 0 or target_rows.size == 0 or len(embeddings) < 2:
+    if config.n_syn == 0 or target_rows.size < 2:
         return np.zeros((0, embeddings.shape[1]), np.float32), np.zeros(0, np.int64)
-    index = NeighbourIndex(embeddings)
+    index = NeighbourIndex(embeddings[target_rows])
     _, neighbours = index.search(embeddings[target_rows], config.m + 1)
     vectors, parents = [], []
-    for row, candidates in zip(target_rows, neighbours, strict=True):
+    for row, candidates in zip(target_rows, target_rows[neighbours], strict=True):
         candidates = candidates[candidates != row][: config.m]
         picks = rng.choice(candidates, size=config.n_syn, replace=True)
         lambdas = rng.uniform(0.0, config.lambda_max, size=(config.n_syn, 1)).astype(np.float32)
@@ -60,23 +62,22 @@ def synthesise_targets(
 
 
 def local_densities(embeddings: np.ndarray, parents: np.ndarray, k_rho: int) -> np.ndarray:
-    """rho(b): mean distance from each entry to its k_rho nearest entries outside its family.
+    """rho(b): mean distance from each real entry to its k_rho nearest other real entries.
 
-    A family is an original entry and the synthetic entries drawn from it; counting a target
-    entry's own offspring as neighbours would make every sparse target look dense.
+    Synthetic entries inherit their parent's density: they are derived from the real ones,
+    and counting them as neighbours would make every sparse target look dense.
     """
-    n = len(embeddings)
-    family = np.where(parents >= 0, parents, np.arange(n))
-    family_size = np.bincount(family, minlength=n)
-    extra = int(family_size.max()) if n else 0
-    if n - extra < 1:
-        return np.ones(n, np.float32)
-    dist, rows = NeighbourIndex(embeddings).search(embeddings, k_rho + extra)
-    dist = dist.astype(np.float64)
-    dist[family[rows] == family[:, None]] = np.inf
-    dist = np.sort(dist, axis=1)[:, :k_rho]
-    valid = np.isfinite(dist)
-    return (np.where(valid, dist, 0).sum(1) / np.maximum(valid.sum(1), 1)).astype(np.float32)
+    real = np.flatnonzero(parents < 0)
+    rho = np.ones(len(embeddings), np.float32)
+    if real.size >= 2:
+        dist, rows = NeighbourIndex(embeddings[real]).search(embeddings[real], k_rho + 1)
+        own = rows == np.arange(real.size)[:, None]
+        # Drop the entry itself; if a duplicate displaced it, drop the farthest instead.
+        own[~own.any(axis=1), -1] = True
+        rho[real] = dist[~own].reshape(real.size, -1).mean(axis=1)
+    synthetic = np.flatnonzero(parents >= 0)
+    rho[synthetic] = rho[parents[synthetic]]
+    return rho
 
 
 class BankScorer:
@@ -96,6 +97,13 @@ class BankScorer:
         for row in np.flatnonzero(bank.parents >= 0):
             children.setdefault(int(bank.parents[row]), []).append(int(row))
         self._children = children
+        self._timeline: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        if bank.overlap_s > 0:
+            real = np.flatnonzero((bank.parents < 0) & (bank.recordings != ""))
+            for recording in np.unique(bank.recordings[real]):
+                rows = real[bank.recordings[real] == recording]
+                order = np.argsort(bank.start_s[rows], kind="stable")
+                self._timeline[str(recording)] = (bank.start_s[rows][order], rows[order])
 
     def _index(self, group: str) -> NeighbourIndex:
         if group not in self._indexes:
@@ -107,9 +115,28 @@ class BankScorer:
     def has_group(self, group: str) -> bool:
         return self._rows[group].size > 0
 
+    def _overlapping(self, row: int) -> np.ndarray:
+        """Real rows of the same recording whose windows overlap this row's window in time."""
+        timeline = self._timeline.get(str(self.bank.recordings[row]))
+        if timeline is None:
+            return np.asarray([row])
+        starts, rows = timeline
+        t, gap = self.bank.start_s[row], self.bank.overlap_s
+        lo, hi = np.searchsorted(starts, [t - gap, t + gap], side="right")
+        return np.union1d(rows[max(lo - 1, 0) : hi], [row])
+
     def excluded_rows(self, rows: Sequence[int]) -> list[np.ndarray]:
-        """For leave-one-out: each row together with the synthetic entries drawn from it."""
-        return [np.asarray([row, *self._children.get(int(row), [])]) for row in rows]
+        """For leave-one-out: each row, the windows overlapping it, and their synthetic offspring.
+
+        Overlapping windows of one recording share most of their audio: left in, they would
+        make every leave-one-out score (and so the threshold) far too small.
+        """
+        out = []
+        for row in rows:
+            family = self._overlapping(int(row))
+            offspring = [c for f in family for c in self._children.get(int(f), [])]
+            out.append(np.concatenate([family, np.asarray(offspring, dtype=np.int64)]))
+        return out
 
     def group_scores(
         self, group: str, queries: np.ndarray, exclude: list[np.ndarray] | None = None
@@ -173,8 +200,16 @@ def build_bank(
     clip_ids: Sequence[str],
     config: ScoringConfig,
     info: dict | None = None,
+    recordings: Sequence[str] | None = None,
+    start_s: Sequence[float] | None = None,
+    overlap_s: float = 0.0,
 ) -> Bank:
-    """Build a scoring-ready bank: synthesis, densities, leave-one-out medians and scores."""
+    """Build a scoring-ready bank: synthesis, densities, leave-one-out medians and scores.
+
+    Windows cut from one continuous recording name it in `recordings` with their start time
+    in `start_s`; entries of one recording less than `overlap_s` apart are left out together
+    in leave-one-out scoring. Independent clips need neither.
+    """
     emb = l2_normalise(np.asarray(embeddings, dtype=np.float32))
     doms = np.asarray(domains, dtype=str)
     ids = np.asarray(clip_ids, dtype=str)
@@ -183,6 +218,13 @@ def build_bank(
     if len(doms) != len(emb) or len(ids) != len(emb):
         raise BankError(
             f"bank arrays disagree: {len(emb)} embeddings, {len(doms)} domains, {len(ids)} ids"
+        )
+    recs = np.asarray(recordings if recordings is not None else [""] * len(emb), dtype=str)
+    starts = np.asarray(start_s if start_s is not None else np.zeros(len(emb)), dtype=np.float64)
+    if len(recs) != len(emb) or len(starts) != len(emb):
+        raise BankError(
+            f"bank arrays disagree: {len(emb)} embeddings, {len(recs)} recordings, "
+            f"{len(starts)} start times"
         )
     bad = sorted(set(doms) - {SOURCE, TARGET})
     if bad:
@@ -201,6 +243,9 @@ def build_bank(
         domains=np.concatenate([doms, np.full(len(syn), TARGET_SYN)]).astype(str),
         clip_ids=np.concatenate([ids, np.asarray(syn_ids, dtype=str)]).astype(str),
         parents=all_parents,
+        recordings=np.concatenate([recs, recs[syn_parents]]).astype(str),
+        start_s=np.concatenate([starts, starts[syn_parents]]),
+        overlap_s=float(overlap_s),
         densities=local_densities(all_emb, all_parents, config.k_rho),
         loo_scores=np.zeros(0, np.float32),
         loo_rows=np.zeros(0, np.int64),

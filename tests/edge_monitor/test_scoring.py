@@ -73,11 +73,14 @@ def held_out(rng):
     return cluster(rng, 0, 30, 0.03), cluster(rng, 1, 30, 0.1)
 
 
-def test_dads_makes_sparse_target_points_score_like_dense_source_points(two_domains):
+@pytest.mark.parametrize(
+    "dads_config", [ScoringConfig(alpha=1.0, k_rho=3), VARIANTS["dads"]], ids=["no-syn", "shipped"]
+)
+def test_dads_makes_sparse_target_points_score_like_dense_source_points(two_domains, dads_config):
     emb, domains, ids, rng = two_domains
     src_q, tgt_q = held_out(rng)
     knn = BankScorer(build_bank(emb, domains, ids, VARIANTS["knn"]))
-    dads = BankScorer(build_bank(emb, domains, ids, ScoringConfig(alpha=1.0, k_rho=3)))
+    dads = BankScorer(build_bank(emb, domains, ids, dads_config))
     knn_ratio = np.median(knn.score(tgt_q)) / np.median(knn.score(src_q))
     dads_ratio = np.median(dads.score(tgt_q)) / np.median(dads.score(src_q))
     assert knn_ratio > 5.0  # plain KNN: target normals look anomalous
@@ -110,6 +113,35 @@ def test_leave_one_out_excludes_the_entry_and_its_synthetic_offspring(two_domain
     with_self = scorer.score(bank.embeddings[[405]])
     assert with_self[0] < 1e-3  # the entry itself is in the bank
     assert loo[0] > 10 * max(with_self[0], 1e-6)
+
+
+def test_synthetic_partners_are_other_targets_and_densities_come_from_real_entries(two_domains):
+    emb, domains, ids, _ = two_domains
+    bank = build_bank(emb, domains, ids, VARIANTS["dads"])
+    syn = np.flatnonzero(bank.domains == TARGET_SYN)
+    # Every synthetic entry stays in the target cluster (axis 1), never bridges to source.
+    assert np.all(bank.embeddings[syn, 1] > bank.embeddings[syn, 0])
+    np.testing.assert_array_equal(bank.densities[syn], bank.densities[bank.parents[syn]])
+    plain = build_bank(emb, domains, ids, ScoringConfig(alpha=1.0, k_rho=5))
+    np.testing.assert_allclose(bank.densities[:410], plain.densities, rtol=1e-6)
+
+
+def test_overlapping_windows_of_one_recording_leave_out_together():
+    """Windows hopping 1 s over a 10 s window share 90% of their audio: LOO must skip them."""
+    rng = np.random.default_rng(5)
+    # A slowly drifting stationary sound: consecutive windows are near-duplicates.
+    steps = l2_normalise(np.cumsum(rng.normal(scale=0.01, size=(200, DIM)), axis=0) + 1.0)
+    starts = np.arange(200.0)
+    common = dict(domains=["source"] * 200, clip_ids=[f"w{i}" for i in range(200)])
+    naive = build_bank(steps, config=ScoringConfig(), **common)
+    aware = build_bank(
+        steps, config=ScoringConfig(), recordings=["mic"] * 200, start_s=starts, overlap_s=10.0,
+        **common,
+    )
+    scorer = BankScorer(aware)
+    excluded = scorer.excluded_rows([100])[0]
+    np.testing.assert_array_equal(np.sort(excluded), np.arange(90, 111))
+    assert np.median(aware.loo_scores) > 3 * np.median(naive.loo_scores)
 
 
 def test_threshold_matches_false_alarm_rate(two_domains):
