@@ -1,0 +1,168 @@
+"""`edge-monitor enroll`: teach a machine its new normal sound on site, or undo it.
+
+    edge-monitor enroll -c CONF --machine NAME --seconds N     record N s from the live input
+    edge-monitor enroll -c CONF --machine NAME FILE|DIR...     enrol recordings
+    edge-monitor enroll -c CONF --machine NAME --rollback      serve the previous bank again
+    edge-monitor enroll -c CONF --machine NAME --cancel        abandon a running enrolment
+    edge-monitor enroll -c CONF --status
+
+With the daemon running (its control socket in state_dir answers), everything goes through
+it: live recording shares its capture, and the new bank is swapped in without a restart.
+Without a daemon, files are enrolled straight into the bank store under state_dir, and the
+daemon serves the new bank when it starts or reloads (SIGHUP).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from edge_monitor.bank_store import BankStore
+from edge_monitor.cli_commands.score import expand_files
+from edge_monitor.config import load_config
+from edge_monitor.control import daemon_running, request, socket_path
+from edge_monitor.detector import Detector
+from edge_monitor.enroll import RECORDING, EnrolmentManager
+from edge_monitor.errors import BadInputError, ConfigError, EdgeMonitorError
+
+NAME = "enroll"
+HELP = "enrol a machine's new normal sound (live or from files), roll back or cancel"
+log = logging.getLogger(__name__)
+
+POLL_S = 1.0
+# How long past the requested seconds a live recording may take (gaps, faults) before giving up.
+RECORDING_GRACE_S = 60.0
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-c", "--config", required=True, help="daemon config file (YAML)")
+    parser.add_argument("--machine", help="machine to enrol (as named in the config)")
+    what = parser.add_mutually_exclusive_group()
+    what.add_argument("--seconds", type=float, help="record this many seconds from the live input")
+    what.add_argument("--rollback", action="store_true", help="serve the previous bank again")
+    what.add_argument("--cancel", action="store_true", help="abandon the running enrolment")
+    what.add_argument("--status", action="store_true", help="show the enrolment status")
+    parser.add_argument("files", nargs="*", type=Path, metavar="FILE",
+                        help="WAV/FLAC recordings of the machine running normally, or folders")
+
+
+def _user() -> str:
+    return f"cli:{os.environ.get('SUDO_USER') or os.environ.get('USER') or os.getuid()}"
+
+
+def _print(result: dict[str, Any]) -> None:
+    print(json.dumps(result, indent=2, sort_keys=True))
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    if args.status:
+        return
+    if not args.machine:
+        raise BadInputError("--machine is required: name the machine to enrol")
+    modes = [args.seconds is not None, bool(args.files), args.rollback, args.cancel]
+    if sum(modes) != 1:
+        raise BadInputError(
+            "give exactly one of --seconds N, recording files, --rollback or --cancel"
+        )
+
+
+def run(args: argparse.Namespace) -> int:
+    _check_args(args)
+    config = load_config(args.config)
+    names = [m.name for m in config.machines]
+    if args.machine and args.machine not in names:
+        raise ConfigError(f"--machine {args.machine!r} is not in {args.config}; use one of {names}")
+    files = [str(p.resolve()) for p in expand_files(args.files)] if args.files else []
+    path = socket_path(config.state_dir)
+    if daemon_running(path):
+        return _online(args, path, files)
+    return _offline(args, config, files)
+
+
+def _online(args: argparse.Namespace, path: Path, files: list[str]) -> int:
+    machine = args.machine
+    if args.status:
+        _print(request(path, {"command": "enroll/status"}))
+    elif args.rollback:
+        _print(request(path, {"command": "enroll/rollback", "machine": machine}))
+    elif args.cancel:
+        _print(request(path, {"command": "enroll/cancel", "machine": machine}))
+    elif files:
+        _print(request(path, {"command": "enroll/files", "machine": machine, "files": files}))
+    else:
+        _record(path, machine, float(args.seconds))
+    return 0
+
+
+def _record(path: Path, machine: str, seconds: float) -> None:
+    """Start a live recording, follow it, then commit; Ctrl-C cancels."""
+    request(path, {"command": "enroll/start", "machine": machine, "seconds": seconds})
+    print(f"recording {seconds:g} s of {machine}; keep the machine running normally "
+          "(Ctrl-C cancels)", file=sys.stderr)
+    deadline = time.monotonic() + seconds + RECORDING_GRACE_S
+    try:
+        while True:
+            active = request(path, {"command": "enroll/status"})["active"]
+            if active is None or active["machine"] != machine:
+                raise EdgeMonitorError(f"machine {machine}: the enrolment ended unexpectedly")
+            if active["state"] != RECORDING:
+                break
+            if time.monotonic() > deadline:
+                request(path, {"command": "enroll/cancel", "machine": machine})
+                raise EdgeMonitorError(
+                    f"machine {machine}: recording did not finish within {seconds:g} s + "
+                    f"{RECORDING_GRACE_S:g} s (no audio, or a fault?); cancelled, nothing changed"
+                )
+            print(f"  {active['progress']:.0%}", file=sys.stderr)
+            time.sleep(POLL_S)
+        _print(request(path, {"command": "enroll/commit", "machine": machine}))
+    except KeyboardInterrupt:
+        request(path, {"command": "enroll/cancel", "machine": machine})
+        raise EdgeMonitorError(f"machine {machine}: enrolment cancelled; nothing changed") from None
+
+
+def _offline(args: argparse.Namespace, config: Any, files: list[str]) -> int:
+    """No daemon: enrol files or roll back straight in the bank store under state_dir."""
+    if args.status:
+        _print({"daemon": "not running", "history": {
+            name: BankStore(config.state_dir, name).history() for name in
+            (m.name for m in config.machines)}})
+        return 0
+    if args.cancel:
+        raise BadInputError("no daemon is running, so no enrolment runs: nothing to cancel")
+    if args.seconds is not None:
+        raise BadInputError(
+            "live recording needs the running daemon (`edge-monitor run -c CONF`), whose input "
+            "it shares; start it, or enrol recordings given as files"
+        )
+    detectors = {args.machine: _offline_detector(config, args.machine)}
+    manager = EnrolmentManager(
+        config.state_dir, get_detector=detectors.get,
+        swap_detector=lambda machine, detector: detectors.__setitem__(machine, detector),
+    )
+    if args.rollback:
+        _print(manager.rollback(args.machine, _user()))
+    else:
+        _print(manager.enrol_files(args.machine, files, _user()))
+    print("the daemon serves the new bank when it starts or reloads (SIGHUP)", file=sys.stderr)
+    return 0
+
+
+def _offline_detector(config: Any, machine: str) -> Detector:
+    """The detector the daemon would run for `machine`: bundle or learned bank, plus store."""
+    from edge_monitor.daemon import plan_machines
+
+    plan = plan_machines(config)
+    setup = next(s for s in plan.machines if s.name == machine)
+    if setup.detector is None:
+        raise BadInputError(
+            f"machine {machine}: has no bank yet: let the daemon learn it first, or configure "
+            "a bundle (model.bundle)"
+        )
+    return BankStore(config.state_dir, machine).apply(setup.detector)
