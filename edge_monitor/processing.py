@@ -1,9 +1,10 @@
 """The processing thread: source chunks in, decisions, MQTT messages and alarm clips out.
 
 One thread owns everything that changes per window, so nothing here needs a lock: it drains
-the source, cuts each machine's channel into windows at the source's rate (the windower
-restarts on any hole in the audio), resamples each window to the model's rate, scores it,
-feeds the machine's decision state machine, and publishes what changed. Other threads talk
+the source, converts each machine's channel to the model's rate as it arrives (one
+streaming resampler per channel), cuts it into windows (the windower restarts on any hole in
+the audio), scores each window, feeds the machine's decision state machine, and publishes
+what changed. Other threads talk
 to it only through `submit(fn)`: the function runs on this thread between two chunks, which
 is how a reload, an enrolment commit or a rollback swaps a detector atomically between
 windows without losing audio.
@@ -30,9 +31,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
+import soxr
 
 from edge_monitor.atomic import atomic_write_text
-from edge_monitor.audio_io import resample
 from edge_monitor.capture import AudioSource, Chunk
 from edge_monitor.decision import (
     ENROLLING,
@@ -124,14 +125,58 @@ class Counters:
     max_lag_s: float = 0.0
 
 
+class _ModelRateStream:
+    """One channel converted to the model's rate as it arrives, with its own timeline.
+
+    Resampling each chunk once with a streaming (stateful) resampler costs a fraction of
+    resampling every overlapping window, and has no chunk-edge artefacts. Frames here count
+    model-rate samples; a hole in the source makes a jump, so the windower starts over.
+    """
+
+    def __init__(self, model_rate_hz: int) -> None:
+        self.model_rate_hz = model_rate_hz
+        self.in_rate_hz = 0
+        self.in_expected: int | None = None
+        self.out_next = 0  # model-rate frame of the next converted sample
+        self.chunk_start = 0  # model-rate frame where the chunk in hand (or the next) begins
+        self.anchor = 0.0  # wall time of model-rate frame 0
+        self._resampler: soxr.ResampleStream | None = None
+
+    def convert(self, mono: np.ndarray, chunk: Chunk) -> np.ndarray:
+        rate = chunk.sample_rate_hz
+        if rate != self.in_rate_hz or chunk.start_frame != self.in_expected:
+            if self.in_expected is not None:
+                lost = max(0, chunk.start_frame - self.in_expected)
+                self.out_next += 1 + round(lost * self.model_rate_hz / max(rate, 1))
+            self.in_rate_hz = rate
+            self._resampler = (
+                None if rate == self.model_rate_hz
+                else soxr.ResampleStream(rate, self.model_rate_hz, 1, dtype="float32")
+            )
+            reanchor = True
+        else:
+            reanchor = False
+        self.in_expected = chunk.end_frame
+        out = mono if self._resampler is None else self._resampler.resample_chunk(mono)
+        self.chunk_start = self.out_next
+        self.out_next += out.shape[0]
+        if reanchor:
+            self.anchor = chunk.captured_at - self.out_next / self.model_rate_hz
+        return np.asarray(out, dtype=np.float32)
+
+    def wall_time(self, frame: int) -> datetime:
+        return datetime.fromtimestamp(self.anchor + frame / self.model_rate_hz, timezone.utc)
+
+
 @dataclass
 class _Lane:
     """Runtime state of one machine."""
 
     setup: MachineSetup
     decision: DecisionMachine
-    windower: Windower | None = None
-    silent_frames: int = 0
+    stream: _ModelRateStream
+    windower: Windower
+    silent_s: float = 0.0
     clipped_run: int = 0
     judge_from_frame: int = 0  # windows starting earlier overlap a fault: never judged
     enrolling: bool = False
@@ -175,9 +220,6 @@ class Processor:
             queue.Queue()
         )
         self._thread: threading.Thread | None = None
-        self._anchor: float | None = None  # wall time of source frame 0
-        self._expected_frame: int | None = None
-        self._chunk_start_frame = 0  # start of the chunk in hand (or the next one expected)
         self._last_chunk_at = time.monotonic()
         self._disk_fault: str | None = None
         self._last_disk_probe = 0.0
@@ -265,7 +307,6 @@ class Processor:
                 chunk = self.source.get(GET_TIMEOUT_S)
                 if chunk is not None:
                     self._on_chunk(chunk)
-                    self._chunk_start_frame = chunk.end_frame
                 self._check_faults()
                 self.notifier.ping_watchdog_if_due()
                 self._periodic()
@@ -296,14 +337,8 @@ class Processor:
                 future.set_exception(exc)
 
     def _on_chunk(self, chunk: Chunk) -> None:
-        now = time.monotonic()
-        self._last_chunk_at = now
+        self._last_chunk_at = time.monotonic()
         rate = chunk.sample_rate_hz
-        if self._expected_frame != chunk.start_frame or self._anchor is None:
-            # (Re)anchor the audio timeline to wall time at every hole or rate change.
-            self._anchor = chunk.captured_at - chunk.end_frame / rate
-        self._expected_frame = chunk.end_frame
-        self._chunk_start_frame = chunk.start_frame
         for lane in self._lanes:
             mono = np.ascontiguousarray(chunk.frames[:, lane.setup.channel])
             for tap in list(lane.taps):
@@ -313,30 +348,23 @@ class Processor:
                     log.exception("machine %s: an audio tap failed; removing it", lane.name)
                     lane.taps.remove(tap)
             if _dbfs(mono) < self.settings.silence_dbfs:
-                lane.silent_frames += mono.shape[0]
+                lane.silent_s += mono.shape[0] / rate
             else:
-                lane.silent_frames = 0
-            windower = self._windower(lane, rate)
-            gaps = windower.gaps
-            for window in windower.push(mono, chunk.start_frame):
-                self._on_window(lane, window.audio, window.start_frame, window.end_frame, rate,
-                                chunk)
-            self.counters.windower_gaps += windower.gaps - gaps
-
-    def _windower(self, lane: _Lane, rate: int) -> Windower:
-        w = lane.windower
-        if w is None or w.sample_rate_hz != rate:
-            lane.windower = Windower(rate, self.settings.window_s, self.settings.hop_s)
-        return lane.windower
+                lane.silent_s = 0.0
+            audio = lane.stream.convert(mono, chunk)
+            gaps = lane.windower.gaps
+            for window in lane.windower.push(audio, lane.stream.chunk_start):
+                self._on_window(lane, window.audio, window.start_frame, window.end_frame, chunk)
+            self.counters.windower_gaps += lane.windower.gaps - gaps
+            lane.stream.chunk_start = lane.stream.out_next
 
     def _on_window(
-        self, lane: _Lane, audio: np.ndarray, start_frame: int, end_frame: int, rate: int,
-        chunk: Chunk,
+        self, lane: _Lane, audio: np.ndarray, start_frame: int, end_frame: int, chunk: Chunk,
     ) -> None:
+        """Judge one model-rate window (frames on the lane's model-rate timeline)."""
         s = self.settings
         self.counters.windows += 1
-        assert self._anchor is not None
-        at = datetime.fromtimestamp(self._anchor + end_frame / rate, timezone.utc)
+        at = lane.stream.wall_time(end_frame)
         hits = int(np.count_nonzero(np.abs(audio) >= s.clip_level))
         lane.clipped_run = lane.clipped_run + 1 if hits >= s.clip_fraction * audio.size else 0
         if self._settle(lane, at) in (FAULT, ENROLLING) or start_frame < lane.judge_from_frame:
@@ -347,15 +375,14 @@ class Processor:
             # it would only make false alarms.
             self.counters.unjudged_windows += 1
             return
-        model_audio = resample(audio, rate, s.model_rate_hz)
         setup = lane.setup
         if setup.learner is not None:
-            if setup.learner.add(model_audio, start_frame, end_frame):
+            if setup.learner.add(audio, start_frame, end_frame):
                 self._finish_learning(lane, at)
             return
         detector = setup.detector
         assert detector is not None
-        detection = detector.score(model_audio)
+        detection = detector.score(audio)
         threshold = detector.threshold * s.threshold_scale
         self.counters.scored_windows += 1
         lane.last_score = detection.score
@@ -363,7 +390,7 @@ class Processor:
         outcome = lane.decision.observe(detection.score, threshold, at)
         if s.score_telemetry and self.publisher is not None:
             self.publisher.publish_score(lane.name, ScoreSample(detection.score, threshold, at))
-        self._emit(lane, outcome, at, model_audio)
+        self._emit(lane, outcome, at, audio)
         if s.realtime:
             lag = time.time() - chunk.captured_at
             self.counters.max_lag_s = max(self.counters.max_lag_s, lag)
@@ -403,8 +430,7 @@ class Processor:
             return self._disk_fault
         if self._last_drop_at is not None:
             return "audio overflow: the processing could not keep up and audio was dropped"
-        rate = lane.windower.sample_rate_hz if lane.windower else self.source.sample_rate_hz
-        if lane.silent_frames >= s.silence_s * rate:
+        if lane.silent_s >= s.silence_s:
             return (f"silence: input below {s.silence_dbfs:g} dBFS for {s.silence_s:g} s "
                     "(microphone dead, muted or unplugged?)")
         if lane.clipped_run >= s.clipping_windows:
@@ -429,14 +455,14 @@ class Processor:
         else:
             if decision.status == FAULT:
                 log.info("machine %s: fault cleared", lane.name)
-                lane.judge_from_frame = self._chunk_start_frame
+                lane.judge_from_frame = lane.stream.chunk_start
             if decision.status in (FAULT, LEARNING, ENROLLING):
                 self._emit(lane, decision.resume(at), at, None)
             return None
         if decision.status != wanted or decision.reason != reason:
             if decision.status == FAULT and wanted != FAULT:
                 log.info("machine %s: fault cleared", lane.name)
-                lane.judge_from_frame = self._chunk_start_frame
+                lane.judge_from_frame = lane.stream.chunk_start
             self._emit(lane, decision.suspend(wanted, at, reason), at, None)
         return wanted
 
@@ -616,15 +642,20 @@ class Processor:
         self._update_snapshot()
 
     def _new_lane(self, setup: MachineSetup, settings: ProcessingSettings) -> _Lane:
-        return _Lane(setup=setup, decision=DecisionMachine(settings.decision))
+        return _Lane(
+            setup=setup,
+            decision=DecisionMachine(settings.decision),
+            stream=_ModelRateStream(settings.model_rate_hz),
+            windower=Windower(settings.model_rate_hz, settings.window_s, settings.hop_s),
+        )
 
     def _reconfigure(
         self, settings: ProcessingSettings, machines: list[MachineSetup],
         source: AudioSource | None,
     ) -> None:
         old_lanes = {lane.name: lane for lane in self._lanes}
-        same_windows = (settings.window_s, settings.hop_s) == (
-            self.settings.window_s, self.settings.hop_s)
+        same_windows = (settings.window_s, settings.hop_s, settings.model_rate_hz) == (
+            self.settings.window_s, self.settings.hop_s, self.settings.model_rate_hz)
         lanes = []
         at = self._now()
         for setup in machines:
@@ -634,15 +665,17 @@ class Processor:
                 continue
             if setup.learner is not None and old.setup.learner is not None:
                 setup.learner = old.setup.learner  # keep what was learned so far
-            lane = _Lane(setup=setup, decision=old.decision, taps=old.taps,
-                         enrolling=old.enrolling, last_score=old.last_score,
-                         last_threshold=old.last_threshold, silent_frames=old.silent_frames)
+            lane = self._new_lane(setup, settings)
+            lane.decision, lane.taps, lane.enrolling = old.decision, old.taps, old.enrolling
+            lane.last_score, lane.last_threshold = old.last_score, old.last_threshold
+            lane.silent_s = old.silent_s
             if settings.decision != self.settings.decision:
                 for transition in old.decision.close(at):
                     self._publish_event(old, transition, None)
                 lane.decision = DecisionMachine(settings.decision, old.decision.status)
             if same_windows and setup.channel == old.setup.channel and source is None:
-                lane.windower = old.windower  # no audio lost across the reload
+                # No audio lost across the reload: buffered samples and resampler state stay.
+                lane.windower, lane.stream = old.windower, old.stream
             lanes.append(lane)
         for gone in old_lanes.values():
             for transition in gone.decision.close(at):
@@ -651,7 +684,6 @@ class Processor:
         self.settings = settings
         if source is not None:
             self.source = source
-            self._anchor = self._expected_frame = None
             self._last_chunk_at = time.monotonic()
             self._last_drop_total = 0
         self._publish_all_states()
