@@ -26,6 +26,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from threadpoolctl import threadpool_limits
+
 from edge_monitor.capture import AudioSource, SoundDeviceSource
 from edge_monitor.clip_store import ClipStore
 from edge_monitor.commands import Command
@@ -52,6 +54,9 @@ JOIN_TIMEOUT_S = 10.0
 RELOAD_TIMEOUT_S = 60.0
 BUILTIN_WINDOW_S = 10.0
 MB = 1_000_000
+# One window at a time is far too little work for a multi-threaded BLAS: its worker threads
+# only spin. One thread halves the CPU cost of embedding a window on a small box.
+BLAS_THREADS = 1
 DAY_S = 86400.0
 
 
@@ -228,6 +233,7 @@ class Daemon:
     # Lifecycle -------------------------------------------------------------------------
 
     def run(self) -> int:
+        threadpool_limits(limits=BLAS_THREADS, user_api="blas")
         config = load_config(self.config_path)
         self._apply_log_level(config)
         prepare_state_dir(config)

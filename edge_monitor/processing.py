@@ -116,6 +116,7 @@ class MachineSetup:
 
 @dataclass
 class Counters:
+    frames: int = 0  # source frames taken from the source and processed
     windows: int = 0
     scored_windows: int = 0
     late_windows: int = 0
@@ -321,6 +322,7 @@ class Processor:
             self._run_calls()
             self._close_alarms()
             self._update_snapshot()
+            self._log_stats(final=True)
             self.finished.set()
 
     def _run_calls(self) -> None:
@@ -338,6 +340,7 @@ class Processor:
 
     def _on_chunk(self, chunk: Chunk) -> None:
         self._last_chunk_at = time.monotonic()
+        self.counters.frames += chunk.frames.shape[0]
         rate = chunk.sample_rate_hz
         for lane in self._lanes:
             mono = np.ascontiguousarray(chunk.frames[:, lane.setup.channel])
@@ -597,6 +600,7 @@ class Processor:
             "source_rate_hz": self.source.sample_rate_hz,
             "source_fault": self.source.fault,
             "frames": stats.frames,
+            "processed_frames": c.frames,
             "dropped_chunks": stats.dropped_chunks,
             "overflows": stats.overflows,
             "source_restarts": stats.restarts,
@@ -610,11 +614,15 @@ class Processor:
         self._update_snapshot()
         if now - self._last_stats_log >= self.settings.stats_interval_s:
             self._last_stats_log = now
-            snap = self.snapshot()
-            log.info("stats: %d windows (%d scored, %d late, max lag %.2f s), %d dropped "
-                     "chunks, %d overflows, %d gaps; %s", snap["windows"], snap["scored_windows"],
-                     snap["late_windows"], snap["max_lag_s"], snap["dropped_chunks"],
-                     snap["overflows"], snap["windower_gaps"], self._status_line())
+            self._log_stats()
+
+    def _log_stats(self, final: bool = False) -> None:
+        snap = self.snapshot()
+        log.info("%s: %d windows (%d scored, %d late, max lag %.2f s), %d dropped chunks, "
+                 "%d overflows, %d gaps, %d frames; %s", "final stats" if final else "stats",
+                 snap["windows"], snap["scored_windows"], snap["late_windows"],
+                 snap["max_lag_s"], snap["dropped_chunks"], snap["overflows"],
+                 snap["windower_gaps"], snap["processed_frames"], self._status_line())
 
     def _close_alarms(self) -> None:
         at = self._now()

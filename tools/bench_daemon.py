@@ -1,0 +1,254 @@
+"""Benchmark the monitor daemon: cost per stage and window, real-time factor, CPU and memory.
+
+Prints, per model (the built-in logmel-stats; and each model of a bundle given with
+--bundle):
+  1. the cost of each stage per window (resample from the device rate, preprocess, embed,
+     score), mean and 95th percentile, and the real-time factor at the configured hop
+     (processing seconds per second of audio);
+  2. the whole daemon (`edge-monitor run`, a real process) on the replay source as fast as
+     it goes: windows per second and real-time factor end to end;
+  3. the whole daemon "live": the replay source paced in real time, as a microphone would
+     deliver audio: CPU load in % of one core, peak RSS (VmHWM), late windows, dropped audio.
+
+Audio is a synthetic machine (edge_monitor.synth) with faults, so alarms, clips and MQTT
+events happen as they would on site. A mosquitto broker is started on a free loopback port
+when the binary is installed. Nothing here asserts: it measures and prints.
+
+    .venv/bin/python tools/bench_daemon.py [--bundle DIR] [--live-s 60] [--hop-s 1.0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import soxr
+import yaml
+
+from edge_monitor.audio_io import resample
+from edge_monitor.detector import Detector
+from edge_monitor.learning import BankLearner, builtin_detector, builtin_embedder
+from edge_monitor.preprocess import PreprocessConfig, preprocess
+from edge_monitor.synth import MachineSpec, demo_timeline, synthesize, write_audio
+
+RATE = 16000
+LEARN_S = 300.0
+WINDOW_S = 10.0
+STATS_RE = re.compile(r"stats: (\d+) windows \((\d+) scored, (\d+) late, max lag ([\d.]+) s\), "
+                      r"(\d+) dropped chunks, (\d+) overflows")
+
+
+def percentile_ms(samples: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(samples) * 1000.0, q))
+
+
+def stage_costs(detector: Detector, audio: np.ndarray, device_rate: int, hop_s: float,
+                windows: int) -> None:
+    """Time each stage separately on real windows, as the daemon runs them per hop.
+
+    Resampling is streamed (each hop of new device audio once), like the processing loop.
+    Times are CPU seconds of this thread, so other load on the box does not inflate them.
+    """
+    n = int(detector.window_s * RATE)
+    hop_in = int(hop_s * device_rate)
+    device_audio = resample(audio, RATE, device_rate) if device_rate != RATE else audio
+    stream = soxr.ResampleStream(device_rate, detector.sample_rate_hz, 1, dtype="float32")
+    times: dict[str, list[float]] = {"resample": [], "preprocess": [], "embed": [], "score": []}
+    clock = time.thread_time
+    step = max(1, (len(audio) - n) // windows)
+    for i, start in enumerate(range(0, step * windows, step)):
+        x = audio[start:start + n]
+        t0 = clock()
+        stream.resample_chunk(device_audio[i * hop_in:(i + 1) * hop_in])
+        t1 = clock()
+        conditioned = preprocess(x, detector.sample_rate_hz, detector.preprocess_config)
+        t2 = clock()
+        vectors = {m.name: m.embedder.embed(conditioned.audio) for m in detector.members}
+        t3 = clock()
+        for m in detector.members:
+            m.scorer.score(vectors[m.name][None, :])
+        t4 = clock()
+        for key, value in zip(times, (t1 - t0, t2 - t1, t3 - t2, t4 - t3), strict=True):
+            times[key].append(value)
+    total = [sum(parts) for parts in zip(*times.values(), strict=True)]
+    names = "+".join(m.name for m in detector.members)
+    print(f"\n[{names}] window {detector.window_s:g} s, device {device_rate} Hz -> model "
+          f"{detector.sample_rate_hz} Hz, {windows} windows, bank sizes "
+          f"{[len(m.bank) for m in detector.members]}")
+    print(f"  {'stage (CPU)':<11} {'mean ms':>9} {'p95 ms':>9}")
+    for key, values in {**times, "total": total}.items():
+        print(f"  {key:<11} {np.mean(values) * 1000:9.2f} {percentile_ms(values, 95):9.2f}")
+    mean = float(np.mean(total))
+    print(f"  real-time factor at hop {hop_s:g} s: {mean / hop_s:.4f} "
+          f"(= {100 * mean / hop_s:.2f}% of one core for the window work alone)")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start_broker(workdir: Path) -> tuple[subprocess.Popen[bytes] | None, int]:
+    if shutil.which("mosquitto") is None:
+        return None, 0
+    port = free_port()
+    conf = workdir / "mosquitto.conf"
+    lines = [f"listener {port} 127.0.0.1", "allow_anonymous true", "persistence false"]
+    if os.geteuid() == 0:
+        lines.append("user root")
+    conf.write_text("\n".join(lines) + "\n")
+    proc = subprocess.Popen(["mosquitto", "-c", str(conf)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return proc, port
+        except OSError:
+            time.sleep(0.05)
+    proc.kill()
+    return None, 0
+
+
+def daemon_config(workdir: Path, files: list[Path], realtime: bool, hop_s: float, port: int,
+                  bundle: Path | None, loop: bool = False, rate: int | None = None) -> Path:
+    config = {
+        "device_id": "bench",
+        "state_dir": str(workdir / "state"),
+        "source": {"kind": "replay", "block_s": 0.1, "sample_rate_hz": rate,
+                   "replay": {"paths": [str(f) for f in files], "realtime": realtime,
+                              "loop": loop, "contiguous": True}},
+        "machines": [{"name": "machine"}],
+        "model": {"bundle": str(bundle) if bundle else None},
+        "windows": {"hop_s": hop_s},
+        "learning": {"seconds": LEARN_S},
+        "alarm_audio": {"max_clips": 20},
+        "mqtt": {"enabled": port > 0, "host": "127.0.0.1", "port": port or 1883},
+        "logging": {"stats_interval_s": 5.0},
+    }
+    path = workdir / f"bench-{'live' if realtime else 'fast'}-{rate}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def proc_cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def proc_status_kb(pid: int, key: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def run_daemon(config: Path, log_path: Path, seconds: float | None) -> dict[str, float]:
+    """Run `edge-monitor run`; stop it with SIGTERM after `seconds` (None: until it ends)."""
+    cmd = [sys.executable, "-m", "edge_monitor.cli", "run", "-c", str(config)]
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    started = time.monotonic()
+    # Measure from the moment the daemon runs (imports and learning excluded).
+    while "edge-monitor running" not in log_path.read_text(errors="replace"):
+        if proc.poll() is not None:
+            raise SystemExit(f"the daemon exited early:\n{log_path.read_text()}")
+        time.sleep(0.05)
+    cpu0, t0 = proc_cpu_s(proc.pid), time.monotonic()
+    peak_kb = 0
+    while proc.poll() is None:
+        peak_kb = max(peak_kb, proc_status_kb(proc.pid, "VmHWM"))
+        cpu1, t1 = proc_cpu_s(proc.pid), time.monotonic()
+        if seconds is not None and t1 - t0 >= seconds:
+            proc.terminate()
+            break
+        time.sleep(0.2)
+    proc.wait(60)
+    stats = STATS_RE.findall(log_path.read_text(errors="replace"))
+    windows, scored, late, max_lag, dropped, overflows = (float(v) for v in stats[-1])
+    return {"wall_s": t1 - t0, "cpu_s": cpu1 - cpu0, "peak_rss_mb": peak_kb / 1024.0,
+            "windows": windows, "scored": scored, "late": late, "max_lag_s": max_lag,
+            "dropped": dropped, "overflows": overflows, "total_s": time.monotonic() - started}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--bundle", type=Path, help="also measure this bundle's models")
+    parser.add_argument("--hop-s", type=float, default=1.0)
+    parser.add_argument("--device-rate", type=int, default=48000,
+                        help="device rate for the resample stage (default 48000)")
+    parser.add_argument("--windows", type=int, default=60, help="windows timed per model")
+    parser.add_argument("--live-s", type=float, default=60.0, help="seconds of each live run")
+    parser.add_argument("--live-rates", type=int, nargs="+", default=[16000, 48000],
+                        help="device rates of the live runs (48000: the daemon resamples)")
+    parser.add_argument("--skip-daemon", action="store_true", help="stage costs only")
+    args = parser.parse_args()
+    print(f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} cores, "
+          f"Python {platform.python_version()}")
+
+    total_s = LEARN_S + 300.0
+    audio = synthesize(MachineSpec(seed=11), total_s, RATE,
+                       demo_timeline(total_s, lead_s=LEARN_S + 30.0, fault_s=20.0, gap_s=40.0))
+    workdir = Path(tempfile.mkdtemp(prefix="bench-daemon-"))
+    clip = write_audio(workdir / "machine.flac", audio, RATE)
+    # Live runs loop a short recording: a microphone holds no file in memory.
+    short = write_audio(workdir / "live.flac", audio[int(LEARN_S * RATE):][: 60 * RATE], RATE)
+
+    embedder = builtin_embedder(RATE, WINDOW_S)
+    learner = BankLearner("machine", embedder, workdir / "stage-bank", LEARN_S, "knn",
+                          PreprocessConfig())
+    n = int(WINDOW_S * RATE)
+    for start in range(0, int(LEARN_S * RATE), n):
+        learner.add(audio[start:start + n], start, start + n)
+    detector = builtin_detector("machine", embedder, learner.build(), 0.01, PreprocessConfig())
+    judged = audio[int(LEARN_S * RATE):]
+    stage_costs(detector, judged, args.device_rate, args.hop_s, args.windows)
+    if args.bundle is not None:
+        from edge_monitor.bundle import load_bundle
+
+        for machine, bundled in load_bundle(args.bundle).detectors().items():
+            print(f"bundle machine {machine}:")
+            stage_costs(bundled, judged, args.device_rate, args.hop_s, args.windows)
+
+    if args.skip_daemon:
+        return 0
+    broker, port = start_broker(workdir)
+    try:
+        fast = run_daemon(daemon_config(workdir, [clip], False, args.hop_s, port, args.bundle),
+                          workdir / "fast.log", None)
+        judged_s = total_s - LEARN_S if args.bundle is None else total_s
+        print(f"\n[daemon, replay as fast as possible] {total_s:.0f} s of audio "
+              f"({judged_s:.0f} s judged) in {fast['wall_s']:.1f} s: {fast['windows']:.0f} "
+              f"windows ({fast['windows'] / fast['wall_s']:.1f}/s), real-time factor "
+              f"{fast['wall_s'] / total_s:.4f}, CPU {fast['cpu_s']:.1f} s, "
+              f"peak RSS {fast['peak_rss_mb']:.0f} MB, dropped chunks {fast['dropped']:.0f}")
+        for rate in args.live_rates:
+            config = daemon_config(workdir, [short], True, args.hop_s, port, args.bundle,
+                                   loop=True, rate=rate)
+            live = run_daemon(config, workdir / f"live-{rate}.log", args.live_s)
+            print(f"[daemon, live (real-time replay at {rate} Hz), {live['wall_s']:.0f} s, hop "
+                  f"{args.hop_s:g} s] CPU load {100 * live['cpu_s'] / live['wall_s']:.2f}% of "
+                  f"one core, peak RSS {live['peak_rss_mb']:.0f} MB, {live['windows']:.0f} "
+                  f"windows ({live['scored']:.0f} scored), late {live['late']:.0f}, max lag "
+                  f"{live['max_lag_s']:.2f} s, dropped chunks {live['dropped']:.0f}")
+    finally:
+        if broker is not None:
+            broker.terminate()
+            broker.wait(10)
+        shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
