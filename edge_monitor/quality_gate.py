@@ -88,16 +88,21 @@ def spectral_flatness(audio: np.ndarray) -> float:
     return float(np.median(flatness))
 
 
-def window_problem(audio: np.ndarray, conditioned: Preprocessed) -> str | None:
-    """Why one raw window must not be enrolled, or None when it is usable."""
+def window_problem(raw: np.ndarray, conditioned: Preprocessed) -> str | None:
+    """Why one window must not be enrolled, or None when it is usable.
+
+    `raw` is the window as captured (a stuck input repeats exact sample values, which
+    resampling would blur); `conditioned` is the same window at the model's rate, as the
+    model sees it (a microphone rate above the model's would make any sound look tonal).
+    """
     if conditioned.silent:
         return SILENT
     if conditioned.clipped:
         return CLIPPED
-    x = np.asarray(audio)
+    x = np.asarray(raw)
     if x.size > 1 and np.count_nonzero(x[1:] == x[:-1]) >= STUCK_REPEAT_FRACTION * (x.size - 1):
         return STUCK
-    if spectral_flatness(x) < TONAL_FLATNESS:
+    if spectral_flatness(conditioned.audio) < TONAL_FLATNESS:
         return TONAL
     return None
 
@@ -109,12 +114,12 @@ class QualityGate:
         self.config = config or QualityGateConfig()
         self.report = QualityReport()
 
-    def observe(self, audio: np.ndarray, sample_rate_hz: int, conditioned: Preprocessed) -> bool:
-        """Judge one window; True when it may be enrolled."""
-        seconds = len(audio) / sample_rate_hz
+    def observe(self, raw: np.ndarray, sample_rate_hz: int, conditioned: Preprocessed) -> bool:
+        """Judge one window (as captured at `sample_rate_hz`); True when it may be enrolled."""
+        seconds = len(raw) / sample_rate_hz
         self.report.windows += 1
         self.report.seconds += seconds
-        problem = window_problem(audio, conditioned)
+        problem = window_problem(raw, conditioned)
         if problem is not None:
             self.report.dropped[problem] += 1
             return False

@@ -37,7 +37,7 @@ def embedder(name: str = "logmel-stats") -> LogMelStatsEmbedder:
     return e
 
 
-def make_detector(members: tuple[str, ...] = ("logmel-stats",), scoring: str = "dads-dwmin",
+def make_detector(members: tuple[str, ...] = ("logmel-stats",), scoring: str = "dads",
                   seconds: float = 20.0) -> Detector:
     """A detector whose banks hold `seconds` of the old machine sound (source domain)."""
     audio = machine_audio(OLD_SPEC, seconds)
