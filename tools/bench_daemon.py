@@ -34,8 +34,10 @@ from pathlib import Path
 import numpy as np
 import soxr
 import yaml
+from threadpoolctl import threadpool_limits
 
 from edge_monitor.audio_io import resample
+from edge_monitor.daemon import BLAS_THREADS
 from edge_monitor.detector import Detector
 from edge_monitor.learning import BankLearner, builtin_detector, builtin_embedder
 from edge_monitor.preprocess import PreprocessConfig, preprocess
@@ -57,14 +59,15 @@ def stage_costs(detector: Detector, audio: np.ndarray, device_rate: int, hop_s: 
     """Time each stage separately on real windows, as the daemon runs them per hop.
 
     Resampling is streamed (each hop of new device audio once), like the processing loop.
-    Times are CPU seconds of this thread, so other load on the box does not inflate them.
+    Times are CPU seconds of this process (BLAS limited to one thread, as in the daemon), so
+    other load on the box does not inflate them.
     """
     n = int(detector.window_s * RATE)
     hop_in = int(hop_s * device_rate)
     device_audio = resample(audio, RATE, device_rate) if device_rate != RATE else audio
     stream = soxr.ResampleStream(device_rate, detector.sample_rate_hz, 1, dtype="float32")
     times: dict[str, list[float]] = {"resample": [], "preprocess": [], "embed": [], "score": []}
-    clock = time.thread_time
+    clock = time.process_time
     step = max(1, (len(audio) - n) // windows)
     for i, start in enumerate(range(0, step * windows, step)):
         x = audio[start:start + n]
@@ -194,6 +197,7 @@ def main() -> int:
                         help="device rates of the live runs (48000: the daemon resamples)")
     parser.add_argument("--skip-daemon", action="store_true", help="stage costs only")
     args = parser.parse_args()
+    threadpool_limits(limits=BLAS_THREADS, user_api="blas")
     print(f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} cores, "
           f"Python {platform.python_version()}")
 
