@@ -349,6 +349,24 @@ def _parse_time(text: str | None) -> datetime | None:
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
+ABRIDGED_KEYS = ("event_id", "message_id", "machine", "started_at", "updated_at", "ended_at",
+                 "since", "model_version", "bank_version")
+
+
+def abridge(body: dict[str, Any]) -> str:
+    """`key=value` of a JSON payload without ids and timestamps (the line shows audio time)."""
+    parts = []
+    for key, value in body.items():
+        if key in ABRIDGED_KEYS or value is None:
+            continue
+        if isinstance(value, float):
+            value = f"{value:.5f}"
+        elif key == "clip_path":
+            value = Path(value).name
+        parts.append(f"{key}={value}")
+    return " ".join(parts)
+
+
 class Printer:
     """Turns received messages into lines: audio times, short payloads, a live score line."""
 
@@ -408,6 +426,8 @@ class Printer:
             self.offline = text == "offline"
         if topic.startswith(self.tree.ha_prefix + "/"):
             text = f"(Home Assistant discovery config, {len(msg.payload)} bytes)"
+        elif text.startswith("{"):
+            text = abridge(json.loads(text))
         if len(text) > PAYLOAD_CHARS:
             text = text[: PAYLOAD_CHARS - 3] + "..."
         stamp = f"{when:6.1f} s" if when is not None else "   --   "
@@ -583,7 +603,7 @@ def run_demo(settings: DemoSettings, out: TextIO = sys.stdout) -> DemoResult:
             subscriber = Subscriber(broker.host, broker.port,
                                     [f"{PREFIX}/#", f"{tree.ha_prefix}/#"], inbox)
             out.write(f"subscriber: paho on {PREFIX}/# and {tree.ha_prefix}/# prints what it "
-                      "receives\n")
+                      "receives (ids and timestamps left out; [t] is audio time)\n")
         config = demo_config(settings, workdir, audio_path,
                              (broker.host, broker.port) if broker else None)
         config_path = workdir / "edge-monitor.yaml"
