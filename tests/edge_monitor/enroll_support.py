@@ -63,3 +63,22 @@ def write_clips(directory: Path, spec: MachineSpec, count: int, seconds: float =
 
 def mean_score(detector: Detector, audio: np.ndarray) -> float:
     return float(np.mean([detector.score(w).score for w in windows(audio)]))
+
+
+def prelearn(config_path: Path, seconds: float = 12.0) -> None:
+    """Give every machine of a built-in-model daemon config a learned bank of the old sound,
+    exactly as the daemon's learning would save it, so the daemon starts judging at once."""
+    from edge_monitor.config import load_config
+    from edge_monitor.learning import BankLearner, builtin_embedder
+
+    config = load_config(config_path)
+    window_s = config.windows.window_s or 10.0
+    audio = machine_audio(OLD_SPEC, seconds)
+    n = int(window_s * RATE)
+    for m in config.machines:
+        learner = BankLearner(m.name, builtin_embedder(RATE, window_s), config.state_dir,
+                              seconds, config.learning.scoring,
+                              config.preprocess.to_preprocess_config())
+        for start in range(0, len(audio) - n + 1, n):
+            learner.add(audio[start:start + n], start, start + n)
+        learner.build()

@@ -1,0 +1,213 @@
+"""The control socket: request validation, replies and exit codes, and `edge-monitor enroll`
+against a running daemon (replay source) and without one (offline, into the bank store)."""
+
+from __future__ import annotations
+
+import json
+import socket
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from daemon_support import DaemonThread, small_config, write_config, write_flac
+from enroll_support import (
+    GATE,
+    NEW_SPEC,
+    OLD_SPEC,
+    machine_audio,
+    make_detector,
+    prelearn,
+    write_clips,
+)
+
+from edge_monitor.bank_store import BankStore
+from edge_monitor.cli import main
+from edge_monitor.config import load_config
+from edge_monitor.control import (
+    ControlError,
+    ControlServer,
+    daemon_running,
+    request,
+    socket_path,
+    validate_request,
+)
+from edge_monitor.daemon import plan_machines
+from edge_monitor.enroll import EnrolmentManager
+from edge_monitor.errors import BadInputError
+
+
+def cli_process(*args: str) -> subprocess.CompletedProcess[str]:
+    """`edge-monitor enroll ARGS` as its own process (slow to start: use once per test)."""
+    return subprocess.run([sys.executable, "-m", "edge_monitor.cli", "enroll", *args],
+                          capture_output=True, text=True, timeout=120, check=False)
+
+
+@pytest.fixture
+def cli(capsys):
+    """`edge-monitor enroll ARGS` in this process: the CLI's code path, without start-up."""
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        capsys.readouterr()
+        rc = main(["enroll", *args])
+        out, err = capsys.readouterr()
+        return subprocess.CompletedProcess(args, rc, out, err)
+    return run
+
+
+@pytest.mark.parametrize(
+    ("body", "words"),
+    [
+        ([], "JSON object"),
+        ({"command": "enroll/explode"}, "unknown command"),
+        ({"command": "enroll/start", "machine": "pump"}, "needs"),
+        ({"command": "enroll/start", "machine": "pump", "seconds": -1}, "seconds"),
+        ({"command": "enroll/start", "machine": "pump", "seconds": True}, "seconds"),
+        ({"command": "enroll/commit", "machine": "a/b"}, "MQTT topic"),
+        ({"command": "enroll/files", "machine": "pump", "files": ["rel.flac"]}, "absolute"),
+        ({"command": "enroll/cancel", "machine": "pump", "force": 1}, "does not take"),
+    ],
+)
+def test_bad_requests_are_refused(body, words):
+    with pytest.raises(BadInputError, match=words):
+        validate_request(body)
+
+
+def test_round_trip_exit_codes_and_stale_socket(tmp_path):
+    detector = make_detector(seconds=12.0)
+    detectors = {"pump": detector}
+    manager = EnrolmentManager(tmp_path, detectors.get, detectors.__setitem__, gate=GATE)
+    path = socket_path(tmp_path)
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(str(path))
+    stale.close()  # a socket file nobody serves: what a SIGKILLed daemon leaves
+    assert not daemon_running(path)
+    server = ControlServer(path, manager.dispatch)
+    server.start()
+    try:
+        assert daemon_running(path)
+        assert stat.S_IMODE(path.stat().st_mode) == 0o660
+        with pytest.raises(BadInputError, match="another daemon already serves"):
+            ControlServer(path, manager.dispatch).start()
+        assert request(path, {"command": "enroll/status"}) == {"active": None, "last": None}
+        with pytest.raises(ControlError, match="unknown command") as caught:
+            request(path, {"command": "nope"})
+        assert caught.value.exit_code == 2
+        with pytest.raises(ControlError, match="live recording needs") as caught:
+            request(path, {"command": "enroll/start", "machine": "pump", "seconds": 5})
+        assert caught.value.exit_code == 2
+        clips = write_clips(tmp_path / "clips", NEW_SPEC, 5)
+        result = request(path, {"command": "enroll/files", "machine": "pump",
+                                "files": [str(c) for c in clips]})
+        assert result["new_versions"] == {"logmel-stats": detectors["pump"].bank_version}
+        record = manager.audit.read()[-1]
+        assert record["who"].startswith("local:") and record["outcome"] == "done"
+        # Garbage on the wire gets an error line, not a dead server.
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as raw:
+            raw.connect(str(path))
+            raw.sendall(b"\xff\xfe not json\n")
+            reply = json.loads(raw.makefile().readline())
+        assert reply == {"ok": False, "error": reply["error"], "exit_code": 2}
+        assert request(path, {"command": "enroll/rollback", "machine": "pump"})["new_versions"]
+    finally:
+        server.stop()
+    assert not path.exists()
+
+
+@pytest.fixture
+def replay_daemon(tmp_path):
+    """`edge-monitor run` (on a thread) replaying the old machine sound in real time, looping;
+    its control socket is up once it has started."""
+    clip = write_flac(tmp_path / "old.flac", machine_audio(OLD_SPEC, 6.0))
+    config = small_config(tmp_path, [clip], source={"replay": {
+        "paths": [str(clip)], "realtime": True, "loop": True}},
+        learning={"seconds": 10, "scoring": "dads"})
+    path = write_config(tmp_path, config)
+    prelearn(path)
+    daemon = DaemonThread(path)
+    try:
+        daemon.wait_until(lambda s: s["machines"]["pump"]["bank_version"] is not None,
+                          "a detector")
+        daemon.wait_until(lambda s: daemon_running(socket_path(tmp_path / "state")),
+                          "the control socket")
+        yield daemon, path
+    finally:
+        assert daemon.stop() == 0
+    assert not socket_path(tmp_path / "state").exists()
+
+
+def test_cli_enrols_files_through_the_running_daemon(tmp_path, replay_daemon, cli):
+    daemon, config_path = replay_daemon
+    before = daemon.daemon.processor.snapshot()["machines"]["pump"]["bank_version"]
+    clips = write_clips(tmp_path / "new", NEW_SPEC, 22)  # the daemon's gate wants 20 s
+    done = cli("-c", str(config_path), "--machine", "pump", *map(str, clips))
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["old_versions"] == {"logmel-stats": before}
+    # Swapped into the running daemon, no restart.
+    snap = daemon.wait_until(
+        lambda s: s["machines"]["pump"]["bank_version"] == result["new_versions"]["logmel-stats"],
+        "the enrolled bank in service")
+    assert snap["machines"]["pump"]["threshold"] is not None
+
+    busy = cli("-c", str(config_path), "--machine", "pump", "--cancel")
+    assert busy.returncode == 2 and "no enrolment of pump is running" in busy.stderr
+    status = cli("-c", str(config_path), "--status")
+    assert json.loads(status.stdout)["last"]["state"] == "done"
+
+    back = cli("-c", str(config_path), "--machine", "pump", "--rollback")
+    assert back.returncode == 0, back.stderr
+    daemon.wait_until(lambda s: s["machines"]["pump"]["bank_version"] == before, "rollback")
+
+
+def test_cli_offline_enrols_into_the_store_for_the_next_start(tmp_path, cli):
+    clip = write_flac(tmp_path / "old.flac", machine_audio(OLD_SPEC, 2.0))
+    config = small_config(tmp_path, [clip], learning={"seconds": 10, "scoring": "dads"})
+    config_path = write_config(tmp_path, config)
+    loaded = load_config(config_path)
+    clips = write_clips(tmp_path / "new", NEW_SPEC, 22)  # the default gate wants 20 s
+    early = cli("-c", str(config_path), "--machine", "pump", *map(str, clips))
+    assert early.returncode == 2 and "has no bank yet" in early.stderr
+    prelearn(config_path)
+    learned = plan_machines(loaded).machines[0].detector
+    missing = cli("-c", str(config_path), "--machine", "pump", str(tmp_path / "x.flac"))
+    assert missing.returncode == 2 and "no such audio file" in missing.stderr
+
+    done = cli_process("-c", str(config_path), "--machine", "pump", *map(str, clips))
+    assert done.returncode == 0, done.stderr
+    assert "when it starts or reloads" in done.stderr
+    new_versions = json.loads(done.stdout)["new_versions"]
+    # What the daemon builds at start (the learned bank) plus the store: the enrolled bank.
+    served = BankStore(loaded.state_dir, "pump").apply(plan_machines(loaded).machines[0].detector)
+    assert {m.name: m.bank.version for m in served.members} == new_versions
+    assert served.bank_version != learned.bank_version
+
+    for args, words in (
+        (("--seconds", "30"), "needs the running daemon"),
+        (("--cancel",), "nothing to cancel"),
+        ((), "give exactly one of"),
+        (("--rollback", *map(str, clips)), "give exactly one of"),
+    ):
+        refused = cli("-c", str(config_path), "--machine", "pump", *args)
+        assert refused.returncode == 2 and words in refused.stderr, refused.stderr
+    wrong = cli("-c", str(config_path), "--machine", "fan", "--rollback")
+    assert wrong.returncode == 2 and "'fan' is not in" in wrong.stderr
+
+    back = cli("-c", str(config_path), "--machine", "pump", "--rollback")
+    assert back.returncode == 0, back.stderr
+    served = BankStore(loaded.state_dir, "pump").apply(plan_machines(loaded).machines[0].detector)
+    assert served.bank_version == learned.bank_version
+    history = json.loads(cli("-c", str(config_path), "--status").stdout)["history"]["pump"]
+    assert [e["action"] for e in history] == ["seed", "commit", "rollback"]
+    audit = [json.loads(line) for line in
+             (Path(loaded.state_dir) / "enrolment-audit.jsonl").read_text().splitlines()]
+    assert [a["event"] for a in audit][-2:] == ["enrolment", "rollback"]
+    assert audit[-2]["who"].startswith("cli:")
+
+
+def test_socket_path_too_long_is_a_clear_error(tmp_path):
+    deep = tmp_path / ("d" * 120)
+    with pytest.raises(BadInputError, match="shorter state_dir"):
+        ControlServer(socket_path(deep), lambda *a: {})
+    assert not daemon_running(tmp_path / "control.sock")
+
