@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import shutil
 import tarfile
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -176,23 +177,43 @@ def _safe_members(archive: Path, tar: tarfile.TarFile) -> list[tarfile.TarInfo]:
 
 
 def extract_bundle(archive: Path, into: Path | None = None) -> Path:
-    """Extract a bundle .tar into a fresh directory (under `into`) and return its root."""
-    parent = Path(into) if into is not None else None
-    if parent is not None:
-        parent.mkdir(parents=True, exist_ok=True)
-    target = Path(tempfile.mkdtemp(prefix="bundle-", dir=parent))
-    try:
-        with tarfile.open(archive) as tar:
-            members = _safe_members(archive, tar)
-            tar.extractall(target, members=members, filter="data")
-    except (tarfile.TarError, OSError) as exc:
-        raise BundleError(f"{archive}: not a readable tar archive ({exc}); copy it again") from exc
+    """Extract a bundle .tar and return its root.
+
+    Under `into` the target is named by the archive's checksum, so reloading the same archive
+    reuses one directory instead of piling up copies; it is extracted aside and renamed into
+    place. Without `into` a fresh temporary directory is used (the caller removes it).
+    """
+    if into is None:
+        target = Path(tempfile.mkdtemp(prefix="bundle-"))
+        _extract(archive, target)
+    else:
+        into = Path(into)
+        into.mkdir(parents=True, exist_ok=True)
+        target = into / f"bundle-{sha256_file(archive)[:16]}"
+        if target.exists():
+            shutil.rmtree(target)
+        staging = Path(tempfile.mkdtemp(prefix=".bundle-", dir=into))
+        try:
+            _extract(archive, staging)
+            staging.rename(target)
+        finally:
+            if staging.exists():
+                shutil.rmtree(staging, ignore_errors=True)
     if (target / MANIFEST_NAME).is_file():
         return target
     children = [p for p in target.iterdir() if p.is_dir()]
     if len(children) == 1 and (children[0] / MANIFEST_NAME).is_file():
         return children[0]
     raise BundleError(f"{archive}: no {MANIFEST_NAME} at the top of the archive")
+
+
+def _extract(archive: Path, target: Path) -> None:
+    try:
+        with tarfile.open(archive) as tar:
+            members = _safe_members(archive, tar)
+            tar.extractall(target, members=members, filter="data")
+    except (tarfile.TarError, OSError) as exc:
+        raise BundleError(f"{archive}: not a readable tar archive ({exc}); copy it again") from exc
 
 
 def read_manifest(root: Path) -> Manifest:

@@ -13,6 +13,7 @@ import argparse
 import csv
 import io
 import logging
+import tempfile
 from pathlib import Path
 
 from edge_monitor.atomic import atomic_write_text
@@ -52,7 +53,12 @@ def expand_files(items: list[Path]) -> list[Path]:
 
 
 def run(args: argparse.Namespace) -> int:
-    bundle = load_bundle(args.bundle)
+    with tempfile.TemporaryDirectory(prefix="edge-monitor-score-") as scratch:
+        return _score(args, Path(scratch))
+
+
+def _score(args: argparse.Namespace, scratch: Path) -> int:
+    bundle = load_bundle(args.bundle, extract_to=scratch)
     machines = list(bundle.manifest.machines)
     machine = args.machine
     if machine is None:

@@ -138,6 +138,8 @@ def test_onnx_bundle_loads_from_dir_and_tar(built: tuple[Path, Path], tmp_path: 
     detector = load_bundle(bundle).detectors(["cpu"], threads=1)["fan"]
     archive = write_tar(bundle, tmp_path / "bundle.tar")
     from_tar = load_bundle(archive, extract_to=tmp_path / "state").detectors()["fan"]
+    reloaded = load_bundle(archive, extract_to=tmp_path / "state")  # a reload reuses its dir
+    assert [p.name for p in (tmp_path / "state").iterdir()] == [reloaded.root.name]
     clip = next((data / "fan" / "test").glob("*anomaly*"))
     audio, _ = sf.read(clip, dtype="float32")
     a, b = detector.score(audio), from_tar.score(audio)
