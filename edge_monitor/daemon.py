@@ -9,8 +9,10 @@ bundle and applies them between two windows. A source whose settings did not cha
 running, so a reload loses no audio. A bad config on reload is logged and the running one
 kept: the daemon never goes deaf because of a typo.
 
-Enrolment plugs in through `Daemon.processor` (audio taps, `set_enrolling`,
-`swap_detector`) and `Daemon.register_command`.
+Enrolment (`edge_monitor.control.EnrolmentService`) plugs in through `Daemon.processor`
+(audio taps, `set_enrolling`, `swap_detector`), `Daemon.register_command` and the local
+control socket; at start and reload each machine's detector gets the banks its enrolment
+store points at (`BankStore.apply`).
 """
 
 from __future__ import annotations
@@ -28,10 +30,12 @@ from typing import Any
 
 from threadpoolctl import threadpool_limits
 
+from edge_monitor.bank_store import BankStore
 from edge_monitor.capture import AudioSource, SoundDeviceSource
 from edge_monitor.clip_store import ClipStore
 from edge_monitor.commands import Command
 from edge_monitor.config import Config, load_config
+from edge_monitor.control import EnrolmentService
 from edge_monitor.decision import DecisionConfig
 from edge_monitor.detector import Detector
 from edge_monitor.errors import BadInputError, ConfigError, EdgeMonitorError
@@ -94,7 +98,8 @@ def plan_machines(config: Config) -> Plan:
                     f"machines: {m.name!r} looks for {key!r} in the bundle, which has "
                     f"{sorted(detectors)}; set machines[].bundle_machine to one of them"
                 )
-            setups.append(MachineSetup(m.name, m.channel, detector=detectors[key]))
+            detector = BankStore(config.state_dir, m.name).apply(detectors[key])
+            setups.append(MachineSetup(m.name, m.channel, detector=detector))
         first = setups[0].detector
         assert first is not None
         model_rate, window_s = first.sample_rate_hz, first.window_s
@@ -111,9 +116,9 @@ def plan_machines(config: Config) -> Plan:
             expected = fingerprint(embedder, config.learning.scoring, preprocess_config)
             bank = load_learned(config.state_dir, m.name, expected)
             if bank is not None:
-                detector = builtin_detector(
+                detector = BankStore(config.state_dir, m.name).apply(builtin_detector(
                     m.name, embedder, bank, config.decision.false_alarm_rate, preprocess_config
-                )
+                ))
                 log.info("machine %s: using the learned bank %s", m.name, bank.version)
                 setups.append(MachineSetup(m.name, m.channel, detector=detector))
             else:
@@ -208,6 +213,7 @@ class Daemon:
         self.source: AudioSource | None = None
         self.processor: Processor | None = None
         self.mqtt: MqttClient | None = None
+        self.enrolment: EnrolmentService | None = None
         self._reloads: queue.Queue[concurrent.futures.Future[dict[str, Any]]] = queue.Queue()
         self._extra_commands: dict[str, Callable[[Command], Mapping[str, Any] | None]] = {}
 
@@ -240,6 +246,7 @@ class Daemon:
         plan = plan_machines(config)
         self.config = config
         self._install_signals()
+        self.enrolment = EnrolmentService(self, config.state_dir)
         self.mqtt = self._start_mqtt(config)
         self.source = build_source(config, plan.model_rate_hz)
         self.source.start()
@@ -249,6 +256,7 @@ class Daemon:
             _ClipAdapter(store) if store else None, self.notifier, self.stop_event,
         )
         self.processor.start()
+        self.enrolment.start()
         log.info("edge-monitor running: device %s, %d machine(s), %s source at %d Hz, "
                  "window %.2f s, hop %.2f s", config.device_id, len(plan.machines),
                  config.source.kind, self.source.sample_rate_hz, plan.settings.window_s,
@@ -297,6 +305,8 @@ class Daemon:
 
     def _shutdown(self) -> None:
         self.notifier.stopping()
+        if self.enrolment is not None:
+            self.enrolment.stop()  # a recording in progress is cancelled; banks stay as they are
         self.stop_event.set()
         if self.processor is not None and not self.processor.join(JOIN_TIMEOUT_S):
             log.error("the processing thread did not stop within %.0f s", JOIN_TIMEOUT_S)
