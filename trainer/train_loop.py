@@ -60,6 +60,18 @@ def init_distributed(device_kind: str) -> Distributed:
     return Distributed(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
 
 
+def barrier(layout: Distributed) -> None:
+    """Wait for every rank (a no-op in a single process)."""
+    if layout.world_size > 1:
+        dist.barrier()
+
+
+def shutdown_distributed(layout: Distributed) -> None:
+    """Leave the process group cleanly at the end of a torchrun job."""
+    if layout.world_size > 1 and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def resolve_device(requested: str, layout: Distributed) -> torch.device:
     """cpu or cuda (one GPU per local rank); asking for cuda without one is an input error."""
     if requested == "cuda":

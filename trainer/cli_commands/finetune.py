@@ -23,7 +23,15 @@ from trainer.checkpoint_embedder import save_embedding_model
 from trainer.recipe import Recipe, load_recipe
 from trainer.strategies import StrategyContext, build_strategy
 from trainer.train_data import default_cache_dir
-from trainer.train_loop import STATE_FILE, Trainer, init_distributed, resolve_device
+from trainer.train_loop import (
+    STATE_FILE,
+    Distributed,
+    Trainer,
+    barrier,
+    init_distributed,
+    resolve_device,
+    shutdown_distributed,
+)
 
 NAME = "finetune"
 HELP = "Fine-tune a backbone with a training recipe (conf/train/*.yaml) on a DCASE data tree."
@@ -89,6 +97,20 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device, layout)
     run_dir: Path = args.out
     _check_run_dir(run_dir, recipe, args.resume)
+    barrier(layout)  # every rank has checked RUN before rank 0 writes into it
+    try:
+        return _train(args, recipe, layout, device, run_dir)
+    finally:
+        shutdown_distributed(layout)
+
+
+def _train(
+    args: argparse.Namespace,
+    recipe: Recipe,
+    layout: Distributed,
+    device: torch.device,
+    run_dir: Path,
+) -> int:
     torch.manual_seed(recipe.optim.seed)
     roots = [args.data, *(recipe.tats.extra_roots if recipe.tats else [])]
     context = StrategyContext(recipe, roots, args.cache or default_cache_dir())
@@ -104,10 +126,11 @@ def run(args: argparse.Namespace) -> int:
         trainer.resume()
     result = trainer.run(args.max_steps, progress=not args.no_progress)
     if not result.finished:
-        print(
-            f"{run_dir}: stopped at step {result.step} of {recipe.optim.steps}; "
-            "continue with --resume"
-        )
+        if layout.is_main:
+            print(
+                f"{run_dir}: stopped at step {result.step} of {recipe.optim.steps}; "
+                "continue with --resume"
+            )
         return 0
     if layout.is_main:
         model = strategy.embedding_model()

@@ -1,0 +1,143 @@
+"""The training loop: resume continues exactly where it stopped; the finetune command's run
+directory life cycle; data-parallel training under torchrun."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from finetune_fixtures import REPO, make_tree, tiny_recipe
+
+from trainer.cli import main
+from trainer.strategies import StrategyContext, build_strategy
+from trainer.train_loop import METRICS_FILE, STATE_FILE, Trainer
+
+RECIPE = REPO / "conf" / "train" / "tiny_full.yaml"
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tree(tmp_path_factory.mktemp("data"))
+
+
+def _trainer(tree: Path, run_dir: Path, cache: Path) -> Trainer:
+    recipe = tiny_recipe("full")
+    torch.manual_seed(0)
+    strategy = build_strategy(StrategyContext(recipe, [tree], cache))
+    return Trainer(strategy, recipe, run_dir, torch.device("cpu"))
+
+
+def test_resume_continues_exactly_where_it_stopped(tree, tmp_path) -> None:
+    cache = tmp_path / "cache"
+    straight = _trainer(tree, tmp_path / "straight", cache)
+    straight.run(progress=False)
+
+    first = _trainer(tree, tmp_path / "split", cache)
+    first.run(max_steps=2, progress=False)
+    saved_optimizer = first.optimizer.state_dict()
+    resumed = _trainer(tree, tmp_path / "split", cache)
+    resumed.resume()
+    assert resumed.step == 2
+    assert resumed.scheduler.last_epoch == 2
+    restored = resumed.optimizer.state_dict()
+    assert restored["state"].keys() == saved_optimizer["state"].keys()
+    for index, state in saved_optimizer["state"].items():
+        torch.testing.assert_close(restored["state"][index]["exp_avg"], state["exp_avg"])
+        assert float(restored["state"][index]["step"]) == 2.0
+    resumed.run(progress=False)
+
+    assert resumed.step == straight.step == 4
+    expected = straight.strategy.modules.state_dict()
+    for key, value in resumed.strategy.modules.state_dict().items():
+        torch.testing.assert_close(value, expected[key], rtol=0, atol=0, msg=key)
+    steps = [
+        json.loads(line)["step"]
+        for line in (tmp_path / "split" / METRICS_FILE).read_text().splitlines()
+    ]
+    assert steps == [1, 2, 3, 4]
+
+
+def test_finetune_command_life_cycle(tree, tmp_path, capsys) -> None:
+    run_dir = tmp_path / "run"
+    common = [
+        "finetune",
+        "--recipe",
+        str(RECIPE),
+        "--data",
+        str(tree),
+        "--out",
+        str(run_dir),
+        "--cache",
+        str(tmp_path / "cache"),
+        "--no-progress",
+    ]
+    assert main([*common, "--max-steps", "2"]) == 0
+    assert "stopped at step 2 of 4" in capsys.readouterr().out
+    assert (run_dir / STATE_FILE).is_file() and not (run_dir / "embedder.json").exists()
+
+    assert main(common) == 2  # a run is there: refuse to overwrite it
+    assert "pass --resume" in capsys.readouterr().err
+    assert main([*common, "--resume"]) == 0
+    assert (run_dir / "embedder.json").is_file() and (run_dir / "model.pt").is_file()
+    assert torch.load(run_dir / STATE_FILE, weights_only=True)["step"] == 4
+
+    other = tmp_path / "other.yaml"
+    other.write_text(RECIPE.read_text().replace("lr: 0.01", "lr: 0.02"))
+    changed = [*common, "--resume"]
+    changed[changed.index(str(RECIPE))] = str(other)
+    assert main(changed) == 2
+    assert "differs from --recipe" in capsys.readouterr().err
+    fresh = [*common, "--resume"]
+    fresh[fresh.index(str(run_dir))] = str(tmp_path / "empty")
+    assert main(fresh) == 2
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_data_parallel_under_torchrun(tree, tmp_path) -> None:
+    run_dir = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    completed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_addr",
+            "127.0.0.1",
+            "--master_port",
+            str(_free_port()),
+            "-m",
+            "trainer.cli",
+            "finetune",
+            "--recipe",
+            str(RECIPE),
+            "--data",
+            str(tree),
+            "--out",
+            str(run_dir),
+            "--cache",
+            str(tmp_path / "cache"),
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        cwd=REPO,
+    )
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    assert (run_dir / "model.pt").is_file()
+    records = [json.loads(line) for line in (run_dir / METRICS_FILE).read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2, 3, 4]  # rank 0 alone logs
