@@ -188,7 +188,10 @@ class BankStore:
         """
         try:
             pointer = self.pointer()
-            if pointer is None:
+            if pointer is None or (
+                pointer.get("model_version") == detector.model_version
+                and pointer["current"] == detector_versions(detector)
+            ):
                 return detector
             if not self.matches(detector, pointer):
                 log.warning(
@@ -197,8 +200,6 @@ class BankStore:
                     self.root, pointer.get("model_version"), pointer.get("base"),
                     detector_versions(detector), detector.model_version,
                 )
-                return detector
-            if pointer["current"] == detector_versions(detector):
                 return detector
             banks = self.load(pointer["current"])
         except BankError as exc:
@@ -213,29 +214,30 @@ class BankStore:
     def ensure_seeded(self, detector: Detector) -> dict[str, Any]:
         """Make the pointer describe the running detector; returns the pointer.
 
-        A missing or stale store is seeded from the detector's banks (the bundle's, or the
-        learned one). When the store matches but the running banks are not the current ones
-        (the daemon served something else), the running banks become current so that an
-        enrolment always builds on what actually runs.
+        The running detector normally serves the store's current banks. When it serves the
+        base banks instead (the store's banks could not be loaded at start), those become
+        current again so that an enrolment builds on what actually runs. Anything else (no
+        store yet, other models, a new bundle or a relearned bank) seeds the store afresh
+        from the running banks.
         """
         running = detector_versions(detector)
         pointer = self.pointer()
-        if pointer is None or not self.matches(detector, pointer):
-            self._write_banks({m.name: m.bank for m in detector.members})
-            pointer = {
-                "format_version": POINTER_FORMAT_VERSION,
-                "machine": self.machine,
-                "model_version": detector.model_version,
-                "base": running,
-                "stack": [running],
-                "history": [],
-            }
-            return self._write_pointer(pointer, {"action": "seed", "versions": running})
-        if pointer["current"] != running:
-            self._write_banks({m.name: m.bank for m in detector.members})
-            pointer["stack"].append(running)
-            return self._write_pointer(pointer, {"action": "resync", "versions": running})
-        return pointer
+        if pointer is not None and pointer.get("model_version") == detector.model_version:
+            if pointer["current"] == running:
+                return pointer
+            if pointer["base"] == running:
+                pointer["stack"].append(running)
+                return self._write_pointer(pointer, {"action": "resync", "versions": running})
+        self._write_banks({m.name: m.bank for m in detector.members})
+        pointer = {
+            "format_version": POINTER_FORMAT_VERSION,
+            "machine": self.machine,
+            "model_version": detector.model_version,
+            "base": running,
+            "stack": [running],
+            "history": pointer["history"] if pointer else [],
+        }
+        return self._write_pointer(pointer, {"action": "seed", "versions": running})
 
     def commit(self, banks: Mapping[str, Bank], event: Mapping[str, Any]) -> dict[str, Any]:
         """Write `banks` as new versions, then move the pointer to them; returns the pointer.
