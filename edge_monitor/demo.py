@@ -46,6 +46,7 @@ from typing import Any, TextIO
 
 import yaml
 
+from edge_monitor.atomic import atomic_write_text
 from edge_monitor.errors import BadInputError, EdgeMonitorError
 from edge_monitor.learning import MIN_LEARNING_WINDOWS
 from edge_monitor.synth import (
@@ -516,6 +517,21 @@ def print_summary(result: DemoResult, settings: DemoSettings, out: TextIO) -> No
     w(f"Result: {verdict}.\n")
 
 
+def write_results(workdir: Path, result: DemoResult, schedule: list[FaultSegment],
+                  settings: DemoSettings) -> None:
+    """scores.csv (one row per scored window) and alarms.csv, for plotting or a spreadsheet."""
+    rows = ["end_s,score,threshold,audio"]
+    for end, score, threshold in result.scores:
+        heard = "+".join(f.kind for f in schedule if hears(f, end, settings.window_s))
+        rows.append(f"{end:.3f},{score:.6g},{threshold:.6g},{heard or 'normal'}")
+    atomic_write_text(workdir / "scores.csv", "\n".join(rows) + "\n")
+    rows = ["start_s,end_s,peak_score"]
+    for a in result.alarms:
+        end = f"{a.end_s:.3f}" if a.end_s is not None else ""
+        rows.append(f"{a.start_s:.3f},{end},{a.peak_score:.6g}")
+    atomic_write_text(workdir / "alarms.csv", "\n".join(rows) + "\n")
+
+
 # The run ---------------------------------------------------------------------------------
 
 
@@ -629,8 +645,9 @@ def run_demo(settings: DemoSettings, out: TextIO = sys.stdout) -> DemoResult:
         result.daemon_exit = daemon.rc if daemon.rc is not None else 1
         print_summary(result, settings, out)
         if settings.keep:
-            out.write(f"kept: {workdir} (clip, schedule.csv, config, state/ with the learned "
-                      "bank and alarm clips)\n")
+            write_results(workdir, result, schedule, settings)
+            out.write(f"kept: {workdir} (machine.flac, schedule.csv, scores.csv, alarms.csv, "
+                      "the config, state/ with the learned bank and alarm clips)\n")
         return result
     finally:
         if subscriber is not None:
