@@ -8,6 +8,8 @@
 
 With the daemon running (its control socket in state_dir answers), everything goes through
 it: live recording shares its capture, and the new bank is swapped in without a restart.
+Files are copied into state_dir for the daemon to read (the service's sandbox hides /tmp and
+/home from it), so run the command as the service's user: `sudo -u edge-monitor ...`.
 Without a daemon, files are enrolled straight into the bank store under state_dir, and the
 daemon serves the new bank when it starts or reloads (SIGHUP).
 """
@@ -15,11 +17,14 @@ daemon serves the new bank when it starts or reloads (SIGHUP).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
+import shutil
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,13 +34,14 @@ from edge_monitor.config import load_config
 from edge_monitor.control import daemon_running, request, socket_path
 from edge_monitor.detector import Detector
 from edge_monitor.enroll import RECORDING, EnrolmentManager
-from edge_monitor.errors import BadInputError, ConfigError, EdgeMonitorError
+from edge_monitor.errors import AudioFileError, BadInputError, ConfigError, EdgeMonitorError
 
 NAME = "enroll"
 HELP = "enrol a machine's new normal sound (live or from files), roll back or cancel"
 log = logging.getLogger(__name__)
 
 POLL_S = 1.0
+INBOX_DIR = "enrol-inbox"
 # How long past the requested seconds a live recording may take (gaps, faults) before giving up.
 RECORDING_GRACE_S = 60.0
 
@@ -94,10 +100,32 @@ def _online(args: argparse.Namespace, path: Path, files: list[str]) -> int:
     elif args.cancel:
         _print(request(path, {"command": "enroll/cancel", "machine": machine}))
     elif files:
-        _print(request(path, {"command": "enroll/files", "machine": machine, "files": files}))
+        with _staged(files, path.parent) as staged:
+            _print(request(path, {"command": "enroll/files", "machine": machine,
+                                  "files": staged}))
     else:
         _record(path, machine, float(args.seconds))
     return 0
+
+
+@contextlib.contextmanager
+def _staged(files: list[str], state_dir: Path) -> Iterator[list[str]]:
+    """Copies of `files` in the state directory, the one place the sandboxed service reads
+    (systemd's PrivateTmp and ProtectHome hide /tmp and /home from it); removed afterwards."""
+    inbox = state_dir / INBOX_DIR / f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
+    inbox.mkdir(parents=True)
+    try:
+        staged = []
+        for i, name in enumerate(files):
+            target = inbox / f"{i:04d}-{Path(name).name}"
+            try:
+                shutil.copyfile(name, target)
+            except OSError as exc:
+                raise AudioFileError(f"{name}: cannot read it ({exc.strerror or exc})") from exc
+            staged.append(str(target))
+        yield staged
+    finally:
+        shutil.rmtree(inbox, ignore_errors=True)
 
 
 def _record(path: Path, machine: str, seconds: float) -> None:

@@ -144,6 +144,8 @@ def test_cli_enrols_files_through_the_running_daemon(tmp_path, replay_daemon, cl
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
     assert result["old_versions"] == {"logmel-stats": before}
+    # The files went through a copy in state_dir (what a sandboxed service can read).
+    assert not any((tmp_path / "state" / "enrol-inbox").iterdir())
     # Swapped into the running daemon, no restart.
     snap = daemon.wait_until(
         lambda s: s["machines"]["pump"]["bank_version"] == result["new_versions"]["logmel-stats"],
