@@ -34,7 +34,7 @@ from typing import Any
 
 from edge_monitor.atomic import atomic_write_text
 from edge_monitor.bank import Bank, load_bank, save_bank
-from edge_monitor.detector import Detector
+from edge_monitor.detector import Detector, ScoreNorm
 from edge_monitor.errors import BankError, EdgeMonitorError
 
 log = logging.getLogger(__name__)
@@ -59,6 +59,24 @@ def _now() -> str:
 
 def detector_versions(detector: Detector) -> Versions:
     return {m.name: m.bank.version for m in detector.members}
+
+
+def rebank(detector: Detector, banks: Mapping[str, Bank]) -> Detector:
+    """`detector` with new banks, its threshold and ensemble score norms rebuilt from them.
+
+    A bundle standardises each ensemble member's score by its bank's leave-one-out scores;
+    a new bank brings new ones, so those norms are recomputed the same way (single-model
+    detectors and members without a norm are left as they are). Enrolment, rollback and a
+    restart all go through here, so they serve the same detector for the same banks.
+    """
+    swapped = detector.with_banks(dict(banks))
+    if len(swapped.members) > 1:
+        for member in swapped.members:
+            if member.norm != ScoreNorm():
+                member.norm = ScoreNorm.from_loo(member.bank.loo_scores)
+        swapped = Detector(swapped.machine, swapped.members, swapped.false_alarm_rate,
+                           swapped.preprocess_config, swapped.model_version)
+    return swapped
 
 
 class StoreLock:
@@ -207,7 +225,7 @@ class BankStore:
                       self.machine, exc, detector_versions(detector))
             return detector
         log.info("machine %s: serving enrolled banks %s", self.machine, pointer["current"])
-        return detector.with_banks(banks)
+        return rebank(detector, banks)
 
     # Writing (hold the StoreLock) ------------------------------------------------------
 

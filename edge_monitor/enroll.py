@@ -40,6 +40,7 @@ from edge_monitor.bank_store import (
     EnrolmentBusyError,
     StoreLock,
     detector_versions,
+    rebank,
 )
 from edge_monitor.detector import Detector
 from edge_monitor.errors import BadInputError, EdgeMonitorError
@@ -53,6 +54,9 @@ log = logging.getLogger(__name__)
 AUDIT_NAME = "enrolment-audit.jsonl"
 MAX_SECONDS = 3600.0
 CALLBACK_TIMEOUT_S = 30.0
+# An enrolment left uncommitted this long after its recording should have ended is
+# discarded when someone else wants to enrol, so a forgotten session never blocks the box.
+PENDING_TIMEOUT_S = 3600.0
 # A file up to this many windows long is embedded whole (as the trainer embeds clips).
 WHOLE_FILE_WINDOWS = 1.5
 
@@ -131,6 +135,8 @@ class Enrolment:
         self.requester = requester
         self.seconds = seconds
         self.started_at = _utc()
+        self.started_mono = time.monotonic()
+        self.recorded_mono: float | None = None
         self.stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
         self.state = RECORDING
         self.error: str | None = None
@@ -211,10 +217,17 @@ class Enrolment:
             if self.state != RECORDING:
                 return
             self.state = RECORDED
+            self.recorded_mono = time.monotonic()
         log.info("machine %s: enrolment recorded %d window(s) (%d usable)", self.machine,
                  self.windows, self.gate.report.accepted)
         if self._on_recorded is not None:
             self._on_recorded(self)
+
+    def idle_s(self) -> float:
+        """Seconds since the recording ended (or should have ended, when it is still on)."""
+        if self.recorded_mono is not None:
+            return time.monotonic() - self.recorded_mono
+        return time.monotonic() - self.started_mono - (self.seconds or 0.0)
 
     # Building --------------------------------------------------------------------------
 
@@ -283,8 +296,10 @@ class EnrolmentManager:
         audit: AuditLog | None = None,
         gate: QualityGateConfig | None = None,
         keep: int = DEFAULT_KEEP,
+        pending_timeout_s: float = PENDING_TIMEOUT_S,
     ) -> None:
         self.state_dir = Path(state_dir)
+        self.pending_timeout_s = pending_timeout_s
         self._get_detector = get_detector
         self._swap_detector = swap_detector
         self._set_enrolling = set_enrolling
@@ -375,6 +390,7 @@ class EnrolmentManager:
 
     def rollback(self, machine: str, requester: str) -> dict[str, Any]:
         """Serve the machine's previous bank version again (undo the last enrolment)."""
+        self._expire_forgotten()
         with self._mutex:
             if self._session is not None:
                 raise EnrolmentBusyError(
@@ -392,7 +408,7 @@ class EnrolmentManager:
                 )
             old = detector_versions(detector)
             pointer = store.rollback({"who": requester})
-            new_detector = detector.with_banks(store.load(pointer["current"]))
+            new_detector = rebank(detector, store.load(pointer["current"]))
             try:
                 _wait(self._swap_detector(machine, new_detector), "swapping the detector")
             except BaseException:
@@ -466,7 +482,18 @@ class EnrolmentManager:
             )
         return detector
 
+    def _expire_forgotten(self) -> None:
+        session = self._session
+        if session is not None and session.state in (RECORDING, RECORDED) and (
+            session.idle_s() > self.pending_timeout_s
+        ):
+            self._stop_recording(session, wait=True)
+            self._finish(session, CANCELLED,
+                         f"discarded: not committed within {self.pending_timeout_s:g} s of the "
+                         "end of its recording")
+
     def _open(self, machine: str, requester: str, seconds: float | None) -> Enrolment:
+        self._expire_forgotten()
         with self._mutex:
             if self._session is not None:
                 s = self._session
@@ -525,7 +552,7 @@ class EnrolmentManager:
         store = self.store(machine)
         store.ensure_seeded(detector)
         banks = session.build_banks(detector)
-        new_detector = detector.with_banks(banks)
+        new_detector = rebank(detector, banks)
         if session.cancel_requested.is_set():
             raise EdgeMonitorError(f"machine {machine}: enrolment cancelled before commit")
         old = detector_versions(detector)

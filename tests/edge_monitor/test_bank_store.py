@@ -14,8 +14,9 @@ from enroll_support import make_detector
 
 from edge_monitor.bank import INDEX_NAME, load_bank
 from edge_monitor.bank_store import BankStore, EnrolmentBusyError, StoreLock
+from edge_monitor.detector import Detector, Member, ScoreNorm, fused_loo_scores
 from edge_monitor.errors import BankError
-from edge_monitor.scoring import TARGET, build_bank
+from edge_monitor.scoring import TARGET, build_bank, threshold_for_false_alarm_rate
 
 
 def with_targets(bank, rng, count=4):
@@ -79,6 +80,26 @@ def test_ensemble_versions_per_model(tmp_path, ensemble):
     assert sorted(p.name for p in store.root.iterdir() if p.is_dir()) == ["a", "b"]
     served = store.apply(ensemble)
     assert [m.bank.version for m in served.members] == [banks["a"].version, banks["b"].version]
+
+
+def test_ensemble_score_norms_follow_the_banks(tmp_path, ensemble):
+    # As a bundle builds an ensemble: each member standardised by its bank's LOO scores.
+    normed = Detector("pump", [
+        Member(m.name, m.embedder, m.bank, 0.5, ScoreNorm.from_loo(m.bank.loo_scores))
+        for m in ensemble.members], 0.05, model_version="test-model")
+    store = BankStore(tmp_path, "pump")
+    store.ensure_seeded(normed)
+    rng = np.random.default_rng(6)
+    store.commit({m.name: with_targets(m.bank, rng, 6) for m in normed.members}, {})
+    served = store.apply(normed)
+    for member in served.members:
+        assert member.norm == ScoreNorm.from_loo(member.bank.loo_scores)
+        assert member.weight == 0.5
+    assert served.threshold == threshold_for_false_alarm_rate(
+        fused_loo_scores(served.members), 0.05)
+    store.rollback({})
+    back = store.apply(normed)
+    assert back is normed
 
 
 def test_prune_keeps_current_and_previous(tmp_path, detector):

@@ -237,3 +237,20 @@ def test_refusals_name_the_problem(tmp_path, detector):
     with pytest.raises(BadInputError, match="seconds"):
         live.start("pump", 0.0, "t")
     assert live.status()["active"] is None
+
+
+def test_a_forgotten_enrolment_does_not_block_the_box(tmp_path, detector):
+    box = Box(detector)
+    manager = box.manager(tmp_path)
+    manager.start("pump", 2.0, "mqtt:forgotten")
+    [tap] = box.taps
+    tap.feed(machine_audio(NEW_SPEC, 2.5), RATE, 0)  # recorded, never committed
+    with pytest.raises(EnrolmentBusyError):
+        manager.start("pump", 2.0, "mqtt:next")
+    manager.pending_timeout_s = 0.0  # as if an hour had passed
+    manager.start("pump", 2.0, "mqtt:next")
+    assert manager.status()["active"]["requester"] == "mqtt:next"
+    expired = [a for a in manager.audit.read() if a["event"] == "enrolment"]
+    assert expired[-1]["who"] == "mqtt:forgotten" and expired[-1]["outcome"] == "cancelled"
+    assert "not committed within" in expired[-1]["error"]
+    assert box.detectors["pump"] is detector
