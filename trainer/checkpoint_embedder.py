@@ -4,7 +4,8 @@ The run directory holds plain data only (no pickled classes), so it loads with
 `torch.load(weights_only=True)` and survives refactoring:
 
     RUN/recipe.yaml      the recipe it was trained with
-    RUN/embedder.json    format, backbone name + config, head sizes, head names, rate, window, dim
+    RUN/embedder.json    format, backbone name + config, head sizes, head names, rate, window,
+                         embedding window (0 = whole clip, else the average over windows), dim
     RUN/model.pt         {"backbone": state_dict, "heads": {name: state_dict}}
     RUN/classes.json     the class names each head was trained on
 
@@ -62,7 +63,7 @@ def save_embedding_model(
     heads: Mapping[str, EmbeddingHead],
     head_sizes: Mapping[str, int],
     classes: Mapping[str, list[str]],
-    window_s: float,
+    embed_window_s: float,
 ) -> None:
     """Write model.pt, embedder.json and classes.json atomically into `run_dir`."""
     run_dir = Path(run_dir)
@@ -88,7 +89,8 @@ def save_embedding_model(
         "head": dict(head_sizes),
         "heads": list(heads),
         "sample_rate_hz": int(backbone.sample_rate_hz),
-        "window_s": float(window_s or DEFAULT_WINDOW_S),
+        "window_s": DEFAULT_WINDOW_S,
+        "embed_window_s": float(embed_window_s),
         "dim": int(first.embed_dim),
     }
     atomic_write_text(run_dir / META_FILE, json.dumps(meta, indent=2) + "\n")
@@ -133,6 +135,7 @@ class CheckpointEmbedder:
         self.name = str(meta["name"])
         self.sample_rate_hz = int(meta["sample_rate_hz"])
         self.window_s = float(meta["window_s"])
+        self.embed_window_s = float(meta.get("embed_window_s", 0.0))
         self.dim = int(meta["dim"]) * len(heads)
         self.identity = identity
         self.backbone = backbone.eval()
@@ -147,8 +150,18 @@ class CheckpointEmbedder:
 
     @torch.inference_mode()
     def embed(self, audio: np.ndarray) -> np.ndarray:
-        """One unit vector for mono float32 `audio` at `sample_rate_hz`, whatever its length."""
+        """One unit vector for mono float32 `audio` at `sample_rate_hz`, whatever its length.
+
+        With an embedding window (the training crop length, say) the audio is cut into
+        consecutive windows, embedded as a batch, and their unit vectors averaged; otherwise
+        the whole clip's frames are pooled at once.
+        """
         wave = torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32))
+        window = round(self.embed_window_s * self.sample_rate_hz)
+        if window > 0 and wave.shape[0] >= 2 * window:
+            count = wave.shape[0] // window
+            vectors = self.embed_batch(wave[: count * window].reshape(count, window))
+            return l2_normalise(vectors.mean(axis=0))
         chunk = int(MAX_CHUNK_S * self.sample_rate_hz)
         pieces = [wave[i : i + chunk] for i in range(0, max(1, wave.shape[0]), chunk)]
         if len(pieces) > 1 and pieces[-1].shape[0] < chunk // 4:

@@ -58,7 +58,10 @@ class DataSection(Section):
         None, description="attribute names combined into classes; None = all of them"
     )
     embed_window_s: float = Field(
-        0.0, ge=0, description="audio seconds per embedding; 0 = the whole clip"
+        0.0,
+        ge=0,
+        description="embedding window in seconds: 0 pools the whole clip at once, else the "
+        "clip is cut into windows whose unit embeddings are averaged",
     )
 
 

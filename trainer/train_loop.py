@@ -208,15 +208,17 @@ class Trainer:
     def _optimizer_step(self) -> dict[str, float]:
         optim = self.recipe.optim
         self.optimizer.zero_grad(set_to_none=True)
-        totals: dict[str, float] = {}
+        sums: dict[str, float] = {}
+        counts: dict[str, int] = {}
         for micro in range(optim.grad_accum):
             rng = step_rng(optim.seed, self.step, self.layout.rank, micro)
             with self.autocast:
                 loss, metrics = self.strategy.loss(self.step, rng)
             self.scaler.scale(loss / optim.grad_accum).backward()
-            totals["loss"] = totals.get("loss", 0.0) + float(loss.detach()) / optim.grad_accum
-            for key, value in metrics.items():
-                totals[key] = totals.get(key, 0.0) + value / optim.grad_accum
+            for key, value in {"loss": float(loss.detach()), **metrics}.items():
+                sums[key] = sums.get(key, 0.0) + value
+                counts[key] = counts.get(key, 0) + 1
+        totals = {key: sums[key] / counts[key] for key in sums}  # mean over micro-batches
         parameters = self._trainable()
         _average_gradients(parameters, self.layout)
         self.scaler.unscale_(self.optimizer)

@@ -147,8 +147,22 @@ class Strategy:
     def loss(self, step: int, rng: np.random.Generator) -> tuple[Tensor, dict[str, float]]:
         """Loss of one micro-batch at optimizer step `step`, and numbers worth logging."""
         batch, targets = self.draw(rng)
-        value = self.margin_loss(self.embed(batch.waves, rng), targets, batch)
-        return value, {"loss_cls": float(value.detach())}
+        embeddings = self.embed(batch.waves, rng)
+        value = self.margin_loss(embeddings, targets, batch)
+        return value, {
+            "loss_cls": float(value.detach()),
+            **self.accuracy(embeddings, targets, batch),
+        }
+
+    def accuracy(
+        self, embeddings: Tensor, targets: Tensor, batch: MixedBatch, loss: str = "loss"
+    ) -> dict[str, float]:
+        """Training-batch accuracy of the class head (only for batches that were not mixed)."""
+        if batch.partner is not None:
+            return {}
+        with torch.no_grad():
+            predicted = self.modules[loss].logits(embeddings).argmax(dim=1)
+        return {"acc": float((predicted == targets).float().mean())}
 
     def parameter_groups(self) -> list[dict[str, Any]]:
         """Trainable parameters: the backbone's at backbone_lr, the rest at lr."""
