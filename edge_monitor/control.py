@@ -39,7 +39,7 @@ SOCKET_MODE = 0o660
 MAX_REQUEST_BYTES = 64 * 1024
 MAX_SOCKET_PATH = 107  # sun_path holds 108 bytes with the terminating NUL
 ACCEPT_POLL_S = 0.2
-CLIENT_TIMEOUT_S = 120.0
+CLIENT_TIMEOUT_S = 120.0  # for reading a request; handlers may run longer
 
 # Fields each command takes besides "command".
 COMMAND_FIELDS: dict[str, tuple[str, ...]] = {

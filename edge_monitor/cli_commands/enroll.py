@@ -41,6 +41,8 @@ HELP = "enrol a machine's new normal sound (live or from files), roll back or ca
 log = logging.getLogger(__name__)
 
 POLL_S = 1.0
+# Embedding many minutes of files (or a large model) takes a while on a small box.
+BUILD_TIMEOUT_S = 900.0
 INBOX_DIR = "enrol-inbox"
 # How long past the requested seconds a live recording may take (gaps, faults) before giving up.
 RECORDING_GRACE_S = 60.0
@@ -102,7 +104,7 @@ def _online(args: argparse.Namespace, path: Path, files: list[str]) -> int:
     elif files:
         with _staged(files, path.parent) as staged:
             _print(request(path, {"command": "enroll/files", "machine": machine,
-                                  "files": staged}))
+                                  "files": staged}, BUILD_TIMEOUT_S))
     else:
         _record(path, machine, float(args.seconds))
     return 0
@@ -149,7 +151,7 @@ def _record(path: Path, machine: str, seconds: float) -> None:
                 )
             print(f"  {active['progress']:.0%}", file=sys.stderr)
             time.sleep(POLL_S)
-        _print(request(path, {"command": "enroll/commit", "machine": machine}))
+        _print(request(path, {"command": "enroll/commit", "machine": machine}, BUILD_TIMEOUT_S))
     except KeyboardInterrupt:
         request(path, {"command": "enroll/cancel", "machine": machine})
         raise EdgeMonitorError(f"machine {machine}: enrolment cancelled; nothing changed") from None
