@@ -21,6 +21,7 @@ import concurrent.futures
 import logging
 import queue
 import signal
+import tempfile
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ from typing import Any
 from threadpoolctl import threadpool_limits
 
 from edge_monitor.bank_store import BankStore
+from edge_monitor.bundle import load_bundle
 from edge_monitor.capture import AudioSource, SoundDeviceSource
 from edge_monitor.clip_store import ClipStore
 from edge_monitor.commands import Command
@@ -74,12 +76,12 @@ class Plan:
 
 
 def _bundle_detectors(config: Config) -> dict[str, Detector]:
-    from edge_monitor.bundle import load_bundle
-
+    """Load and verify the bundle; a .tar is unpacked into a temporary directory that is
+    removed once the runtime sessions hold the models, so restarts leave nothing behind."""
     assert config.model.bundle is not None
-    bundle = load_bundle(config.model.bundle, config.state_dir / "bundle-extract")
     providers = [p.lower() for p in config.model.providers]
-    return bundle.detectors(providers)
+    with tempfile.TemporaryDirectory(prefix="edge-monitor-bundle-") as unpacked:
+        return load_bundle(config.model.bundle, unpacked).detectors(providers)
 
 
 def plan_machines(config: Config) -> Plan:
