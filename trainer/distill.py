@@ -125,8 +125,17 @@ def train_student(
     """Train the network behind the front end; returns the mean loss of each epoch."""
     if len(features) != len(targets):
         raise ConfigError(f"{len(features)} clips but {len(targets)} teacher targets")
+    previous_threads = torch.get_num_threads()
     if settings.threads:
         torch.set_num_threads(settings.threads)
+    try:
+        return _train(model, features, targets, settings)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _train(model: StudentNet, features: list[torch.Tensor], targets: np.ndarray,
+           settings: DistillSettings) -> list[float]:
     torch.manual_seed(settings.seed)
     rng = np.random.default_rng(settings.seed)
     frames = max(1, model.frontend.spectrum.num_frames(

@@ -71,7 +71,8 @@ def test_student_learns_the_teacher_targets(tmp_path: Path) -> None:
 
     before = mean_cosine()
     history = train_student(model, features, targets,
-                            DistillSettings(epochs=25, batch_size=8, lr=5e-3, crop_s=1.0))
+                            DistillSettings(epochs=25, batch_size=8, lr=5e-3, crop_s=1.0,
+                                            threads=1))
     assert history[-1] < history[0]
     assert mean_cosine() > before + 0.2
 
@@ -80,7 +81,7 @@ def test_distill_cli_trains_evaluates_and_reuses_teachers(tmp_path: Path, capsys
     data = _tree(tmp_path / "data")
     out = tmp_path / "run"
     common = ["--data", str(data), "--channels", "4,8", "--n-mels", "16", "--epochs", "2",
-              "--batch-size", "8", "--crop-s", "1.0"]
+              "--batch-size", "8", "--crop-s", "1.0", "--threads", "1"]
     assert trainer_main(["distill", *common, "--teacher", "logmel-stats", "--out",
                          str(out)]) == 0
     assert "student (" in capsys.readouterr().out
