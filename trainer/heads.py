@@ -110,7 +110,10 @@ class SubClusterAdaCos(nn.Module):
         return self.weight.shape[0] // self.subclusters
 
     def _class_logits(self, cos: Tensor) -> Tensor:
-        per_centre = (self.scale * cos).view(cos.shape[0], self.classes, self.subclusters)
+        # The scale is a constant of this forward pass: it adapts in place after each batch,
+        # which must not touch a graph that still holds it (mixup calls the loss twice).
+        scale = float(self.scale)
+        per_centre = (scale * cos).view(cos.shape[0], self.classes, self.subclusters)
         return torch.logsumexp(per_centre, dim=2)
 
     def logits(self, embeddings: Tensor) -> Tensor:

@@ -73,6 +73,8 @@ def test_subcluster_adacos_adapts_its_scale_only_in_training() -> None:
     value.backward()
     assert math.isfinite(float(value.detach())) and embeddings.grad is not None
     assert float(loss.scale) != before
+    mixed = 0.7 * loss(embeddings, targets) + 0.3 * loss(embeddings, targets.flip(0))
+    mixed.backward()  # two calls in one graph (mixup) while the scale adapts in place
     loss.eval()
     after = float(loss.scale)
     loss(embeddings, targets)
