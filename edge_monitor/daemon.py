@@ -335,21 +335,27 @@ class Daemon:
                 future.set_exception(exc)
 
     def _reload(self) -> dict[str, Any]:
-        assert self.config is not None and self.processor is not None
+        """Reload; whatever happens, systemd hears READY=1 again (it waits after RELOADING=1)."""
         self.notifier.reloading()
         try:
-            new = load_config(self.config_path)
-            prepare_state_dir(new)
-            plan = plan_machines(new)
+            return self._apply_reload()
         except BadInputError as exc:
             log.error("reload rejected, the running configuration stays: %s", exc)
-            self.notifier.ready()
             raise
+        finally:
+            self.notifier.ready()
+
+    def _apply_reload(self) -> dict[str, Any]:
+        assert self.config is not None and self.processor is not None
+        new = load_config(self.config_path)
+        prepare_state_dir(new)
+        plan = plan_machines(new)
         old = self.config
-        self._apply_log_level(new)
         source = None
         if new.source != old.source or plan.model_rate_hz != self.processor.settings.model_rate_hz:
             source = build_source(new, plan.model_rate_hz)
+        self._apply_log_level(new)
+        if source is not None:
             source.start()
         if new.mqtt != old.mqtt or new.device_id != old.device_id or new.state_dir != old.state_dir:
             client = self._start_mqtt(new)
@@ -371,7 +377,6 @@ class Daemon:
             self.source.stop()
             self.source = source
         self.config = new
-        self.notifier.ready()
         log.info("reload done (source %s)", "restarted" if source else "kept running")
         return {"reloaded": True, "source_restarted": source is not None,
                 "machines": [m.name for m in new.machines]}
