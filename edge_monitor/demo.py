@@ -459,8 +459,9 @@ class Printer:
         line = (f"  t {t:6.1f} s  score {score:.5f}  threshold {threshold:.5f}  "
                 f"x{ratio:6.2f} {bar:<20} {self._last_status:<8} "
                 f"{'audio: ' + '+'.join(active) if active else 'audio: normal'}")
-        if self.live:
-            self.out.write("\r" + line + "\x1b[K")
+        if self.live:  # one updating line: it must not wrap
+            width = shutil.get_terminal_size().columns
+            self.out.write("\r" + line[: max(20, width - 1)] + "\x1b[K")
             self.out.flush()
             self._live_line = True
         elif t - self._last_plain_score_s >= PLAIN_SCORE_EVERY_S:
