@@ -456,9 +456,9 @@ class Printer:
         active = [f.kind for f in self.schedule if hears(f, t, self.settings.window_s)]
         ratio = score / threshold
         bar = "#" * min(20, round(ratio * 5))
-        line = (f"  t {t:6.1f} s  score {score:.5f}  threshold {threshold:.5f}  "
-                f"x{ratio:6.2f} {bar:<20} {self._last_status:<8} "
-                f"{'audio: ' + '+'.join(active) if active else 'audio: normal'}")
+        heard = "+".join(active) or "normal"
+        line = (f"  t {t:6.1f} s  {self._last_status:<8} score {score:.5f}  thr {threshold:.5f}"
+                f"  x{ratio:6.2f}  audio {heard:<10} {bar}").rstrip()
         if self.live:  # one updating line: it must not wrap
             width = shutil.get_terminal_size().columns
             self.out.write("\r" + line[: max(20, width - 1)] + "\x1b[K")
