@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import shutil
 import subprocess
 import sys
@@ -89,11 +90,12 @@ def main() -> int:
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
         sampler = start_gpu_sampler() if device.type == "cuda" else None
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         trainer.run(max_steps=total, progress=False)
         if device.type == "cuda":
             torch.cuda.synchronize()
         elapsed = time.perf_counter() - started
+        cpu_s = time.process_time() - cpu_started
         utilisation = stop_gpu_sampler(sampler)
     clips = args.steps * recipe.data.batch_size * recipe.optim.grad_accum
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
@@ -108,6 +110,10 @@ def main() -> int:
     print(
         f"{elapsed / args.steps * 1000:.1f} ms/step, {clips / elapsed:.1f} clips/s, "
         f"{clips * recipe.data.crop_s / elapsed:.1f} audio-s/s"
+    )
+    print(
+        f"process CPU time {cpu_s / clips * 1000:.0f} ms/clip over all threads (on a shared "
+        f"machine wall-clock figures depend on the load: {os.getloadavg()[0]:.1f} now)"
     )
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated(device) / 2**30
