@@ -52,3 +52,16 @@ def test_demo_options_are_checked() -> None:
         DemoSettings(realtime=True, speed=4.0)
     with pytest.raises(BadInputError, match="needs 5 windows"):
         DemoSettings(learning_s=20.0)
+
+
+def test_demo_without_a_broker_shows_what_the_daemon_publishes() -> None:
+    out = io.StringIO()
+    settings = DemoSettings(**{**SHORT, "seconds": 110.0}, broker="none")
+    result = run_demo(settings, out)
+    text = out.getvalue()
+
+    assert "broker: none (--broker none)" in text
+    assert [r.fault.kind for r in result.faults] == ["bearing"]
+    assert result.faults[0].alarm is not None, text
+    assert result.false_alarms == [], text
+    assert "edge-monitor/demo-box/machines/demo-pump/events  type=end" in text
