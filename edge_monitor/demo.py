@@ -12,8 +12,9 @@ whether an alarm was raised during it, and how many alarms came in normal stretc
 Times printed are audio time (seconds from the start of the clip). The replay runs as fast
 as the box can process it unless `realtime` is set; `speed` paces the printing instead.
 The daemon's timestamps are its source's timeline anchored at the first chunk, so audio
-time = timestamp - anchor; the anchor is read from the retained `state` that ends learning,
-whose `since` is the end of the last learned window.
+time = timestamp - anchor; the anchor comes from the first `normal` state (the state
+directory is new, so that state ends learning), whose `since` is the end of the last
+learned window.
 
 Demo settings differ from the daemon's defaults on purpose, and say why:
 - learning: 90 s instead of 300 s, so the demo fits in five minutes of audio;
@@ -27,7 +28,6 @@ Demo settings differ from the daemon's defaults on purpose, and say why:
 from __future__ import annotations
 
 import json
-import logging
 import math
 import os
 import queue
@@ -58,8 +58,6 @@ from edge_monitor.synth import (
     write_schedule_csv,
 )
 from edge_monitor.topics import AlarmEvent, MachineState, ScoreSample, TopicTree
-
-log = logging.getLogger(__name__)
 
 SAMPLE_RATE_HZ = 16000
 DEVICE_ID = "demo-box"
