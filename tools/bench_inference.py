@@ -62,7 +62,8 @@ def main() -> int:
     threads = [int(t) for t in args.threads.split(",")]
     rng = np.random.default_rng(0)
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-          f"python {platform.python_version()}")
+          f"python {platform.python_version()}, load average {os.getloadavg()[0]:.1f} "
+          "(other work on the machine inflates the figures)")
     windows_raw = [0.1 * rng.standard_normal(160000).astype(np.float32)
                    for _ in range(args.windows)]
     prep = _time_ms(lambda w: preprocess(w, 16000), windows_raw)
