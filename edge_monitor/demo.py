@@ -553,6 +553,9 @@ def demo_config(settings: DemoSettings, workdir: Path, audio: Path,
         "learning": {"seconds": settings.learning_s},
         "decision": {"threshold_scale": settings.threshold_scale, "k": settings.k,
                      "n": settings.n, "cooldown_s": settings.cooldown_s},
+        # Decoding the whole clip before the first chunk can take seconds on a busy box;
+        # that is not a lost microphone.
+        "faults": {"no_audio_s": 5.0 if settings.realtime else 60.0},
         "mqtt": mqtt,
         "logging": {"level": "ERROR"},
     }
