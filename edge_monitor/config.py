@@ -22,9 +22,12 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from edge_monitor.bank_store import DEFAULT_KEEP
+from edge_monitor.enroll import PENDING_TIMEOUT_S
 from edge_monitor.errors import ConfigError
 from edge_monitor.mqtt_client import MqttSettings
 from edge_monitor.preprocess import PreprocessConfig
+from edge_monitor.quality_gate import QualityGateConfig
 from edge_monitor.scoring_config import VARIANTS
 from edge_monitor.topics import check_prefix
 
@@ -327,6 +330,31 @@ class MqttSection(Section):
         return self
 
 
+class EnrolmentSection(Section):
+    min_seconds: float = Field(
+        default=QualityGateConfig.min_seconds, ge=1.0, le=3600.0,
+        description="usable audio an enrolment must offer after the quality gate drops bad "
+        "windows; less is rejected",
+    )
+    min_windows: int = Field(
+        default=QualityGateConfig.min_windows, ge=2, le=10000,
+        description="usable windows an enrolment must offer (the threshold needs "
+        "leave-one-out statistics)",
+    )
+    keep_versions: int = Field(
+        default=DEFAULT_KEEP, ge=2, le=1000,
+        description="bank versions kept per model (the current and previous always stay)",
+    )
+    session_expiry_s: float = Field(
+        default=PENDING_TIMEOUT_S, ge=10.0, le=7 * 86400.0,
+        description="an enrolment left uncommitted this long after its recording ended is "
+        "discarded when another one starts",
+    )
+
+    def gate(self) -> QualityGateConfig:
+        return QualityGateConfig(min_seconds=self.min_seconds, min_windows=self.min_windows)
+
+
 class LoggingConfig(Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         default="INFO", description="log level (logs go to stderr for journald)"
@@ -366,6 +394,9 @@ class Config(Section):
     )
     alarm_audio: AlarmAudioConfig = Field(
         default_factory=AlarmAudioConfig, description="alarm clips and their retention"
+    )
+    enrolment: EnrolmentSection = Field(
+        default_factory=EnrolmentSection, description="re-enrolment on site"
     )
     mqtt: MqttSection = Field(
         default_factory=MqttSection, description="MQTT broker connection and topics"

@@ -27,7 +27,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from edge_monitor.enroll import MAX_SECONDS, EnrolmentManager
+from edge_monitor.bank_store import DEFAULT_KEEP
+from edge_monitor.enroll import MAX_SECONDS, PENDING_TIMEOUT_S, EnrolmentManager
 from edge_monitor.errors import BadInputError, EdgeMonitorError
 from edge_monitor.quality_gate import QualityGateConfig
 from edge_monitor.topics import check_segment
@@ -279,7 +280,12 @@ class EnrolmentService:
     """
 
     def __init__(
-        self, daemon: Any, state_dir: str | Path, gate: QualityGateConfig | None = None
+        self,
+        daemon: Any,
+        state_dir: str | Path,
+        gate: QualityGateConfig | None = None,
+        keep: int = DEFAULT_KEEP,
+        pending_timeout_s: float = PENDING_TIMEOUT_S,
     ) -> None:
         self.daemon = daemon
 
@@ -297,6 +303,8 @@ class EnrolmentService:
             add_tap=lambda machine, tap: loop().add_tap(machine, tap),
             remove_tap=lambda machine, tap: loop().remove_tap(machine, tap),
             gate=gate,
+            keep=keep,
+            pending_timeout_s=pending_timeout_s,
         )
         self.server = ControlServer(socket_path(state_dir), self.manager.dispatch)
         for name, handler in self.manager.command_handlers().items():

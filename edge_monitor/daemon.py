@@ -248,7 +248,9 @@ class Daemon:
         plan = plan_machines(config)
         self.config = config
         self._install_signals()
-        self.enrolment = EnrolmentService(self, config.state_dir)
+        e = config.enrolment
+        self.enrolment = EnrolmentService(self, config.state_dir, e.gate(), e.keep_versions,
+                                          e.session_expiry_s)
         self.mqtt = self._start_mqtt(config)
         self.source = build_source(config, plan.model_rate_hz)
         self.source.start()
@@ -355,6 +357,9 @@ class Daemon:
         if new.source != old.source or plan.model_rate_hz != self.processor.settings.model_rate_hz:
             source = build_source(new, plan.model_rate_hz)
         self._apply_log_level(new)
+        if new.enrolment != old.enrolment and self.enrolment is not None:
+            e = new.enrolment
+            self.enrolment.manager.configure(e.gate(), e.keep_versions, e.session_expiry_s)
         if source is not None:
             source.start()
         if new.mqtt != old.mqtt or new.device_id != old.device_id or new.state_dir != old.state_dir:

@@ -313,6 +313,14 @@ class EnrolmentManager:
         self._session: Enrolment | None = None
         self._last: dict[str, Any] | None = None
 
+    def configure(self, gate: QualityGateConfig | None, keep: int,
+                  pending_timeout_s: float) -> None:
+        """New settings (a reload); a session already running keeps the gate it started with."""
+        with self._mutex:
+            self.gate = gate
+            self.keep = keep
+            self.pending_timeout_s = pending_timeout_s
+
     def store(self, machine: str) -> BankStore:
         return BankStore(self.state_dir, machine, self.keep)
 

@@ -9,6 +9,7 @@ import pytest
 from edge_monitor import cli
 from edge_monitor.config import Config, load_config
 from edge_monitor.errors import ConfigError
+from edge_monitor.quality_gate import QualityGateConfig
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -149,3 +150,21 @@ def test_check_command_exits_2_naming_the_key_and_0_when_valid(tmp_path, capsys)
     assert "OK" in out and "will learn from 30 windows" in out
     assert not (tmp_path / "state").exists()  # check writes nothing
     assert cli.main(["check", "-c", str(tmp_path / "absent.yaml")]) == 2
+
+
+def test_enrolment_section_sets_the_gate_and_is_validated(tmp_path):
+    config = load_config(write(tmp_path, """\
+enrolment: {min_seconds: 8, min_windows: 3, keep_versions: 2, session_expiry_s: 60}
+"""))
+    assert config.enrolment.gate() == QualityGateConfig(min_seconds=8.0, min_windows=3)
+    assert config.enrolment.keep_versions == 2 and config.enrolment.session_expiry_s == 60.0
+    lines = problems(write(tmp_path, """\
+enrolment:
+  min_windows: 1
+  keep_versions: 1
+  expiry: 5
+""", "bad.yaml"))
+    assert len(lines) == 4
+    assert any(":2: enrolment.min_windows = 1:" in line for line in lines)
+    assert any(":3: enrolment.keep_versions = 1:" in line for line in lines)
+    assert any(":4: enrolment.expiry: unknown key" in line for line in lines)

@@ -27,6 +27,8 @@ def test_live_enrolment_from_the_daemons_stream(tmp_path, pulse):
         source={"kind": "sounddevice", "device": pulse.device, "block_s": 0.05, "reopen_s": 0.2},
         faults={"silence_s": 5, "no_audio_s": 3.0},
         learning={"seconds": 10, "scoring": "dads"},
+        # A 4 s recording keeps the test short; the default gate asks for 20 s.
+        enrolment={"min_seconds": GATE.min_seconds, "min_windows": GATE.min_windows},
     )
     config_path = write_config(tmp_path, config)
     prelearn(config_path)
@@ -37,8 +39,7 @@ def test_live_enrolment_from_the_daemons_stream(tmp_path, pulse):
         daemon.wait_until(lambda s: daemon_running(socket_path(tmp_path / "state")),
                           "the control socket")
         before = daemon.daemon.processor.snapshot()["machines"]["pump"]["bank_version"]
-        # A 4 s recording keeps the test short; the daemon's own gate asks for 20 s.
-        daemon.daemon.enrolment.manager.gate = GATE
+        assert daemon.daemon.enrolment.manager.gate == GATE
         player = pulse.play_async(clip)
         daemon.wait_until(lambda s: s["windows"] > 2, "audio from PulseAudio")
         enrol = subprocess.Popen(

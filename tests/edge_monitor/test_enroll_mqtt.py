@@ -37,6 +37,9 @@ def test_enrolment_over_mqtt(tmp_path, mosquitto, mqtt_recorder):
         tmp_path, [clip],
         source={"replay": {"paths": [str(clip)], "realtime": True, "loop": True}},
         learning={"seconds": 10, "scoring": "dads"},
+        # 5 s recordings keep the test short; the default gate asks for 20 s.
+        enrolment={"min_seconds": GATE.min_seconds, "min_windows": GATE.min_windows,
+                   "keep_versions": 3},
         mqtt={"enabled": True, "host": mosquitto.host, "port": mosquitto.port},
     )
     path = write_config(tmp_path, config)
@@ -47,7 +50,8 @@ def test_enrolment_over_mqtt(tmp_path, mosquitto, mqtt_recorder):
         snap = daemon.wait_until(lambda s: s["machines"]["pump"]["bank_version"] is not None,
                                  "a detector")
         before = snap["machines"]["pump"]["bank_version"]
-        daemon.daemon.enrolment.manager.gate = GATE  # 5 s recordings keep the test short
+        manager = daemon.daemon.enrolment.manager
+        assert manager.gate == GATE and manager.keep == 3
         started = command(recorder, "enroll/start", "e1", machine="pump", seconds=5)
         assert started["ok"] and started["result"]["state"] == "recording", started
         recorder.wait_for(lambda ms: "enrolling" in statuses(recorder), "state enrolling")
