@@ -67,6 +67,7 @@ COMMAND_FIELDS: dict[str, dict[str, Validator]] = {
     "enroll/commit": {"machine": _machine},
     "enroll/cancel": {"machine": _machine},
     "enroll/rollback": {"machine": _machine},
+    "enroll/status": {},
 }
 COMMAND_NAMES = tuple(COMMAND_FIELDS)
 

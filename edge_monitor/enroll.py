@@ -476,7 +476,8 @@ class EnrolmentManager:
         def handler(name: str) -> Callable[[Any], Mapping[str, Any]]:
             return lambda command: self.dispatch(
                 name, command.args, f"mqtt:{command.request_id}")
-        names = ("enroll/start", "enroll/commit", "enroll/cancel", "enroll/rollback")
+        names = ("enroll/start", "enroll/commit", "enroll/cancel", "enroll/rollback",
+                 "enroll/status")
         return {name: handler(name) for name in names}
 
     # Internals -------------------------------------------------------------------------

@@ -47,6 +47,7 @@ def test_valid_enroll_start_is_parsed():
         ("enroll/start", body(request_id="r7", machine="pump", seconds=True), "r7", "number"),
         ("enroll/commit", body(request_id="r8", machine="a/b"), "r8", "machine"),
         ("enroll/cancel", body(request_id="r9", machine=3), "r9", "machine"),
+        ("enroll/status", body(request_id="r10", machine="pump"), "r10", "unknown field"),
     ],
 )
 def test_bad_payloads_name_the_problem(name, payload, request_id, fragment):

@@ -55,6 +55,9 @@ def test_enrolment_over_mqtt(tmp_path, mosquitto, mqtt_recorder):
         started = command(recorder, "enroll/start", "e1", machine="pump", seconds=5)
         assert started["ok"] and started["result"]["state"] == "recording", started
         recorder.wait_for(lambda ms: "enrolling" in statuses(recorder), "state enrolling")
+        recording = command(recorder, "enroll/status", "s1")
+        assert recording["ok"] and recording["result"]["active"]["machine"] == "pump"
+        assert recording["result"]["active"]["state"] == "recording"
 
         second = command(recorder, "enroll/start", "e2", machine="pump", seconds=5)
         assert not second["ok"] and "refused" in second["error"]
@@ -71,6 +74,9 @@ def test_enrolment_over_mqtt(tmp_path, mosquitto, mqtt_recorder):
         new = committed["result"]["new_versions"]["logmel-stats"]
         assert committed["result"]["old_versions"] == {"logmel-stats": before}
         daemon.wait_until(lambda s: s["machines"]["pump"]["bank_version"] == new, "new bank")
+        done = command(recorder, "enroll/status", "s2")["result"]
+        assert done["active"] is None and done["last"]["state"] == "done"
+        assert done["last"]["new_versions"] == {"logmel-stats": new}
         recorder.wait_for(lambda ms: statuses(recorder)[-1] != "enrolling", "enrolling ends")
 
         back = command(recorder, "enroll/rollback", "r1", machine="pump")
