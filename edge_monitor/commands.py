@@ -159,6 +159,7 @@ class CommandRouter:
         self._handlers: dict[str, Handler] = {}
         self._jobs: queue.Queue[_Job | None] = queue.Queue(maxsize=queue_size)
         self._worker: threading.Thread | None = None
+        self._closed = False
 
     def register(self, name: str, handler: Handler) -> None:
         if name not in COMMAND_FIELDS:
@@ -166,11 +167,15 @@ class CommandRouter:
         self._handlers[name] = handler
 
     def start(self) -> None:
+        self._closed = False
         if self._worker is None:
             self._worker = threading.Thread(target=self._run, name="mqtt-commands", daemon=True)
             self._worker.start()
 
-    def stop(self, timeout_s: float = 5.0) -> None:
+    def stop(self, timeout_s: float = 5.0, wait: bool = True) -> None:
+        """Refuse new commands; the worker ends after those already queued. `wait=False`
+        does not join it: a running handler may be the one waiting for this stop (reload)."""
+        self._closed = True
         if self._worker is None:
             return
         try:
@@ -178,13 +183,17 @@ class CommandRouter:
         except queue.Full:
             log.warning("command queue still full at shutdown; not waiting for its handlers")
             return
-        self._worker.join(timeout_s)
+        if wait:
+            self._worker.join(timeout_s)
         self._worker = None
 
     def submit(self, name: str, payload: bytes, reply: Reply) -> None:
         """Called on the network thread: reply to bad commands now, queue good ones."""
         try:
             command = self._accept(name, payload)
+            if self._closed:
+                raise CommandError("the daemon is reloading or stopping: retry in a moment",
+                                   command.request_id, command.name)
         except CommandError as exc:
             log.warning("rejected MQTT command %r: %s", name[:64], exc)
             reply(CommandReply(exc.request_id, exc.command, False, error=str(exc)))

@@ -251,7 +251,9 @@ class Daemon:
         e = config.enrolment
         self.enrolment = EnrolmentService(self, config.state_dir, e.gate(), e.keep_versions,
                                           e.session_expiry_s)
-        self.mqtt = self._start_mqtt(config)
+        self.mqtt = self._build_mqtt(config)
+        if self.mqtt is not None:
+            self.mqtt.start()
         self.source = build_source(config, plan.model_rate_hz)
         self.source.start()
         store = build_clip_store(config)
@@ -295,7 +297,8 @@ class Daemon:
         signal.signal(signal.SIGINT, on_stop)
         signal.signal(signal.SIGHUP, on_hup)
 
-    def _start_mqtt(self, config: Config) -> MqttClient | None:
+    def _build_mqtt(self, config: Config) -> MqttClient | None:
+        """The client with every command registered, not started yet."""
         if not config.mqtt.enabled:
             log.info("MQTT disabled (mqtt.enabled: false): states and alarms go to the log only")
             return None
@@ -304,7 +307,6 @@ class Daemon:
         client.commands.register("reload", self._reload_command)
         for name, handler in self._extra_commands.items():
             client.commands.register(name, handler)
-        client.start()
         return client
 
     def _shutdown(self) -> None:
@@ -363,12 +365,7 @@ class Daemon:
         if source is not None:
             source.start()
         if new.mqtt != old.mqtt or new.device_id != old.device_id or new.state_dir != old.state_dir:
-            client = self._start_mqtt(new)
-            self.processor.submit(lambda: setattr(self.processor, "publisher", client)).result(
-                RELOAD_TIMEOUT_S)
-            if self.mqtt is not None:
-                self.mqtt.stop()
-            self.mqtt = client
+            self._replace_mqtt(new)
         elif self.mqtt is not None:
             self.mqtt.set_machines([m.name for m in new.machines])
         if new.alarm_audio != old.alarm_audio or new.state_dir != old.state_dir:
@@ -385,6 +382,23 @@ class Daemon:
         log.info("reload done (source %s)", "restarted" if source else "kept running")
         return {"reloaded": True, "source_restarted": source is not None,
                 "machines": [m.name for m in new.machines]}
+
+    def _replace_mqtt(self, config: Config) -> None:
+        """One connection at a time: both use the same client id and journal, and a second
+        connection would make the broker drop the first (and, stopped afterwards, the old
+        one would leave `offline` retained). The processor publishes to the new client
+        at once (queued until it starts); a `reload` command still running on the old
+        client replies through the new one."""
+        assert self.processor is not None
+        client = self._build_mqtt(config)
+        self.processor.submit(lambda: setattr(self.processor, "publisher", client)).result(
+            RELOAD_TIMEOUT_S)
+        old, self.mqtt = self.mqtt, client
+        if old is not None:
+            old.hand_over(client)
+            old.stop()
+        if client is not None:
+            client.start()
 
     # Commands (on the MQTT command worker) ---------------------------------------------
 

@@ -195,6 +195,7 @@ class MqttClient:
         self._paho: paho.Client | None = None
         self._worker: threading.Thread | None = None
         self._stopped = False
+        self._successor: MqttClient | None = None
 
     # Lifecycle ----------------------------------------------------------------------
 
@@ -249,6 +250,14 @@ class MqttClient:
                 "and tls_key_file are PEM files and the key matches the certificate"
             ) from exc
         client.tls_insecure_set(s.tls_insecure)
+
+    def hand_over(self, successor: MqttClient | None) -> None:
+        """A reload replaces this client: take no more commands, and send the replies of
+        those still running (the `reload` that asked for this) through `successor`'s
+        connection, on this client's reply topic where the requester listens. Then `stop()`
+        this client and start the successor."""
+        self._successor = successor
+        self.commands.stop(wait=False)
 
     def stop(self, flush_timeout_s: float = 2.0) -> None:
         """Deliver what can be delivered within the timeout, say `offline`, disconnect."""
@@ -470,4 +479,4 @@ class MqttClient:
             self.commands.submit(name, message.payload, self._reply)
 
     def _reply(self, reply: CommandReply) -> None:
-        self._send_direct([self.topics.reply_message(reply)])
+        (self._successor or self)._send_direct([self.topics.reply_message(reply)])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 
 import pytest
 
@@ -155,3 +156,22 @@ def test_a_full_queue_answers_busy(router):
     assert [(x.request_id, x.ok) for x in rec.replies] == [("3", False)]
     assert "busy" in rec.replies[0].error
     release.set()
+
+
+def test_a_stopping_router_finishes_the_running_handler_and_refuses_new_commands(router):
+    rec = Recorder()
+    release = threading.Event()
+    r = router()
+    r.register("reload", lambda command: release.wait(WAIT_S) and {"reloaded": True})
+    r.register("status", rec.handler({}))
+    r.submit("reload", body(request_id="f"), rec.reply)
+    r.stop(wait=False)  # returns while the handler still runs
+    r.submit("status", body(request_id="g"), rec.reply)
+    assert [(x.request_id, x.ok) for x in rec.replies] == [("g", False)]
+    assert "reloading or stopping" in rec.replies[0].error
+    release.set()
+    deadline = time.monotonic() + WAIT_S
+    while len(rec.replies) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert rec.replies[1] == CommandReply("f", "reload", True, result={"reloaded": True})
+    assert rec.calls == []

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from daemon_support import RATE, DaemonThread, small_config, synth, write_config, write_flac
+from enroll_support import OLD_SPEC, machine_audio, prelearn
 
 ROOT = "edge-monitor/test-box"
 
@@ -33,13 +34,13 @@ def wait_log(log_path: Path, text: str, timeout_s: float = 20.0, count: int = 1)
     raise AssertionError(f"{text!r} not in the log:\n{log_path.read_text(errors='replace')}")
 
 
-def command(recorder, name: str, request_id: str) -> dict:
-    recorder.publish(f"{ROOT}/cmd/{name}", json.dumps({"request_id": request_id}))
+def command(recorder, name: str, request_id: str, root: str = ROOT) -> dict:
+    recorder.publish(f"{root}/cmd/{name}", json.dumps({"request_id": request_id}))
     recorder.wait_for(
         lambda ms: any(json.loads(m.payload).get("request_id") == request_id
-                       for m in ms if m.topic == f"{ROOT}/cmd/result"),
+                       for m in ms if m.topic == f"{root}/cmd/result"),
         f"the reply to {request_id}")
-    for m in recorder.on(f"{ROOT}/cmd/result"):
+    for m in recorder.on(f"{root}/cmd/result"):
         reply = json.loads(m.payload)
         if reply["request_id"] == request_id:
             return reply
@@ -96,6 +97,53 @@ def test_sighup_and_reload_command_keep_the_audio_running(tmp_path, mosquitto, m
     recorder.wait_for(lambda ms: [m.payload for m in ms if m.topic == f"{ROOT}/availability"][-1]
                       == b"offline", "offline after SIGTERM")
     assert "edge-monitor stopped" in log_path.read_text()
+
+
+def retained_availability(mosquitto, mqtt_recorder, root: str) -> bytes:
+    """What a newcomer sees: the retained availability of `root`."""
+    topic = f"{root}/availability"
+    return mqtt_recorder(mosquitto, [topic]).wait_topic(topic)[0].payload
+
+
+def test_reload_with_new_mqtt_settings_moves_the_connection(tmp_path, mosquitto, mqtt_recorder):
+    clip = write_flac(tmp_path / "machine.flac", machine_audio(OLD_SPEC, 6.0))
+    mqtt = {"enabled": True, "host": mosquitto.host, "port": mosquitto.port}
+    config = small_config(tmp_path, [clip], mqtt=mqtt,
+                          source={"replay": {"paths": [str(clip)], "realtime": True,
+                                             "loop": True}})
+    path = write_config(tmp_path, config)
+    prelearn(path)
+    recorder = mqtt_recorder(mosquitto, ["edge-monitor/#", "site2/#"])
+    daemon = DaemonThread(path)
+    moved = "site2/test-box"
+    try:
+        recorder.wait_for(lambda ms: any(m.topic == f"{ROOT}/availability" and
+                                         m.payload == b"online" for m in ms), "online")
+        # A new prefix (and an enrolment setting) through the MQTT reload command: the
+        # reply comes back where it was asked for, and the box lives on under the new root.
+        config["mqtt"] = {**mqtt, "prefix": "site2"}
+        config["enrolment"] = {"min_seconds": 7}
+        write_config(tmp_path, config)
+        reply = command(recorder, "reload", "r1")
+        assert reply["ok"] and reply["result"]["reloaded"] is True, reply
+        assert daemon.daemon.enrolment.manager.gate.min_seconds == 7
+        recorder.wait_for(lambda ms: any(m.topic == f"{moved}/machines/pump/state"
+                                         for m in ms), "state under the new prefix")
+        assert retained_availability(mosquitto, mqtt_recorder, moved) == b"online"
+        assert retained_availability(mosquitto, mqtt_recorder, ROOT) == b"offline"
+        assert command(recorder, "status", "s1", moved)["ok"]
+        # Only the keep-alive changes: same topics, one connection at a time, still online.
+        config["mqtt"] = {**mqtt, "prefix": "site2", "keepalive_s": 20}
+        write_config(tmp_path, config)
+        reply = command(recorder, "reload", "r2", moved)
+        assert reply["ok"] and reply["result"]["reloaded"] is True, reply
+        time.sleep(0.5)
+        assert retained_availability(mosquitto, mqtt_recorder, moved) == b"online"
+        assert daemon.daemon.mqtt.settings.keepalive_s == 20
+        assert command(recorder, "status", "s2", moved)["ok"]
+    finally:
+        assert daemon.stop() == 0
+    assert retained_availability(mosquitto, mqtt_recorder, moved) == b"offline"
 
 
 def test_bad_config_at_start_exits_2_naming_the_key(tmp_path):
