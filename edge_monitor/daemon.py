@@ -84,6 +84,13 @@ def _bundle_detectors(config: Config) -> dict[str, Detector]:
         return load_bundle(config.model.bundle, unpacked).detectors(providers)
 
 
+def learning_amount(learner: BankLearner) -> str:
+    """What a learner waits for, in seconds and windows (the daemon's log and `check`)."""
+    window_s = learner.embedder.window_s
+    return (f"{learner.target_windows * window_s:g} s of usable audio "
+            f"({learner.target_windows} windows of {window_s:g} s)")
+
+
 def plan_machines(config: Config) -> Plan:
     """Detectors (from the bundle, or learned banks on disk) or learners, per machine.
 
@@ -127,8 +134,8 @@ def plan_machines(config: Config) -> Plan:
                 learner = BankLearner(m.name, embedder, config.state_dir,
                                       config.learning.seconds, config.learning.scoring,
                                       preprocess_config)
-                log.info("machine %s: no learned bank yet; learning from the next %.0f s",
-                         m.name, learner.target_windows * window_s)
+                log.info("machine %s: no learned bank yet; learning from the next %s",
+                         m.name, learning_amount(learner))
                 setups.append(MachineSetup(m.name, m.channel, learner=learner))
     if config.windows.hop_s > window_s:
         raise ConfigError(

@@ -213,6 +213,10 @@ class Processor:
         self.publisher = publisher
         self.clips = clips
         self.notifier = notifier
+        # The status line is sent once per loop turn, after every machine has settled: sent
+        # at each machine's change it would show the others' stale states (at start, their
+        # initial `normal`). READY=1 carries the first one.
+        self._status_changed = False
         self.stop_event = stop
         self.counters = Counters()
         self.finished = threading.Event()
@@ -303,12 +307,16 @@ class Processor:
         try:
             self._publish_all_states()
             self.notifier.ready(self._status_line())
+            self._status_changed = False
             while not self.stop_event.is_set():
                 self._run_calls()
                 chunk = self.source.get(GET_TIMEOUT_S)
                 if chunk is not None:
                     self._on_chunk(chunk)
                 self._check_faults()
+                if self._status_changed:
+                    self._status_changed = False
+                    self.notifier.status(self._status_line())
                 self.notifier.ping_watchdog_if_due()
                 self._periodic()
                 if chunk is None and self.source.finished:
@@ -515,7 +523,7 @@ class Processor:
             self._publish_state(lane)
             log.info("machine %s: %s%s", lane.name, outcome.status,
                      f" ({lane.decision.reason})" if lane.decision.reason else "")
-            self.notifier.status(self._status_line())
+            self._status_changed = True
 
     def _publish_event(self, lane: _Lane, t: Transition, audio: np.ndarray | None) -> None:
         detector = lane.setup.detector

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 
 from edge_monitor.config import load_config
-from edge_monitor.daemon import plan_machines
+from edge_monitor.daemon import learning_amount, plan_machines
 from edge_monitor.replay import find_audio_files
 
 NAME = "check"
@@ -39,6 +39,6 @@ def run(args: argparse.Namespace) -> int:
             what = f"bank {d.bank_version}, threshold {d.threshold:.5f}"
         else:
             assert setup.learner is not None
-            what = f"will learn from {setup.learner.target_windows} windows at first start"
+            what = f"no learned bank yet; learns from the next {learning_amount(setup.learner)}"
         print(f"  machine {setup.name} (channel {setup.channel}): {what}")
     return 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -139,15 +140,18 @@ def test_yaml_syntax_errors_name_the_line(tmp_path):
     assert "top level must be a mapping" in lines[0]
 
 
-def test_check_command_exits_2_naming_the_key_and_0_when_valid(tmp_path, capsys):
+def test_check_command_exits_2_naming_the_key_and_0_when_valid(tmp_path, capsys, caplog):
     bad = write(tmp_path, "decision:\n  cooldown_s: -1\n")
     assert cli.main(["check", "-c", str(bad)]) == 2
     err = capsys.readouterr().err
     assert "decision.cooldown_s = -1" in err and f"{bad}:2" in err
     good = write(tmp_path, f"state_dir: {tmp_path / 'state'}\n", "good.yaml")
-    assert cli.main(["check", "-c", str(good)]) == 0
+    with caplog.at_level(logging.INFO, "edge_monitor.daemon"):
+        assert cli.main(["check", "-c", str(good)]) == 0
     out = capsys.readouterr().out
-    assert "OK" in out and "will learn from 30 windows" in out
+    amount = "300 s of usable audio (30 windows of 10 s)"
+    assert "OK" in out and f"learns from the next {amount}" in out
+    assert f"learning from the next {amount}" in caplog.text  # the daemon says the same
     assert not (tmp_path / "state").exists()  # check writes nothing
     assert cli.main(["check", "-c", str(tmp_path / "absent.yaml")]) == 2
 

@@ -129,6 +129,8 @@ def test_watchdog_ready_status_and_stopping_reach_the_notify_socket(tmp_path):
     sock.close()
     ready = [m for m in received if m.startswith("READY=1")]
     assert ready and "STATUS=pump: learning" in ready[0]
+    # READY=1 carries the first status line: none before it, with a state not yet settled.
+    assert received[0] == ready[0]
     first_ping = received.index("WATCHDOG=1")
     assert received.index(ready[0]) < first_ping
     assert "STOPPING=1" in received
