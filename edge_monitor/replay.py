@@ -1,8 +1,9 @@
 """A file or directory replay source: recorded audio through the same path as a microphone.
 
 `ReplaySource` implements `edge_monitor.capture.AudioSource`. It reads WAV/FLAC files
-(directories are searched recursively; each list is sorted by path) with
-`edge_monitor.audio_io`, resampled to `sample_rate_hz`, and emits `block_s` chunks:
+(directories are searched recursively; each list is sorted by path) a block at a time with
+soundfile, resampled to `sample_rate_hz` by a streaming soxr resampler, so memory stays flat
+however long the files, and emits `block_s` chunks:
 
 - `realtime=True`: paced like a live input (a block is emitted once its duration has
   elapsed); a full queue drops the chunk and counts it, as a live source would.
@@ -14,9 +15,10 @@ Each chunk says which file and frame offset it came from (`Chunk.file`,
 recordings by default: the frame counter skips one frame between files so a windower never
 splices two files into one window; `contiguous=True` treats them as one long recording.
 
-An unreadable file is logged with its name, counted in `stats().skipped_files` and skipped;
-it never stops the replay. `finished` becomes True once the last file has been emitted and
-the consumer has taken every chunk; with `loop=True` the files repeat until `stop()`.
+An unreadable file is logged with its name, counted in `stats().skipped_files` and skipped
+(one that fails part-way, e.g. truncated, is played up to there); it never stops the
+replay. `finished` becomes True once the last file has been emitted and the consumer has
+taken every chunk; with `loop=True` the files repeat until `stop()`.
 """
 
 from __future__ import annotations
@@ -26,19 +28,21 @@ import math
 import queue
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
+import soxr
 
-from edge_monitor.audio_io import SUPPORTED_SUFFIXES, read_audio, resample
+from edge_monitor.audio_io import SUPPORTED_SUFFIXES
 from edge_monitor.capture import Chunk, SourceStats
 from edge_monitor.errors import AudioFileError, ConfigError
 
 log = logging.getLogger(__name__)
 
 PUT_POLL_S = 0.1  # how often a blocked fast-mode reader checks for stop()
+READ_FRAMES = 65536  # frames decoded at a time: a few seconds, whatever the file's length
 
 
 def find_audio_files(paths: Sequence[str | Path]) -> list[Path]:
@@ -70,30 +74,74 @@ def find_audio_files(paths: Sequence[str | Path]) -> list[Path]:
     return found
 
 
-def read_frames(path: Path, sample_rate_hz: int, channels: int) -> np.ndarray:
-    """Decode a file to float32 (frames, channels) at `sample_rate_hz`.
+def _decode_error(path: Path, exc: Exception) -> AudioFileError:
+    return AudioFileError(
+        f"{path}: cannot decode audio ({exc}); the file must be a complete WAV or FLAC"
+    )
 
-    One channel: the file's channels are averaged. More: the file must have exactly that
-    many channels, or one (copied to each).
+
+def stream_frames(path: Path, sample_rate_hz: int, channels: int) -> Iterator[np.ndarray]:
+    """Decode a file a block at a time to float32 (frames, channels) at `sample_rate_hz`.
+
+    Memory stays at a few blocks however long the file (a day-long recording replays in
+    a flat RSS); the resampler is streamed across blocks. One channel: the file's channels
+    are averaged. More: the file must have exactly that many channels, or one (copied to
+    each). A problem found part-way (truncated, NaN) raises AudioFileError there.
     """
-    if channels == 1:
-        return read_audio(path, sample_rate_hz)[:, None]
     try:
-        audio, rate = sf.read(str(path), dtype="float32", always_2d=True)
+        handle = sf.SoundFile(str(path))
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
-        raise AudioFileError(
-            f"{path}: cannot decode audio ({exc}); the file must be a complete WAV or FLAC"
-        ) from exc
-    if audio.shape[0] == 0 or not np.all(np.isfinite(audio)):
-        raise AudioFileError(f"{path}: the file holds no audio or non-finite samples")
-    if audio.shape[1] == 1:
-        audio = np.repeat(audio, channels, axis=1)
-    elif audio.shape[1] != channels:
-        raise AudioFileError(
-            f"{path}: has {audio.shape[1]} channels, the replay source expects {channels}; "
-            "set `channels` to match the recordings"
-        )
-    return resample(audio, int(rate), sample_rate_hz)
+        raise _decode_error(path, exc) from exc
+    with handle:
+        if handle.frames == 0:
+            raise AudioFileError(f"{path}: the file holds no audio frames; record it again")
+        if channels > 1 and handle.channels not in (1, channels):
+            raise AudioFileError(
+                f"{path}: has {handle.channels} channels, the replay source expects "
+                f"{channels}; set `channels` to match the recordings"
+            )
+        resampler = None
+        if handle.samplerate != sample_rate_hz:
+            resampler = soxr.ResampleStream(handle.samplerate, sample_rate_hz, channels,
+                                            dtype="float32")
+        decoded = 0
+        while True:
+            try:
+                block = handle.read(READ_FRAMES, dtype="float32", always_2d=True)
+            except (sf.LibsndfileError, RuntimeError, ValueError) as exc:
+                raise _decode_error(path, exc) from exc
+            decoded += block.shape[0]
+            last = block.shape[0] < READ_FRAMES
+            if last and decoded < handle.frames:
+                raise AudioFileError(
+                    f"{path}: truncated: header promises {handle.frames} frames, only "
+                    f"{decoded} could be decoded; copy the file again"
+                )
+            if not np.all(np.isfinite(block)):
+                raise AudioFileError(f"{path}: the file holds NaN or infinite samples")
+            if channels == 1:
+                block = block.mean(axis=1, keepdims=True, dtype=np.float32)
+            elif block.shape[1] == 1:
+                block = np.repeat(block, channels, axis=1)
+            if resampler is not None:
+                block = resampler.resample_chunk(block, last=last)
+            if block.shape[0]:
+                yield block
+            if last:
+                return
+
+
+def rechunk(blocks: Iterable[np.ndarray], size: int) -> Iterator[np.ndarray]:
+    """Cut a stream of (frames, channels) blocks into blocks of exactly `size` frames; the
+    last one holds what is left."""
+    pending: np.ndarray | None = None
+    for block in blocks:
+        pending = block if pending is None else np.concatenate([pending, block])
+        while pending.shape[0] >= size:
+            yield pending[:size].copy()
+            pending = pending[size:]
+    if pending is not None and pending.shape[0]:
+        yield pending.copy()
 
 
 class ReplaySource:
@@ -202,35 +250,36 @@ class ReplaySource:
             for path in self.files:
                 if self._stop.is_set():
                     return
-                try:
-                    audio = read_frames(path, self._rate_hz, self._channels)
-                except AudioFileError as exc:
-                    self._skipped += 1
-                    self._last_error = str(exc)
-                    log.warning("skipping unreadable replay file: %s", exc)
-                    continue
-                played_any = True
                 if next_frame > 0 and not self._contiguous:
                     next_frame += 1  # a one-frame jump: the next file is a new recording
-                log.debug("replaying %s (%d frames)", path, audio.shape[0])
-                for offset in range(0, audio.shape[0], self._block_frames):
-                    frames = audio[offset : offset + self._block_frames].copy()
-                    if self._realtime:
-                        paced_frames += frames.shape[0]
-                        due = started + paced_frames / self._rate_hz
-                        if self._stop.wait(max(0.0, due - time.monotonic())):
+                log.debug("replaying %s", path)
+                offset = 0
+                try:
+                    blocks = stream_frames(path, self._rate_hz, self._channels)
+                    for frames in rechunk(blocks, self._block_frames):
+                        played_any = True
+                        if self._realtime:
+                            paced_frames += frames.shape[0]
+                            due = started + paced_frames / self._rate_hz
+                            if self._stop.wait(max(0.0, due - time.monotonic())):
+                                return
+                        chunk = Chunk(
+                            frames=frames,
+                            start_frame=next_frame,
+                            captured_at=time.time(),
+                            sample_rate_hz=self._rate_hz,
+                            file=path,
+                            file_offset_frame=offset,
+                        )
+                        next_frame += frames.shape[0]
+                        offset += frames.shape[0]
+                        if not self._deliver(chunk):
                             return
-                    chunk = Chunk(
-                        frames=frames,
-                        start_frame=next_frame,
-                        captured_at=time.time(),
-                        sample_rate_hz=self._rate_hz,
-                        file=path,
-                        file_offset_frame=offset,
-                    )
-                    next_frame += frames.shape[0]
-                    if not self._deliver(chunk):
-                        return
+                except AudioFileError as exc:
+                    next_frame += 1 if offset else 0  # the rest is missing: a gap
+                    self._skipped += 1
+                    self._last_error = str(exc)
+                    log.warning("skipping the rest of an unreadable replay file: %s", exc)
             if not self._loop:
                 return
             if not played_any:

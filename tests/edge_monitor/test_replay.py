@@ -9,7 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+import soxr
 
+from edge_monitor import replay
 from edge_monitor.capture import AudioSource, Chunk
 from edge_monitor.errors import AudioFileError, ConfigError
 from edge_monitor.replay import ReplaySource
@@ -148,3 +150,31 @@ def test_bad_arguments_are_clear(tmp_path: Path) -> None:
         ReplaySource([tmp_path], RATE_HZ)
     with pytest.raises(ConfigError, match=r"^block_s:"):
         ReplaySource([tmp_path], RATE_HZ, block_s=0)
+
+
+def test_long_files_are_decoded_and_resampled_a_block_at_a_time(tmp_path: Path,
+                                                                monkeypatch) -> None:
+    monkeypatch.setattr(replay, "READ_FRAMES", 1000)  # many decode blocks in a short file
+    rng = np.random.default_rng(5)
+    stereo = (0.1 * rng.standard_normal((16000 * 3 + 123, 2))).astype(np.float32)
+    sf.write(tmp_path / "long.wav", stereo, 16000, subtype="FLOAT")
+    chunks = _collect(ReplaySource([tmp_path], RATE_HZ, realtime=False, block_s=0.1))
+    streamed = np.concatenate([c.frames for c in chunks])
+    whole = soxr.resample(stereo.mean(axis=1), 16000, RATE_HZ)
+    assert streamed.shape == (whole.size, 1)
+    assert np.allclose(streamed[:, 0], whole, atol=1e-4)
+    assert [c.file_offset_frame for c in chunks[:3]] == [0, 800, 1600]
+    assert all(c.frames.shape[0] == 800 for c in chunks[:-1])
+
+
+def test_a_truncated_file_plays_up_to_the_damage_then_counts_as_skipped(tmp_path: Path,
+                                                                       monkeypatch) -> None:
+    monkeypatch.setattr(replay, "READ_FRAMES", 1000)
+    _write(tmp_path / "a.flac", 4.0, 1)
+    data = (tmp_path / "a.flac").read_bytes()
+    (tmp_path / "a.flac").write_bytes(data[: len(data) // 2])  # the header still says 4 s
+    source = ReplaySource([tmp_path], RATE_HZ, realtime=False, block_s=0.1)
+    chunks = _collect(source)
+    assert 0 < sum(c.frames.shape[0] for c in chunks) < 4 * RATE_HZ
+    stats = source.stats()
+    assert stats.skipped_files == 1 and "a.flac" in stats.last_error
