@@ -83,6 +83,53 @@ class SourceStats:
     last_error: str | None = None
 
 
+class ChunkQueue:
+    """The bounded queue between a source's producer and the processing loop, with the
+    counts every source reports: `offer` never blocks (a live callback; a full queue
+    drops and counts the chunk), `put` waits for room (fast replay loses nothing)."""
+
+    def __init__(self, queue_s: float, block_s: float) -> None:
+        self._queue: queue.Queue[Chunk] = queue.Queue(maxsize=max(1, math.ceil(queue_s / block_s)))
+        # Written by the producer only; read elsewhere (ints are safe under the GIL).
+        self.frames = 0
+        self.chunks = 0
+        self.dropped = 0
+
+    def offer(self, chunk: Chunk) -> bool:
+        """Queue without waiting; False (and counted) when the queue is full."""
+        try:
+            self._queue.put_nowait(chunk)
+        except queue.Full:
+            self.dropped += 1
+            return False
+        self._count(chunk)
+        return True
+
+    def put(self, chunk: Chunk, stop: threading.Event, poll_s: float) -> bool:
+        """Wait for room, checking `stop` every `poll_s`; False when stop was set."""
+        while not stop.is_set():
+            try:
+                self._queue.put(chunk, timeout=poll_s)
+            except queue.Full:
+                continue
+            self._count(chunk)
+            return True
+        return False
+
+    def _count(self, chunk: Chunk) -> None:
+        self.frames += chunk.frames.shape[0]
+        self.chunks += 1
+
+    def get(self, timeout_s: float) -> Chunk | None:
+        try:
+            return self._queue.get(timeout=timeout_s)
+        except queue.Empty:
+            return None
+
+    def empty(self) -> bool:
+        return self._queue.empty()
+
+
 @runtime_checkable
 class AudioSource(Protocol):
     """What the daemon needs from any audio input."""
@@ -263,7 +310,7 @@ def negotiate_sample_rate(device: InputDevice, channels: int, sample_rate_hz: in
     return fallback
 
 
-def _check_positive(name: str, value: float) -> None:
+def check_positive(name: str, value: float) -> None:
     if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
         raise ConfigError(f"{name}: must be a positive number, got {value!r}")
 
@@ -296,7 +343,7 @@ class SoundDeviceSource:
             ("block_s", block_s), ("queue_s", queue_s), ("stall_s", stall_s),
             ("retry_min_s", retry_min_s), ("retry_max_s", retry_max_s),
         ):
-            _check_positive(name, value)
+            check_positive(name, value)
         if queue_s < block_s:
             raise ConfigError(f"queue_s: must be at least block_s ({block_s}), got {queue_s}")
         self._device_spec = device
@@ -307,7 +354,7 @@ class SoundDeviceSource:
         self._stall_s = float(stall_s)
         self._retry_min_s = float(retry_min_s)
         self._retry_max_s = float(retry_max_s)
-        self._queue: queue.Queue[Chunk] = queue.Queue(maxsize=max(1, math.ceil(queue_s / block_s)))
+        self._queue = ChunkQueue(queue_s, block_s)
         self._stop = threading.Event()
         self._stream_ended = threading.Event()
         self._generation = 0
@@ -318,10 +365,7 @@ class SoundDeviceSource:
         self._fault: str | None = None
         # Written by the audio callback only; read elsewhere (ints are safe under the GIL).
         self._next_frame = 0
-        self._frames = 0
-        self._chunks = 0
         self._overflows = 0
-        self._dropped = 0
         self._last_callback = 0.0
         # Written by the supervisor only.
         self._restarts = 0
@@ -375,17 +419,14 @@ class SoundDeviceSource:
         self._close_stream()
 
     def get(self, timeout_s: float) -> Chunk | None:
-        try:
-            return self._queue.get(timeout=timeout_s)
-        except queue.Empty:
-            return None
+        return self._queue.get(timeout_s)
 
     def stats(self) -> SourceStats:
         return SourceStats(
-            frames=self._frames,
-            chunks=self._chunks,
+            frames=self._queue.frames,
+            chunks=self._queue.chunks,
             overflows=self._overflows,
-            dropped_chunks=self._dropped,
+            dropped_chunks=self._queue.dropped,
             restarts=self._restarts,
             last_error=self._last_error,
         )
@@ -403,13 +444,7 @@ class SoundDeviceSource:
         )
         self._next_frame += frames
         self._last_callback = time.monotonic()
-        try:
-            self._queue.put_nowait(chunk)
-        except queue.Full:
-            self._dropped += 1
-            return
-        self._frames += frames
-        self._chunks += 1
+        self._queue.offer(chunk)
 
     def _on_stream_finished(self, generation: int) -> None:
         if generation == self._generation:

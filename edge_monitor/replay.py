@@ -24,8 +24,6 @@ taken every chunk; with `loop=True` the files repeat until `stop()`.
 from __future__ import annotations
 
 import logging
-import math
-import queue
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -36,7 +34,7 @@ import soundfile as sf
 import soxr
 
 from edge_monitor.audio_io import SUPPORTED_SUFFIXES
-from edge_monitor.capture import Chunk, SourceStats
+from edge_monitor.capture import Chunk, ChunkQueue, SourceStats, check_positive
 from edge_monitor.errors import AudioFileError, ConfigError
 
 log = logging.getLogger(__name__)
@@ -165,9 +163,8 @@ class ReplaySource:
             raise ConfigError(f"sample_rate_hz: must be a whole number > 0, got {sample_rate_hz!r}")
         if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
             raise ConfigError(f"channels: must be a whole number >= 1, got {channels!r}")
-        for name, value in (("block_s", block_s), ("queue_s", queue_s)):
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-                raise ConfigError(f"{name}: must be a positive number of seconds, got {value!r}")
+        check_positive("block_s", block_s)
+        check_positive("queue_s", queue_s)
         self.files = find_audio_files(paths)
         self._rate_hz = sample_rate_hz
         self._channels = channels
@@ -175,14 +172,11 @@ class ReplaySource:
         self._loop = loop
         self._contiguous = contiguous
         self._block_frames = max(1, round(block_s * sample_rate_hz))
-        self._queue: queue.Queue[Chunk] = queue.Queue(maxsize=max(1, math.ceil(queue_s / block_s)))
+        self._queue = ChunkQueue(queue_s, block_s)
         self._stop = threading.Event()
         self._done = threading.Event()
         self._thread: threading.Thread | None = None
         self._fault: str | None = None
-        self._frames = 0
-        self._chunks = 0
-        self._dropped = 0
         self._skipped = 0
         self._last_error: str | None = None
 
@@ -217,16 +211,13 @@ class ReplaySource:
         self._done.set()
 
     def get(self, timeout_s: float) -> Chunk | None:
-        try:
-            return self._queue.get(timeout=timeout_s)
-        except queue.Empty:
-            return None
+        return self._queue.get(timeout_s)
 
     def stats(self) -> SourceStats:
         return SourceStats(
-            frames=self._frames,
-            chunks=self._chunks,
-            dropped_chunks=self._dropped,
+            frames=self._queue.frames,
+            chunks=self._queue.chunks,
+            dropped_chunks=self._queue.dropped,
             skipped_files=self._skipped,
             last_error=self._last_error,
         )
@@ -293,20 +284,6 @@ class ReplaySource:
     def _deliver(self, chunk: Chunk) -> bool:
         """Queue a chunk; False when stop() was asked for while waiting."""
         if self._realtime:
-            try:
-                self._queue.put_nowait(chunk)
-            except queue.Full:
-                self._dropped += 1
-                return True
-        else:
-            while True:
-                if self._stop.is_set():
-                    return False
-                try:
-                    self._queue.put(chunk, timeout=PUT_POLL_S)
-                    break
-                except queue.Full:
-                    continue
-        self._frames += chunk.frames.shape[0]
-        self._chunks += 1
-        return True
+            self._queue.offer(chunk)  # a full queue drops and counts, as a live input would
+            return True
+        return self._queue.put(chunk, self._stop, PUT_POLL_S)
