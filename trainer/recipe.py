@@ -231,8 +231,25 @@ def parse_recipe(values: Any, source: str) -> Recipe:
         ) from exc
 
 
+def resolve_paths(model: BaseModel, base: Path) -> Any:
+    """A copy of `model` whose relative paths are taken from `base` (the recipe's folder).
+
+    A recipe means the same files whichever directory the trainer is started from.
+    """
+    updates: dict[str, Any] = {}
+    for name in type(model).model_fields:
+        value = getattr(model, name)
+        if isinstance(value, Path) and not value.is_absolute():
+            updates[name] = base / value
+        elif isinstance(value, list) and value and all(isinstance(v, Path) for v in value):
+            updates[name] = [v if v.is_absolute() else base / v for v in value]
+        elif isinstance(value, BaseModel):
+            updates[name] = resolve_paths(value, base)
+    return model.model_copy(update=updates) if updates else model
+
+
 def load_recipe(path: Path) -> Recipe:
-    """Read and validate a YAML recipe file."""
+    """Read and validate a YAML recipe file; relative paths in it are relative to the file."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"recipe {path} does not exist; pass --recipe conf/train/<name>.yaml")
@@ -240,4 +257,4 @@ def load_recipe(path: Path) -> Recipe:
         values = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         raise ConfigError(f"{path}: not readable YAML ({exc}); fix the file") from exc
-    return parse_recipe(values, str(path))
+    return resolve_paths(parse_recipe(values, str(path)), path.resolve().parent)

@@ -78,3 +78,18 @@ def test_missing_and_unreadable_files(tmp_path: Path) -> None:
     bad.write_text("- a list\n")
     with pytest.raises(ConfigError, match="YAML mapping"):
         load_recipe(bad)
+
+
+def test_relative_paths_are_taken_from_the_recipe_folder(tmp_path, monkeypatch):
+    folder = tmp_path / "recipes"
+    folder.mkdir()
+    recipe = folder / "r.yaml"
+    recipe.write_text(
+        "name: t\nstrategy: tats\n"
+        "backbone: {name: resnet, size: tiny, checkpoint: ../ckpt/model.pt}\n"
+        "tats: {extra_roots: [data/a, /abs/b]}\n"
+    )
+    monkeypatch.chdir(tmp_path.parent)
+    loaded = load_recipe(recipe)
+    assert loaded.backbone.checkpoint == folder / "../ckpt/model.pt"
+    assert loaded.tats.extra_roots == [folder / "data/a", Path("/abs/b")]
