@@ -102,6 +102,27 @@ class DaemonThread:
         raise AssertionError(f"timed out waiting for {what}; last snapshot: {json.dumps(snap)}")
 
 
+def learn_first(tmp_path: Path, clip: Path) -> None:
+    """Run a throwaway daemon over `clip` as fast as it goes, so the learned bank is on disk
+    and the daemon a test starts next judges at once."""
+    config = small_config(tmp_path, [clip])
+    assert DaemonThread(write_config(tmp_path, config, "learn.yaml")).wait() == 0
+
+
+def mqtt_command(recorder: Any, root: str, name: str, request_id: str,
+                 **args: Any) -> dict[str, Any]:
+    """Publish `<root>/cmd/<name>` and return its reply from `<root>/cmd/result`."""
+    recorder.publish(f"{root}/cmd/{name}", json.dumps({"request_id": request_id, **args}))
+    result = f"{root}/cmd/result"
+
+    def replies(messages: list[Any]) -> list[dict[str, Any]]:
+        return [r for r in (json.loads(m.payload) for m in messages if m.topic == result)
+                if r.get("request_id") == request_id]
+
+    return replies(recorder.wait_for(lambda ms: bool(replies(ms)),
+                                     f"the reply to {request_id}", WAIT_S * 2))[0]
+
+
 def status_of(snap: dict[str, Any], machine: str = "pump") -> str:
     return snap["machines"][machine]["status"]
 

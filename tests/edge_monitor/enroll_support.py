@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -63,6 +64,21 @@ def write_clips(directory: Path, spec: MachineSpec, count: int, seconds: float =
 
 def mean_score(detector: Detector, audio: np.ndarray) -> float:
     return float(np.mean([detector.score(w).score for w in windows(audio)]))
+
+
+def looping_replay(tmp_path: Path, **overrides: Any) -> tuple[Path, dict[str, Any]]:
+    """A daemon config (path and dict) replaying 6 s of the old machine sound in real time,
+    looping, with a learned bank of it on disk so the daemon judges at once."""
+    from daemon_support import small_config, write_config
+
+    clip = write_audio(tmp_path / "old.flac", machine_audio(OLD_SPEC, 6.0), RATE)
+    config = small_config(tmp_path, [clip],
+                          source={"replay": {"paths": [str(clip)], "realtime": True,
+                                             "loop": True}},
+                          learning={"seconds": 10, "scoring": "dads"}, **overrides)
+    path = write_config(tmp_path, config)
+    prelearn(path)
+    return path, config
 
 
 def prelearn(config_path: Path, seconds: float = 12.0) -> None:

@@ -16,6 +16,7 @@ from enroll_support import (
     GATE,
     NEW_SPEC,
     OLD_SPEC,
+    looping_replay,
     machine_audio,
     make_detector,
     prelearn,
@@ -118,12 +119,7 @@ def test_round_trip_exit_codes_and_stale_socket(tmp_path):
 def replay_daemon(tmp_path):
     """`edge-monitor run` (on a thread) replaying the old machine sound in real time, looping;
     its control socket is up once it has started."""
-    clip = write_flac(tmp_path / "old.flac", machine_audio(OLD_SPEC, 6.0))
-    config = small_config(tmp_path, [clip], source={"replay": {
-        "paths": [str(clip)], "realtime": True, "loop": True}},
-        learning={"seconds": 10, "scoring": "dads"})
-    path = write_config(tmp_path, config)
-    prelearn(path)
+    path, _ = looping_replay(tmp_path)
     daemon = DaemonThread(path)
     try:
         daemon.wait_until(lambda s: s["machines"]["pump"]["bank_version"] is not None,

@@ -14,6 +14,7 @@ from daemon_support import (
     RATE,
     DaemonThread,
     dedupe,
+    learn_first,
     small_config,
     status_of,
     synth,
@@ -68,9 +69,7 @@ def test_pulseaudio_gone_is_a_fault_and_its_return_recovers(tmp_path, pulse):
     audio = synth(40.0, seed=7)
     learn = write_flac(tmp_path / "learn.flac", audio[: 12 * RATE])
     live = write_flac(tmp_path / "live.flac", audio[12 * RATE:])
-    # Learn from the file, as fast as possible; the live daemon then starts judging at once.
-    assert DaemonThread(write_config(tmp_path, small_config(tmp_path, [learn]), "learn.yaml")
-                        ).wait() == 0
+    learn_first(tmp_path, learn)
     config = live_config(tmp_path, pulse)
     player = pulse.play_async(live)
     daemon = DaemonThread(write_config(tmp_path, config))

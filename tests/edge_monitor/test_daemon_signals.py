@@ -4,15 +4,23 @@ cleanly with `offline`, and a bad config at start exits 2 naming the key."""
 
 from __future__ import annotations
 
-import json
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from daemon_support import RATE, DaemonThread, small_config, synth, write_config, write_flac
-from enroll_support import OLD_SPEC, machine_audio, prelearn
+from daemon_support import (
+    RATE,
+    DaemonThread,
+    learn_first,
+    mqtt_command,
+    small_config,
+    synth,
+    write_config,
+    write_flac,
+)
+from enroll_support import looping_replay
 
 ROOT = "edge-monitor/test-box"
 
@@ -35,16 +43,7 @@ def wait_log(log_path: Path, text: str, timeout_s: float = 20.0, count: int = 1)
 
 
 def command(recorder, name: str, request_id: str, root: str = ROOT) -> dict:
-    recorder.publish(f"{root}/cmd/{name}", json.dumps({"request_id": request_id}))
-    recorder.wait_for(
-        lambda ms: any(json.loads(m.payload).get("request_id") == request_id
-                       for m in ms if m.topic == f"{root}/cmd/result"),
-        f"the reply to {request_id}")
-    for m in recorder.on(f"{root}/cmd/result"):
-        reply = json.loads(m.payload)
-        if reply["request_id"] == request_id:
-            return reply
-    raise AssertionError(request_id)
+    return mqtt_command(recorder, root, name, request_id)
 
 
 def test_sighup_and_reload_command_keep_the_audio_running(tmp_path, mosquitto, mqtt_recorder):
@@ -52,8 +51,7 @@ def test_sighup_and_reload_command_keep_the_audio_running(tmp_path, mosquitto, m
     learn = write_flac(tmp_path / "learn.flac", audio[: 12 * RATE])
     live = write_flac(tmp_path / "live.flac", audio[12 * RATE:])
     mqtt = {"enabled": True, "host": mosquitto.host, "port": mosquitto.port}
-    # Learn first, as fast as possible, so the process below starts judging at once.
-    assert DaemonThread(write_config(tmp_path, small_config(tmp_path, [learn]))).wait() == 0
+    learn_first(tmp_path, learn)
     config = small_config(tmp_path, [live], mqtt=mqtt,
                           source={"replay": {"paths": [str(live)], "realtime": True,
                                              "loop": True, "contiguous": True}})
@@ -106,13 +104,8 @@ def retained_availability(mosquitto, mqtt_recorder, root: str) -> bytes:
 
 
 def test_reload_with_new_mqtt_settings_moves_the_connection(tmp_path, mosquitto, mqtt_recorder):
-    clip = write_flac(tmp_path / "machine.flac", machine_audio(OLD_SPEC, 6.0))
     mqtt = {"enabled": True, "host": mosquitto.host, "port": mosquitto.port}
-    config = small_config(tmp_path, [clip], mqtt=mqtt,
-                          source={"replay": {"paths": [str(clip)], "realtime": True,
-                                             "loop": True}})
-    path = write_config(tmp_path, config)
-    prelearn(path)
+    path, config = looping_replay(tmp_path, mqtt=mqtt)
     recorder = mqtt_recorder(mosquitto, ["edge-monitor/#", "site2/#"])
     daemon = DaemonThread(path)
     moved = "site2/test-box"

@@ -17,16 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-from daemon_support import small_config, write_config, write_flac
-from enroll_support import (
-    GATE,
-    NEW_SPEC,
-    OLD_SPEC,
-    machine_audio,
-    make_detector,
-    prelearn,
-    write_clips,
-)
+from enroll_support import GATE, NEW_SPEC, looping_replay, make_detector, write_clips
 
 from edge_monitor.bank import load_bank
 from edge_monitor.bank_store import BankStore, StoreLock
@@ -138,12 +129,7 @@ def test_kill_at_any_moment_leaves_a_whole_bank(tmp_path, delay_s):
 
 
 def test_daemon_killed_while_recording_restarts_on_the_old_bank(tmp_path):
-    clip = write_flac(tmp_path / "old.flac", machine_audio(OLD_SPEC, 6.0))
-    config = small_config(tmp_path, [clip], source={"replay": {
-        "paths": [str(clip)], "realtime": True, "loop": True}},
-        learning={"seconds": 10, "scoring": "dads"})
-    config_path = write_config(tmp_path, config)
-    prelearn(config_path)
+    config_path, _ = looping_replay(tmp_path)
     loaded = load_config(config_path)
     before = plan_machines(loaded).machines[0].detector.bank_version
     sock = socket_path(loaded.state_dir)

@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 import time
 
-from daemon_support import DaemonThread, small_config, write_config, write_flac
-from enroll_support import GATE, OLD_SPEC, machine_audio, prelearn
+from daemon_support import DaemonThread, mqtt_command
+from enroll_support import GATE, looping_replay
 
 ROOT = "edge-monitor/test-box"
 RESULT = f"{ROOT}/cmd/result"
@@ -16,15 +16,7 @@ WAIT_S = 30.0
 
 
 def command(recorder, name: str, request_id: str, **args) -> dict:
-    recorder.publish(f"{ROOT}/cmd/{name}", json.dumps({"request_id": request_id, **args}))
-    deadline = time.monotonic() + WAIT_S
-    while time.monotonic() < deadline:
-        for message in recorder.on(RESULT):
-            reply = json.loads(message.payload)
-            if reply["request_id"] == request_id:
-                return reply
-        time.sleep(0.05)
-    raise AssertionError(f"no reply to {request_id}")
+    return mqtt_command(recorder, ROOT, name, request_id, **args)
 
 
 def statuses(recorder) -> list[str]:
@@ -32,18 +24,13 @@ def statuses(recorder) -> list[str]:
 
 
 def test_enrolment_over_mqtt(tmp_path, mosquitto, mqtt_recorder):
-    clip = write_flac(tmp_path / "machine.flac", machine_audio(OLD_SPEC, 6.0))
-    config = small_config(
-        tmp_path, [clip],
-        source={"replay": {"paths": [str(clip)], "realtime": True, "loop": True}},
-        learning={"seconds": 10, "scoring": "dads"},
+    path, _ = looping_replay(
+        tmp_path,
         # 5 s recordings keep the test short; the default gate asks for 20 s.
         enrolment={"min_seconds": GATE.min_seconds, "min_windows": GATE.min_windows,
                    "keep_versions": 3},
         mqtt={"enabled": True, "host": mosquitto.host, "port": mosquitto.port},
     )
-    path = write_config(tmp_path, config)
-    prelearn(path)
     recorder = mqtt_recorder(mosquitto, [f"{ROOT}/#"])
     daemon = DaemonThread(path)
     try:
