@@ -400,12 +400,7 @@ class EnrolmentManager:
         """Serve the machine's previous bank version again (undo the last enrolment)."""
         self._expire_forgotten()
         with self._mutex:
-            if self._session is not None:
-                raise EnrolmentBusyError(
-                    f"rollback refused: an enrolment of {self._session.machine} by "
-                    f"{self._session.requester} is {self._session.state}; commit or cancel it"
-                )
-            self._store_lock.acquire(f"rollback of {machine}")
+            self._claim(f"rollback of {machine}")
         try:
             detector = self._detector(machine)
             store = self.store(machine)
@@ -501,16 +496,21 @@ class EnrolmentManager:
                          f"discarded: not committed within {self.pending_timeout_s:g} s of the "
                          "end of its recording")
 
+    def _claim(self, what: str) -> None:
+        """Refuse `what` while a session runs, else take the store lock for it; the caller
+        holds the mutex."""
+        s = self._session
+        if s is not None:
+            raise EnrolmentBusyError(
+                f"{what} refused: an enrolment of {s.machine} started by {s.requester} at "
+                f"{s.started_at} is {s.state}; wait, commit or cancel it"
+            )
+        self._store_lock.acquire(what)
+
     def _open(self, machine: str, requester: str, seconds: float | None) -> Enrolment:
         self._expire_forgotten()
         with self._mutex:
-            if self._session is not None:
-                s = self._session
-                raise EnrolmentBusyError(
-                    f"enrolment of {machine} refused: an enrolment of {s.machine} started by "
-                    f"{s.requester} at {s.started_at} is {s.state}; wait, commit or cancel it"
-                )
-            self._store_lock.acquire(f"enrolment of {machine}")
+            self._claim(f"enrolment of {machine}")
             try:
                 detector = self._detector(machine)
                 session = Enrolment(machine, detector, requester, seconds, self.gate,

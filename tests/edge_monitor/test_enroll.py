@@ -146,7 +146,7 @@ def test_live_session_collects_commits_and_refuses_a_second(tmp_path, detector, 
         manager.start("pump", 4.0, "mqtt:r2")
     with pytest.raises(EnrolmentBusyError):
         manager.enrol_files("pump", ["/nonexistent.flac"], "cli")
-    with pytest.raises(EnrolmentBusyError, match="rollback refused"):
+    with pytest.raises(EnrolmentBusyError, match="rollback of pump refused"):
         manager.rollback("pump", "cli")
     other = box.manager(tmp_path)  # another process or manager on the same state dir
     with pytest.raises(EnrolmentBusyError, match="another enrolment or rollback is running"):
