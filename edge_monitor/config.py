@@ -21,6 +21,7 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic.fields import FieldInfo
 
 from edge_monitor.bank_store import DEFAULT_KEEP
 from edge_monitor.enroll import PENDING_TIMEOUT_S
@@ -516,30 +517,41 @@ def _dig(data: Any, loc: tuple[Any, ...]) -> tuple[bool, Any]:
     return True, data
 
 
-def _field_description(loc: tuple[Any, ...]) -> str | None:
-    model: Any = Config
-    description = None
+def _section_model(annotation: Any) -> type[BaseModel] | None:
+    """The section model a field holds (also inside `list[...]` or `X | None`), else None."""
+    candidates = [annotation, *(getattr(annotation, "__args__", None) or ())]
+    return next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)),
+                None)
+
+
+def _field_at(loc: tuple[Any, ...]) -> FieldInfo | None:
+    """The field an error location names (list indices skipped); None when there is none."""
+    model: type[BaseModel] | None = Config
+    info = None
     for part in loc:
         if isinstance(part, int):
             continue
-        fields = getattr(model, "model_fields", None)
-        if not fields or part not in fields:
+        if model is None or part not in model.model_fields:
             return None
-        info = fields[part]
-        description = info.description
-        annotation = info.annotation
-        inner = getattr(annotation, "__args__", None)
-        candidates = [annotation, *(inner or ())]
-        model = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)),
-                     None)
-    return description or None
+        info = model.model_fields[part]
+        model = _section_model(info.annotation)
+    return info
+
+
+def _field_description(loc: tuple[Any, ...]) -> str | None:
+    info = _field_at(loc)
+    return (info.description or None) if info else None
+
+
+def _where(source: str, root: yaml.Node | None, loc: tuple[Any, ...]) -> str:
+    line = _line_of(root, loc)
+    return f"{source}:{line}" if line else source
 
 
 def _format_error(source: str, root: yaml.Node | None, data: Any, error: dict[str, Any]) -> str:
     loc = tuple(p for p in error["loc"] if not (isinstance(p, str) and "[" in p))
     key = ".".join(str(p) for p in loc) or "(top level)"
-    line = _line_of(root, loc)
-    where = f"{source}:{line}" if line else source
+    where = _where(source, root, loc)
     message = error["msg"].removeprefix("Value error, ")
     kind = error["type"]
     found, value = _dig(data, loc)
@@ -556,20 +568,12 @@ def _format_error(source: str, root: yaml.Node | None, data: Any, error: dict[st
 
 
 def _valid_keys(loc: tuple[Any, ...]) -> list[str]:
-    model: Any = Config
-    for part in loc:
-        if isinstance(part, int):
-            continue
-        fields = getattr(model, "model_fields", {})
-        if part not in fields:
-            return []
-        annotation = fields[part].annotation
-        candidates = [annotation, *(getattr(annotation, "__args__", None) or ())]
-        model = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)),
-                     None)
-        if model is None:
-            return []
-    return sorted(getattr(model, "model_fields", {}))
+    if all(isinstance(p, int) for p in loc):
+        model: type[BaseModel] | None = Config
+    else:
+        info = _field_at(loc)
+        model = _section_model(info.annotation) if info else None
+    return sorted(model.model_fields) if model else []
 
 
 def _resolve_paths(data: dict[str, Any], base: Path) -> None:
@@ -594,17 +598,13 @@ def _missing_files(config: Config, root: yaml.Node | None, source: str) -> list[
     for loc in _MUST_EXIST:
         _, value = _dig(config.model_dump(), loc)
         if value is not None and not Path(value).exists():
-            line = _line_of(root, loc)
-            where = f"{source}:{line}" if line else source
             problems.append(
-                f"{where}: {'.'.join(loc)} = {str(value)!r}: no such file or directory; "
-                "fix the path (relative paths start at the config file's directory)"
+                f"{_where(source, root, loc)}: {'.'.join(loc)} = {str(value)!r}: no such file "
+                "or directory; fix the path (relative paths start at the config file's directory)"
             )
     for i, path in enumerate(config.source.replay.paths if config.source.kind == "replay" else []):
         if not path.exists():
-            loc = ("source", "replay", "paths", i)
-            line = _line_of(root, loc)
-            where = f"{source}:{line}" if line else source
+            where = _where(source, root, ("source", "replay", "paths", i))
             problems.append(
                 f"{where}: source.replay.paths.{i} = {str(path)!r}: no such file or directory; "
                 "fix the path"
