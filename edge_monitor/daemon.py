@@ -398,6 +398,8 @@ class Daemon:
         client replies through the new one."""
         assert self.processor is not None
         client = self._build_mqtt(config)
+        if client is not None:
+            client.prepare()  # a bad secret or TLS file fails here, the old client still up
         self.processor.submit(lambda: setattr(self.processor, "publisher", client)).result(
             RELOAD_TIMEOUT_S)
         old, self.mqtt = self.mqtt, client

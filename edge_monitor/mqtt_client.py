@@ -196,13 +196,34 @@ class MqttClient:
         self._worker: threading.Thread | None = None
         self._stopped = False
         self._successor: MqttClient | None = None
+        self._prepared: paho.Client | None = None
 
     # Lifecycle ----------------------------------------------------------------------
+
+    def prepare(self) -> None:
+        """Read the password and load the TLS files now (ConfigError when they are bad), so
+        a reload can find out before it stops the client this one replaces."""
+        self._prepared = self._new_paho()
 
     def start(self) -> None:
         """Open the journal and connect in the background; returns at once."""
         if self._paho is not None:
             raise RuntimeError("MqttClient.start() called twice; stop() it first")
+        s = self.settings
+        client, self._prepared = self._prepared or self._new_paho(), None
+        self._journal = Journal(s.journal_path, s.journal_max_events)
+        self._inflight.clear()
+        self._last_handed = 0  # hand the whole backlog to this connection, oldest first
+        self._stopped = False
+        self._paho = client
+        self.commands.start()
+        self._worker = threading.Thread(target=self._run, name="mqtt-outbox", daemon=True)
+        self._worker.start()
+        client.connect_async(s.host, s.port, s.keepalive_s)
+        client.loop_start()
+        log.info("MQTT connecting to %s:%d as %s", s.host, s.port, self.topics.root)
+
+    def _new_paho(self) -> paho.Client:
         s = self.settings
         client = paho.Client(
             callback_api_version=paho.CallbackAPIVersion.VERSION2,
@@ -222,17 +243,7 @@ class MqttClient:
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
         client.on_message = self._on_message
-        self._journal = Journal(s.journal_path, s.journal_max_events)
-        self._inflight.clear()
-        self._last_handed = 0  # hand the whole backlog to this connection, oldest first
-        self._stopped = False
-        self._paho = client
-        self.commands.start()
-        self._worker = threading.Thread(target=self._run, name="mqtt-outbox", daemon=True)
-        self._worker.start()
-        client.connect_async(s.host, s.port, s.keepalive_s)
-        client.loop_start()
-        log.info("MQTT connecting to %s:%d as %s", s.host, s.port, self.topics.root)
+        return client
 
     def _configure_tls(self, client: paho.Client) -> None:
         s = self.settings

@@ -134,6 +134,15 @@ def test_reload_with_new_mqtt_settings_moves_the_connection(tmp_path, mosquitto,
         assert retained_availability(mosquitto, mqtt_recorder, moved) == b"online"
         assert daemon.daemon.mqtt.settings.keepalive_s == 20
         assert command(recorder, "status", "s2", moved)["ok"]
+        # A secret that cannot be read is found before the running connection is touched.
+        (tmp_path / "secret").mkdir()
+        config["mqtt"] = {**mqtt, "prefix": "site2", "username": "box",
+                          "password_file": str(tmp_path / "secret")}
+        write_config(tmp_path, config)
+        refused = command(recorder, "reload", "r3", moved)
+        assert not refused["ok"] and "password_file" in refused["error"], refused
+        assert command(recorder, "status", "s3", moved)["ok"]
+        assert retained_availability(mosquitto, mqtt_recorder, moved) == b"online"
     finally:
         assert daemon.stop() == 0
     assert retained_availability(mosquitto, mqtt_recorder, moved) == b"offline"
