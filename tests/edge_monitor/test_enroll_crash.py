@@ -102,7 +102,9 @@ def test_kill_between_bank_write_and_pointer_serves_the_old_bank(tmp_path):
     # The lock died with the worker; the next enrolment runs and prunes the orphan.
     detectors = {"pump": detector}
     manager = EnrolmentManager(state, detectors.get, detectors.__setitem__, gate=GATE)
-    manager.enrol_files("pump", write_clips(clips_dir, NEW_SPEC, 4), "t")
+    # Five clips, not the worker's four: within the same second the same clips would give
+    # the orphan's very content (and version), which is then rightly kept.
+    manager.enrol_files("pump", write_clips(clips_dir, NEW_SPEC, 5), "t")
     assert not orphans & {p.name for p in versions_dir.iterdir()}
 
 
