@@ -374,7 +374,7 @@ class Bundle:
                 )
             except (ConfigError, BankError) as exc:
                 where = self.root / MANIFEST_NAME
-                raise BundleError(f"{where}: machine {machine!r}: {exc}") from exc
+                raise BundleError(f"{where}: {exc}") from exc
         return out
 
 
@@ -399,10 +399,11 @@ def load_bundle(path: str | Path, extract_to: str | Path | None = None) -> Bundl
         for name, spec in manifest.models.items()
     }
     rates = {spec.sample_rate_hz for spec in manifest.models.values()}
-    if len(rates) > 1:
+    windows = {spec.window_s for spec in manifest.models.values()}
+    if len(rates) > 1 or len(windows) > 1:
         raise BundleError(
-            f"{manifest_path}: models disagree on sample_rate_hz {sorted(rates)}; an ensemble "
-            "needs one input rate"
+            f"{manifest_path}: models disagree on sample_rate_hz {sorted(rates)} or window_s "
+            f"{sorted(windows)}; an ensemble needs one input format, export them alike"
         )
     banks = {
         machine: {

@@ -220,3 +220,33 @@ def test_score_cli_reports_bad_bundle_with_exit_code_2(tmp_path: Path, capsys) -
     code = monitor_main(["score", "--bundle", str(tmp_path / "missing"), "--out",
                          str(tmp_path / "s.csv"), str(tmp_path / "x.wav")])
     assert code == 2 and "missing" in capsys.readouterr().err
+
+
+def test_ensemble_bundle_fuses_like_acp(built: tuple[Path, Path], tmp_path: Path) -> None:
+    """Two models with weights: the edge's fused score is ACP's standardised weighted sum."""
+    from dataclasses import replace
+
+    from edge_monitor.audio_io import read_audio
+    from edge_monitor.detector import ScoreNorm
+    from edge_monitor.preprocess import preprocess
+    from edge_monitor.scoring import BankScorer
+
+    data, _ = built
+    clips = read_dataset(data)
+    entries = [replace(logmel_entry(), weight=0.3),
+               replace(onnx_entry(make_onnx(tmp_path / "tiny.onnx")), weight=0.7, window_s=10.0)]
+    with pytest.raises(BundleError, match="window_s"):
+        build_bundle(tmp_path / "mixed", [logmel_entry(), onnx_entry(tmp_path / "tiny.onnx")],
+                     clips, ScoringConfig(k=2), 0.1)
+    bundle = load_bundle(build_bundle(tmp_path / "ens", entries, clips, ScoringConfig(k=2), 0.1))
+    detector = bundle.detectors()["fan"]
+    clip = next((data / "fan" / "test").glob("*anomaly*"))
+    audio = read_audio(clip, 16000)
+    conditioned = preprocess(audio, 16000).audio
+    expected = 0.0
+    for member, weight in zip(detector.members, (0.3, 0.7), strict=True):
+        bank = bundle.banks["fan"][member.name]
+        raw = BankScorer(bank).score(member.embedder.embed(conditioned)[None, :])[0]
+        expected += weight * ScoreNorm.from_loo(bank.loo_scores).apply(raw)
+    assert detector.score(audio).score == pytest.approx(expected, abs=1e-9)
+    assert set(detector.score(audio).member_scores) == {"logmel-stats", "tiny"}
