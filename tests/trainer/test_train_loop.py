@@ -79,12 +79,14 @@ def test_finetune_command_life_cycle(tree, tmp_path, capsys) -> None:
     ]
     assert main([*common, "--max-steps", "2"]) == 0
     assert "stopped at step 2 of 4" in capsys.readouterr().out
-    assert (run_dir / STATE_FILE).is_file() and not (run_dir / "embedder.json").exists()
+    assert (run_dir / STATE_FILE).is_file() and (run_dir / "embedder.json").is_file()
+    early_model = (run_dir / "model.pt").read_bytes()  # an early stop can be evaluated too
 
     assert main(common) == 2  # a run is there: refuse to overwrite it
     assert "pass --resume" in capsys.readouterr().err
     assert main([*common, "--resume"]) == 0
-    assert (run_dir / "embedder.json").is_file() and (run_dir / "model.pt").is_file()
+    assert (run_dir / "embedder.json").is_file()
+    assert (run_dir / "model.pt").read_bytes() != early_model
     assert torch.load(run_dir / STATE_FILE, weights_only=True)["step"] == 4
 
     other = tmp_path / "other.yaml"

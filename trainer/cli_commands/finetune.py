@@ -4,7 +4,7 @@
         [--resume] [--device cpu|cuda] [--max-steps N] [--cache DIR] [--threads N]
 
 RUN receives recipe.yaml, metrics.jsonl and train_state.pt while training, and the embedding
-model (model.pt, embedder.json, classes.json) when the recipe's steps are done; then
+model (model.pt, embedder.json, classes.json) whenever it stops (done or --max-steps); then
 `edge-trainer eval --checkpoint RUN` evaluates it. Under torchrun every rank runs this command.
 """
 
@@ -125,34 +125,35 @@ def _train(
     if args.resume:
         trainer.resume()
     result = trainer.run(args.max_steps, progress=not args.no_progress)
-    if not result.finished:
-        if layout.is_main:
-            print(
-                f"{run_dir}: stopped at step {result.step} of {recipe.optim.steps}; "
-                "continue with --resume"
-            )
+    if not layout.is_main:
         return 0
-    if layout.is_main:
-        model = strategy.embedding_model()
-        head = recipe.head
-        save_embedding_model(
-            run_dir,
-            f"finetuned:{recipe.name}",
-            recipe.backbone.name,
-            recipe.backbone.size,
-            model.backbone,
-            model.heads,
-            {
-                "attention_dim": head.attention_dim,
-                "hidden_dim": head.hidden_dim,
-                "embed_dim": head.embed_dim,
-            },
-            model.classes,
-            recipe.data.embed_window_s,
-        )
+    # The embedding model is written at every stop, so an early stop can be evaluated too.
+    model = strategy.embedding_model()
+    head = recipe.head
+    save_embedding_model(
+        run_dir,
+        f"finetuned:{recipe.name}",
+        recipe.backbone.name,
+        recipe.backbone.size,
+        model.backbone,
+        model.heads,
+        {
+            "attention_dim": head.attention_dim,
+            "hidden_dim": head.hidden_dim,
+            "embed_dim": head.embed_dim,
+        },
+        model.classes,
+        recipe.data.embed_window_s,
+    )
+    if not result.finished:
         print(
-            f"{run_dir}: trained {result.step} steps, last loss "
-            f"{result.last_metrics.get('loss', 0.0):.4f}."
-            f" Evaluate with: edge-trainer eval --checkpoint {run_dir} --data ROOT --out DIR"
+            f"{run_dir}: stopped at step {result.step} of {recipe.optim.steps} (model of this "
+            "step saved); continue with --resume"
         )
+        return 0
+    print(
+        f"{run_dir}: trained {result.step} steps, last loss "
+        f"{result.last_metrics.get('loss', 0.0):.4f}."
+        f" Evaluate with: edge-trainer eval --checkpoint {run_dir} --data ROOT --out DIR"
+    )
     return 0
