@@ -60,6 +60,8 @@ class Bank:
     group_medians: dict[str, float] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)  # embedder, machine, lineage, ...
     version: str = ""
+    # The HNSW graph restored from index.usearch (key i = row i); saves rebuilding it.
+    index: Index | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         n = len(self.embeddings)
@@ -239,4 +241,5 @@ def load_bank(directory: str | Path, expected_dim: int | None = None) -> Bank:
         group_medians={k: float(v) for k, v in manifest.get("group_medians", {}).items()},
         info=dict(manifest.get("info", {})),
         version=str(manifest["version"]),
+        index=index,
     )

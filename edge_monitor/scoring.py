@@ -19,7 +19,7 @@ import numpy as np
 from edge_monitor.bank import Bank
 from edge_monitor.embedders.base import l2_normalise
 from edge_monitor.errors import BankError
-from edge_monitor.neighbours import Backend, NeighbourIndex
+from edge_monitor.neighbours import Backend, NeighbourIndex, choose_backend
 from edge_monitor.scoring_config import ScoringConfig
 
 log = logging.getLogger(__name__)
@@ -107,9 +107,10 @@ class BankScorer:
 
     def _index(self, group: str) -> NeighbourIndex:
         if group not in self._indexes:
-            self._indexes[group] = NeighbourIndex(
-                self.bank.embeddings[self._rows[group]], backend=self._backend
-            )
+            vectors = self.bank.embeddings[self._rows[group]]
+            backend = choose_backend(len(vectors)) if self._backend == "auto" else self._backend
+            graph = self.bank.index if group == GROUP_ALL and backend == "hnsw" else None
+            self._indexes[group] = NeighbourIndex(vectors, backend, usearch_index=graph)
         return self._indexes[group]
 
     def has_group(self, group: str) -> bool:

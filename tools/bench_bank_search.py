@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
 from edge_monitor.audio_io import read_audio
@@ -64,7 +65,12 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=5)
     parser.add_argument("--crops-per-clip", type=int, default=12)
     parser.add_argument("--max-matmul", type=int, default=200_000, help="skip matmul above")
+    parser.add_argument(
+        "--blas-threads", type=int, default=1, help="BLAS threads (the daemon uses 1)"
+    )
+    parser.add_argument("--backends", default="matmul,exact,hnsw")
     args = parser.parse_args()
+    threadpool_limits(limits=args.blas_threads)
 
     rng = np.random.default_rng(0)
     real = real_embeddings(args.data, args.crops_per_clip, seed=1)
@@ -78,7 +84,7 @@ def main() -> None:
     for size in (int(s) for s in args.sizes.split(",")):
         bank = bank_of_size(real, size, rng)
         exact_rows = None
-        for backend in ("matmul", "exact", "hnsw"):
+        for backend in args.backends.split(","):
             if backend == "matmul" and size > args.max_matmul:
                 continue
             build_s, index = timed(lambda b=backend, x=bank: NeighbourIndex(x, backend=b), 1)

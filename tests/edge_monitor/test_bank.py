@@ -75,3 +75,11 @@ def test_manifest_problems_are_named(tmp_path, bank):
         load_bank(path)
     with pytest.raises(BankError, match="not found"):
         load_bank(tmp_path / "missing")
+
+
+def test_loaded_bank_serves_hnsw_search_from_its_saved_graph(tmp_path, bank):
+    loaded = load_bank(save_bank(bank, tmp_path / "bank"))
+    scorer = BankScorer(loaded, backend="hnsw")
+    queries = loaded.embeddings[:5]
+    np.testing.assert_allclose(scorer.score(queries), BankScorer(bank, "matmul").score(queries))
+    assert scorer._index("all")._index is loaded.index  # restored, not rebuilt
