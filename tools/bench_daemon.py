@@ -125,14 +125,15 @@ def start_broker(workdir: Path) -> tuple[subprocess.Popen[bytes] | None, int]:
 
 
 def daemon_config(workdir: Path, files: list[Path], realtime: bool, hop_s: float, port: int,
-                  bundle: Path | None, loop: bool = False, rate: int | None = None) -> Path:
+                  bundle: Path | None, loop: bool = False, rate: int | None = None,
+                  bundle_machine: str | None = None) -> Path:
     config = {
         "device_id": "bench",
         "state_dir": str(workdir / "state"),
         "source": {"kind": "replay", "block_s": 0.1, "sample_rate_hz": rate,
                    "replay": {"paths": [str(f) for f in files], "realtime": realtime,
                               "loop": loop, "contiguous": True}},
-        "machines": [{"name": "machine"}],
+        "machines": [{"name": "machine", "bundle_machine": bundle_machine}],
         "model": {"bundle": str(bundle) if bundle else None},
         "windows": {"hop_s": hop_s},
         "learning": {"seconds": LEARN_S},
@@ -197,6 +198,8 @@ def main() -> int:
                         help="device rates of the live runs (48000: the daemon resamples)")
     parser.add_argument("--skip-daemon", action="store_true", help="stage costs only")
     args = parser.parse_args()
+    # The generated config lives in a temporary directory: give it an absolute bundle path.
+    args.bundle = args.bundle.resolve() if args.bundle is not None else None
     threadpool_limits(limits=BLAS_THREADS, user_api="blas")
     print(f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} cores, "
           f"Python {platform.python_version()}")
@@ -218,18 +221,21 @@ def main() -> int:
     detector = builtin_detector("machine", embedder, learner.build(), 0.01, PreprocessConfig())
     judged = audio[int(LEARN_S * RATE):]
     stage_costs(detector, judged, args.device_rate, args.hop_s, args.windows)
+    bundle_machine = None
     if args.bundle is not None:
         from edge_monitor.bundle import load_bundle
 
         for machine, bundled in load_bundle(args.bundle).detectors().items():
             print(f"bundle machine {machine}:")
             stage_costs(bundled, judged, args.device_rate, args.hop_s, args.windows)
+            bundle_machine = bundle_machine or machine  # the daemon runs the first one
 
     if args.skip_daemon:
         return 0
     broker, port = start_broker(workdir)
     try:
-        fast = run_daemon(daemon_config(workdir, [clip], False, args.hop_s, port, args.bundle),
+        fast = run_daemon(daemon_config(workdir, [clip], False, args.hop_s, port, args.bundle,
+                                        bundle_machine=bundle_machine),
                           workdir / "fast.log", None)
         judged_s = total_s - LEARN_S if args.bundle is None else total_s
         print(f"\n[daemon, replay as fast as possible] {total_s:.0f} s of audio "
@@ -239,7 +245,7 @@ def main() -> int:
               f"peak RSS {fast['peak_rss_mb']:.0f} MB, dropped chunks {fast['dropped']:.0f}")
         for rate in args.live_rates:
             config = daemon_config(workdir, [short], True, args.hop_s, port, args.bundle,
-                                   loop=True, rate=rate)
+                                   loop=True, rate=rate, bundle_machine=bundle_machine)
             live = run_daemon(config, workdir / f"live-{rate}.log", args.live_s)
             print(f"[daemon, live (real-time replay at {rate} Hz), {live['wall_s']:.0f} s, hop "
                   f"{args.hop_s:g} s] CPU load {100 * live['cpu_s'] / live['wall_s']:.2f}% of "
