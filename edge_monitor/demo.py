@@ -29,11 +29,8 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import queue
 import shutil
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -49,6 +46,7 @@ import yaml
 from edge_monitor.atomic import atomic_write_text
 from edge_monitor.errors import BadInputError, EdgeMonitorError
 from edge_monitor.learning import MIN_LEARNING_WINDOWS
+from edge_monitor.local_broker import LOOPBACK, LocalMosquitto, find_mosquitto, free_port
 from edge_monitor.synth import (
     FaultSegment,
     MachineSpec,
@@ -64,7 +62,6 @@ DEVICE_ID = "demo-box"
 MACHINE = "demo-pump"
 PREFIX = "edge-monitor"
 BROKERS = ("auto", "mosquitto", "none")
-MOSQUITTO_PATHS = ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
 BROKER_WAIT_S = 10.0
 SUBSCRIBE_WAIT_S = 10.0
 DRAIN_WAIT_S = 5.0
@@ -137,69 +134,11 @@ class DemoSettings:
 # The broker ------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def find_mosquitto() -> str | None:
-    found = shutil.which("mosquitto")
-    if found:
-        return found
-    return next((p for p in MOSQUITTO_PATHS if Path(p).is_file()), None)
-
-
-class PrivateMosquitto:
-    """A mosquitto of our own on a free loopback port, anonymous, gone when stopped."""
-
-    host = "127.0.0.1"
-
-    def __init__(self, executable: str, workdir: Path) -> None:
-        self.executable = executable
-        self.port = _free_port()
-        self.log_path = workdir / "mosquitto.log"
-        self.conf_path = workdir / "mosquitto.conf"
-        lines = [f"listener {self.port} {self.host}", "allow_anonymous true",
-                 "persistence false"]
-        if os.geteuid() == 0:
-            # As root mosquitto would drop to the `mosquitto` user, who cannot read our files.
-            lines.append("user root")
-        self.conf_path.write_text("\n".join(lines) + "\n")
-        self._proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        with self.log_path.open("ab") as out:
-            self._proc = subprocess.Popen(
-                [self.executable, "-c", str(self.conf_path)], stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-        deadline = time.monotonic() + BROKER_WAIT_S
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                raise EdgeMonitorError(
-                    f"mosquitto exited with code {self._proc.returncode}: "
-                    f"{self.log_path.read_text(errors='replace').strip()[-400:]}"
-                )
-            try:
-                socket.create_connection((self.host, self.port), timeout=0.2).close()
-                return
-            except OSError:
-                time.sleep(0.05)
-        self.stop()
-        raise EdgeMonitorError(f"mosquitto did not listen on {self.host}:{self.port} within "
-                               f"{BROKER_WAIT_S:.0f} s; see {self.log_path}")
-
-    def stop(self) -> None:
-        if self._proc is None:
-            return
-        self._proc.terminate()
-        try:
-            self._proc.wait(5)
-        except subprocess.TimeoutExpired:
-            self._proc.kill()
-            self._proc.wait(5)
-        self._proc = None
+def private_mosquitto(executable: str, workdir: Path) -> LocalMosquitto:
+    """An anonymous mosquitto on a free loopback port, gone when stopped."""
+    port = free_port()
+    lines = [f"listener {port} {LOOPBACK}", "allow_anonymous true", "persistence false"]
+    return LocalMosquitto(workdir, lines, [port], executable, BROKER_WAIT_S)
 
 
 # What a subscriber sees ------------------------------------------------------------------
@@ -221,7 +160,7 @@ class Subscriber:
         self._subscribed = threading.Event()
         self._topics = topics
         self.client = paho.Client(callback_api_version=paho.CallbackAPIVersion.VERSION2,
-                                  client_id=f"edge-monitor-demo-{_free_port()}")
+                                  client_id=f"edge-monitor-demo-{free_port()}")
         self.client.on_connect = self._on_connect
         self.client.on_subscribe = lambda *args: self._subscribed.set()
         self.client.on_message = self._on_message
@@ -595,7 +534,7 @@ def run_demo(settings: DemoSettings, out: TextIO = sys.stdout) -> DemoResult:
     """Synthesise, start a broker, run the daemon on the clip, print, judge; see the module doc."""
     workdir = settings.keep or Path(tempfile.mkdtemp(prefix="edge-monitor-demo-"))
     workdir.mkdir(parents=True, exist_ok=True)
-    broker: PrivateMosquitto | None = None
+    broker: LocalMosquitto | None = None
     subscriber: Subscriber | None = None
     try:
         schedule = settings.schedule()
@@ -660,7 +599,7 @@ def run_demo(settings: DemoSettings, out: TextIO = sys.stdout) -> DemoResult:
             shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _start_broker(choice: str, workdir: Path) -> tuple[PrivateMosquitto | None, str]:
+def _start_broker(choice: str, workdir: Path) -> tuple[LocalMosquitto | None, str]:
     if choice == "none":
         return None, "none (--broker none): printing what the daemon hands its MQTT client"
     executable = find_mosquitto()
@@ -673,7 +612,7 @@ def _start_broker(choice: str, workdir: Path) -> tuple[PrivateMosquitto | None, 
         return None, ("none: mosquitto is not installed (apt-get install mosquitto, or bash "
                       "tools/setup.sh as root), so the demo prints what the daemon hands its "
                       "MQTT client instead of what a subscriber receives")
-    broker = PrivateMosquitto(executable, workdir)
+    broker = private_mosquitto(executable, workdir)
     broker.start()
     return broker, (f"private mosquitto ({executable}) on {broker.host}:{broker.port}, "
                     "stopped at the end")

@@ -9,19 +9,17 @@ bring it back.
 
 from __future__ import annotations
 
-import getpass
 import os
-import shutil
-import socket
 import subprocess
 import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import paho.mqtt.client as paho
 import pytest
+
+from edge_monitor.local_broker import LocalMosquitto, free_port
 
 REPO = Path(__file__).resolve().parent.parent
 ACL_EXAMPLE = REPO / "conf" / "mosquitto" / "edge-monitor.acl"
@@ -30,12 +28,6 @@ WAIT_S = 15.0
 # Users of the password broker; the device user is named after the device id (see the ACL).
 AUTH_DEVICE_ID = "test-box"
 AUTH_USERS = {AUTH_DEVICE_ID: "device-secret", "ops": "ops-secret", "homeassistant": "ha-secret"}
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class MosquittoBroker:
@@ -51,21 +43,14 @@ class MosquittoBroker:
         persistence: bool = False,
         tls_files: tuple[Path, Path, Path] | None = None,
     ) -> None:
-        if shutil.which("mosquitto") is None:
-            raise RuntimeError("mosquitto is not installed: run `bash tools/setup.sh`")
         self.workdir = workdir
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.port = _free_port()
+        self.port = free_port()
         self.users = dict(users or {})
-        self.tls_port = _free_port() if tls_files else None
-        self.log_path = workdir / "mosquitto.log"
-        self.conf_path = workdir / "mosquitto.conf"
-        self._proc: subprocess.Popen[bytes] | None = None
+        self.tls_port = free_port() if tls_files else None
         lines = [f"listener {self.port} {self.host}", f"persistence {str(persistence).lower()}"]
         if persistence:
             lines.append(f"persistence_location {workdir}/")
-        if os.geteuid() == 0:
-            lines.append(f"user {getpass.getuser()}")  # keep root: tmp dirs are private
         if self.users:
             passwd = workdir / "passwd"
             for i, (user, password) in enumerate(self.users.items()):
@@ -83,48 +68,21 @@ class MosquittoBroker:
             ca, cert, key = tls_files
             lines += [f"listener {self.tls_port} {self.host}", f"cafile {ca}",
                       f"certfile {cert}", f"keyfile {key}", "require_certificate true"]
-        self.conf_path.write_text("\n".join(lines) + "\n")
+        ports = [self.port] + ([self.tls_port] if self.tls_port else [])
+        self._process = LocalMosquitto(workdir, lines, ports, wait_s=WAIT_S, verbose=True)
+        self.log_path = self._process.log_path
 
     @property
     def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
+        return self._process.running
 
     def start(self) -> None:
-        """Start the broker and return once its port accepts connections."""
-        if self.running:
-            return
-        log = self.log_path.open("ab")
-        self._proc = subprocess.Popen(
-            ["mosquitto", "-c", str(self.conf_path), "-v"], stdout=log, stderr=subprocess.STDOUT
-        )
-        log.close()
-        deadline = time.monotonic() + WAIT_S
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                raise RuntimeError(
-                    f"mosquitto exited with {self._proc.returncode}:\n{self.log_path.read_text()}"
-                )
-            try:
-                for port in (self.port, self.tls_port):
-                    if port is not None:
-                        socket.create_connection((self.host, port), timeout=0.2).close()
-                return
-            except OSError:
-                time.sleep(0.01)
-        self.stop()
-        raise RuntimeError(f"mosquitto did not listen on port {self.port} within {WAIT_S} s")
+        """Start the broker and return once its ports accept connections."""
+        self._process.start()
 
     def stop(self) -> None:
         """Stop gracefully (persistence is saved), or kill after 5 s."""
-        if self._proc is None:
-            return
-        self._proc.terminate()
-        try:
-            self._proc.wait(5)
-        except subprocess.TimeoutExpired:
-            self._proc.kill()
-            self._proc.wait(5)
-        self._proc = None
+        self._process.stop()
 
 
 @dataclass(frozen=True)
