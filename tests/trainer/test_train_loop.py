@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +13,7 @@ import pytest
 import torch
 from finetune_fixtures import REPO, make_tree, tiny_recipe
 
+from edge_monitor.local_broker import free_port
 from trainer.cli import main
 from trainer.strategies import StrategyContext, build_strategy
 from trainer.train_loop import METRICS_FILE, STATE_FILE, Trainer
@@ -100,12 +100,6 @@ def test_finetune_command_life_cycle(tree, tmp_path, capsys) -> None:
     assert main(fresh) == 2
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_data_parallel_under_torchrun(tree, tmp_path) -> None:
     run_dir = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -119,7 +113,7 @@ def test_data_parallel_under_torchrun(tree, tmp_path) -> None:
             "--master_addr",
             "127.0.0.1",
             "--master_port",
-            str(_free_port()),
+            str(free_port()),
             "-m",
             "trainer.cli",
             "finetune",
