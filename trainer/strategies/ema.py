@@ -7,6 +7,8 @@ import copy
 import torch
 from torch import nn
 
+from trainer.strategies.base import Strategy
+
 
 def make_teacher(student: nn.Module) -> nn.Module:
     """A deep copy of `student` with gradients off, in eval mode."""
@@ -30,3 +32,19 @@ def ema_update(teacher: nn.Module, student: nn.Module, decay: float) -> None:
             buffer.lerp_(source, 1.0 - decay)
         else:
             buffer.copy_(source)
+
+
+class TeacherStrategy(Strategy):
+    """A strategy that keeps an EMA teacher (`self.teacher`): it moves with the student's
+    device and always stays in eval mode, whatever mode the student trains in."""
+
+    teacher: nn.Module
+
+    def to(self, device: torch.device) -> TeacherStrategy:
+        super().to(device)
+        self.teacher.to(device)
+        return self
+
+    def train(self, mode: bool = True) -> None:
+        self.modules.train(mode)
+        self.teacher.eval()

@@ -15,8 +15,8 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from trainer.strategies.base import Strategy, StrategyContext
-from trainer.strategies.ema import ema_update, make_teacher
+from trainer.strategies.base import StrategyContext
+from trainer.strategies.ema import TeacherStrategy, ema_update, make_teacher
 
 
 def span_mask(
@@ -44,7 +44,7 @@ def mask_waves(waves: Tensor, frame_mask: np.ndarray) -> Tensor:
     return waves.masked_fill(torch.from_numpy(sample_mask).to(waves.device), 0.0)
 
 
-class MaskedConsistency(Strategy):
+class MaskedConsistency(TeacherStrategy):
     """MSE to an EMA teacher's features at masked frames, plus the margin loss."""
 
     def __init__(self, context: StrategyContext) -> None:
@@ -53,15 +53,6 @@ class MaskedConsistency(Strategy):
         assert section is not None  # the recipe validator guarantees it
         self.section = section
         self.teacher = make_teacher(self.backbone)
-
-    def to(self, device: torch.device) -> MaskedConsistency:
-        super().to(device)
-        self.teacher.to(device)
-        return self
-
-    def train(self, mode: bool = True) -> None:
-        self.modules.train(mode)
-        self.teacher.eval()
 
     def loss(self, step: int, rng: np.random.Generator) -> tuple[Tensor, dict[str, float]]:
         section = self.section

@@ -16,12 +16,12 @@ from torch.nn import functional as F
 
 from trainer.dcase_data import Clip
 from trainer.labels import ClassMap, class_name, targets_from_names
-from trainer.strategies.base import EmbeddingModel, Strategy, StrategyContext
-from trainer.strategies.ema import ema_update, make_teacher
+from trainer.strategies.base import EmbeddingModel, StrategyContext
+from trainer.strategies.ema import TeacherStrategy, ema_update, make_teacher
 from trainer.train_data import training_clips
 
 
-class TeacherStudent(Strategy):
+class TeacherStudent(TeacherStrategy):
     """Margin loss on every root's classes plus cosine consistency with an EMA teacher."""
 
     def __init__(self, context: StrategyContext) -> None:
@@ -53,15 +53,6 @@ class TeacherStudent(Strategy):
                 for c, root in zip(clips, self.root_of, strict=True)
             ]
         )
-
-    def to(self, device: torch.device) -> TeacherStudent:
-        super().to(device)
-        self.teacher.to(device)
-        return self
-
-    def train(self, mode: bool = True) -> None:
-        self.modules.train(mode)
-        self.teacher.eval()
 
     def loss(self, step: int, rng: np.random.Generator) -> tuple[Tensor, dict[str, float]]:
         waves, targets, _ = self.data.crop_batch(
