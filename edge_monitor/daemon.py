@@ -1,7 +1,7 @@
 """The one place that wires the daemon's threads: source, processing, MQTT; one stop event.
 
 Threads: the audio source's own (PortAudio callback and its supervisor, or the replay
-reader), the processing thread (`edge_monitor.processing`), paho's network thread and the
+reader), the processing thread (`edge_monitor.pipeline.processing`), paho's network thread and the
 MQTT outbox and command workers. The main thread only waits: on SIGTERM/SIGINT it sets the
 stop event and shuts down in order (processing, source, MQTT: `offline` is published and the
 journal flushed); on SIGHUP (or the `reload` command) it reloads the config and the
@@ -9,7 +9,7 @@ bundle and applies them between two windows. A source whose settings did not cha
 running, so a reload loses no audio. A bad config on reload is logged and the running one
 kept: the daemon never goes deaf because of a typo.
 
-Enrolment (`edge_monitor.control.EnrolmentService`) plugs in through `Daemon.processor`
+Enrolment (`edge_monitor.enrolment.control.EnrolmentService`) plugs in through `Daemon.processor`
 (audio taps, `set_enrolling`, `swap_detector`), `Daemon.register_command` and the local
 control socket; at start and reload each machine's detector gets the banks its enrolment
 store points at (`BankStore.apply`).
@@ -31,27 +31,28 @@ from typing import Any
 
 from threadpoolctl import threadpool_limits
 
-from edge_monitor.bank_store import BankStore
-from edge_monitor.bundle import load_bundle
-from edge_monitor.capture import AudioSource, SoundDeviceSource
-from edge_monitor.clip_store import ClipStore
-from edge_monitor.commands import Command
-from edge_monitor.config import Config, load_config
-from edge_monitor.control import EnrolmentService
-from edge_monitor.decision import DecisionConfig
-from edge_monitor.detector import Detector
-from edge_monitor.errors import BadInputError, ConfigError, EdgeMonitorError
-from edge_monitor.learning import (
+from edge_monitor.audio_in.capture import AudioSource, SoundDeviceSource
+from edge_monitor.audio_in.replay import ReplaySource
+from edge_monitor.config.loader import load_config
+from edge_monitor.config.sections import Config
+from edge_monitor.core.bundle import load_bundle
+from edge_monitor.core.detector import Detector
+from edge_monitor.core.errors import BadInputError, ConfigError, EdgeMonitorError
+from edge_monitor.enrolment.bank_store import BankStore
+from edge_monitor.enrolment.control import EnrolmentService
+from edge_monitor.mqtt.client import MqttClient
+from edge_monitor.mqtt.commands import Command
+from edge_monitor.pipeline.clip_store import ClipStore
+from edge_monitor.pipeline.decision import DecisionConfig
+from edge_monitor.pipeline.learning import (
     BankLearner,
     builtin_detector,
     builtin_embedder,
     fingerprint,
     load_learned,
 )
-from edge_monitor.mqtt_client import MqttClient
-from edge_monitor.processing import MachineSetup, ProcessingSettings, Processor
-from edge_monitor.replay import ReplaySource
-from edge_monitor.service import Notifier
+from edge_monitor.pipeline.processing import MachineSetup, ProcessingSettings, Processor
+from edge_monitor.pipeline.service import Notifier
 
 log = logging.getLogger(__name__)
 

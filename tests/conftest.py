@@ -19,7 +19,7 @@ from pathlib import Path
 import paho.mqtt.client as paho
 import pytest
 
-from edge_monitor.local_broker import LocalMosquitto, free_port
+from edge_monitor.demo.local_broker import LocalMosquitto, free_port
 
 REPO = Path(__file__).resolve().parent.parent
 ACL_EXAMPLE = REPO / "conf" / "mosquitto" / "edge-monitor.acl"

@@ -19,10 +19,10 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
-from edge_monitor.audio_io import read_audio
-from edge_monitor.embedders.base import l2_normalise
-from edge_monitor.embedders.logmel_stats import LogMelStatsEmbedder
-from edge_monitor.neighbours import NeighbourIndex
+from edge_monitor.core.audio_io import read_audio
+from edge_monitor.core.embedders.base import l2_normalise
+from edge_monitor.core.embedders.logmel_stats import LogMelStatsEmbedder
+from edge_monitor.core.neighbours import NeighbourIndex
 
 CROP_S = 1.0
 

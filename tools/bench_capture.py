@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from edge_monitor.capture import SoundDeviceSource
-from edge_monitor.clip_store import ClipStore
-from edge_monitor.replay import ReplaySource
-from edge_monitor.windowing import Windower
+from edge_monitor.audio_in.capture import SoundDeviceSource
+from edge_monitor.audio_in.replay import ReplaySource
+from edge_monitor.pipeline.clip_store import ClipStore
+from edge_monitor.pipeline.windowing import Windower
 
 RATE_HZ = 16000
 WINDOW_S = 10.0

@@ -10,7 +10,7 @@ Prints, per model (the built-in logmel-stats; and each model of a bundle given w
   3. the whole daemon "live": the replay source paced in real time, as a microphone would
      deliver audio: CPU load in % of one core, peak RSS (VmHWM), late windows, dropped audio.
 
-Audio is a synthetic machine (edge_monitor.synth) with faults, so alarms, clips and MQTT
+Audio is a synthetic machine (edge_monitor.demo.synth) with faults, so alarms, clips and MQTT
 events happen as they would on site. A mosquitto broker is started on a free loopback port
 when the binary is installed. Nothing here asserts: it measures and prints.
 
@@ -36,12 +36,12 @@ import soxr
 import yaml
 from threadpoolctl import threadpool_limits
 
-from edge_monitor.audio_io import resample
+from edge_monitor.core.audio_io import resample
+from edge_monitor.core.detector import Detector
+from edge_monitor.core.preprocess import PreprocessConfig, preprocess
 from edge_monitor.daemon import BLAS_THREADS
-from edge_monitor.detector import Detector
-from edge_monitor.learning import BankLearner, builtin_detector, builtin_embedder
-from edge_monitor.preprocess import PreprocessConfig, preprocess
-from edge_monitor.synth import MachineSpec, demo_timeline, synthesize, write_audio
+from edge_monitor.demo.synth import MachineSpec, demo_timeline, synthesize, write_audio
+from edge_monitor.pipeline.learning import BankLearner, builtin_detector, builtin_embedder
 
 RATE = 16000
 LEARN_S = 300.0
@@ -223,7 +223,7 @@ def main() -> int:
     stage_costs(detector, judged, args.device_rate, args.hop_s, args.windows)
     bundle_machine = None
     if args.bundle is not None:
-        from edge_monitor.bundle import load_bundle
+        from edge_monitor.core.bundle import load_bundle
 
         for machine, bundled in load_bundle(args.bundle).detectors().items():
             print(f"bundle machine {machine}:")

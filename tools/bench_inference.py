@@ -21,9 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_monitor.bundle import BUILTIN_EMBEDDERS
-from edge_monitor.embedders.base import Embedder
-from edge_monitor.preprocess import preprocess
+from edge_monitor.core.bundle import BUILTIN_EMBEDDERS
+from edge_monitor.core.embedders.base import Embedder
+from edge_monitor.core.preprocess import preprocess
 from trainer.bundle_builder import ModelEntry
 
 

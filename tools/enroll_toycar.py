@@ -26,13 +26,13 @@ from pathlib import Path
 
 import yaml
 
-from edge_monitor.audio_io import read_audio
-from edge_monitor.bank_store import BankStore
-from edge_monitor.config import load_config
+from edge_monitor.config.loader import load_config
+from edge_monitor.core.audio_io import read_audio
+from edge_monitor.core.detector import Detector
+from edge_monitor.core.metrics import SectionMetrics, section_metrics
+from edge_monitor.core.scoring_config import VARIANTS, variant
 from edge_monitor.daemon import plan_machines
-from edge_monitor.detector import Detector
-from edge_monitor.metrics import SectionMetrics, section_metrics
-from edge_monitor.scoring_config import VARIANTS, variant
+from edge_monitor.enrolment.bank_store import BankStore
 from trainer.bundle_builder import ModelEntry, build_bundle
 from trainer.dcase_data import Clip, read_dataset
 

@@ -16,8 +16,8 @@ import logging
 import sys
 from pathlib import Path
 
-from edge_monitor.errors import BadInputError
-from edge_monitor.synth import (
+from edge_monitor.core.errors import BadInputError
+from edge_monitor.demo.synth import (
     FaultSegment,
     MachineSpec,
     demo_timeline,

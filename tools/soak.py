@@ -29,7 +29,7 @@ import numpy as np
 from bench_daemon import LEARN_S, RATE, WINDOW_S, daemon_config, proc_status_kb, start_broker
 from scipy.stats import theilslopes
 
-from edge_monitor.synth import MachineSpec, demo_timeline, synthesize, write_audio
+from edge_monitor.demo.synth import MachineSpec, demo_timeline, synthesize, write_audio
 
 STATS_RE = re.compile(
     r"stats: (\d+) windows \((\d+) scored, (\d+) late, max lag ([\d.]+) s\), (\d+) dropped "

@@ -1,7 +1,7 @@
 """Adaptive Combination Perturbation (ACP): ensemble weights for per-model anomaly scores.
 
 Each model's score is first standardised with the statistics of its own bank's leave-one-out
-scores (edge_monitor.detector.ScoreNorm.from_loo), exactly as the daemon does, so the fusion
+scores (edge_monitor.core.detector.ScoreNorm.from_loo), exactly as the daemon does, so the fusion
 needs no test labels at run time. The fused score is the weighted sum. ACP searches the
 weights: starting from uniform (then from random points, the restarts), it adds Gaussian
 perturbations whose scale decays, projects back onto the simplex (non-negative, sum 1) and
@@ -20,8 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edge_monitor.detector import ScoreNorm
-from edge_monitor.metrics import overall_metrics, section_metrics
+from edge_monitor.core.detector import ScoreNorm
+from edge_monitor.core.metrics import overall_metrics, section_metrics
 
 log = logging.getLogger(__name__)
 

@@ -1,9 +1,9 @@
-"""Build a bundle (edge_monitor.bundle) from exported models and training clips, atomically.
+"""Build a bundle (edge_monitor.core.bundle) from exported models and training clips, atomically.
 
 For every model the training clips are embedded through the *runtime* embedder the daemon
 will run (onnxruntime, TFLite or the builtin), after the same read_audio + preprocess, so a
 bank holds exactly the vectors the edge would compute. One bank per model and machine
-section is built with edge_monitor.scoring.build_bank; the threshold for the requested false
+section is built with edge_monitor.core.scoring.build_bank; the threshold for the requested false
 alarm rate comes from the (fused) leave-one-out scores. Everything is written into a staging
 directory that is renamed into place only when complete.
 """
@@ -26,10 +26,10 @@ import numpy as np
 import yaml
 
 from edge_monitor import __version__
-from edge_monitor.atomic import atomic_path, atomic_write_text, fsync_dir
-from edge_monitor.bank import MANIFEST_NAME as BANK_MANIFEST_NAME
-from edge_monitor.bank import save_bank, sha256_file
-from edge_monitor.bundle import (
+from edge_monitor.core.atomic import atomic_path, atomic_write_text, fsync_dir
+from edge_monitor.core.bank import MANIFEST_NAME as BANK_MANIFEST_NAME
+from edge_monitor.core.bank import save_bank, sha256_file
+from edge_monitor.core.bundle import (
     BANKS_DIR,
     BUILTIN_EMBEDDERS,
     BUNDLE_FORMAT_VERSION,
@@ -37,12 +37,12 @@ from edge_monitor.bundle import (
     MODELS_DIR,
     load_bundle,
 )
-from edge_monitor.detector import Member, ScoreNorm, fused_loo_scores
-from edge_monitor.embedders.base import Embedder
-from edge_monitor.errors import BundleError, ConfigError
-from edge_monitor.preprocess import PreprocessConfig
-from edge_monitor.scoring import build_bank, threshold_for_false_alarm_rate
-from edge_monitor.scoring_config import ScoringConfig
+from edge_monitor.core.detector import Member, ScoreNorm, fused_loo_scores
+from edge_monitor.core.embedders.base import Embedder
+from edge_monitor.core.errors import BundleError, ConfigError
+from edge_monitor.core.preprocess import PreprocessConfig
+from edge_monitor.core.scoring import build_bank, threshold_for_false_alarm_rate
+from edge_monitor.core.scoring_config import ScoringConfig
 from trainer.dcase_data import Clip
 from trainer.embed_cache import EmbeddingCache, EmbedOptions, embed_file
 
@@ -82,12 +82,12 @@ class ModelEntry:
         if path is None or not Path(path).is_file():
             raise ConfigError(f"model {self.name!r}: file {path} not found")
         if self.runtime == "onnx":
-            from edge_monitor.embedders.onnx_model import OnnxEmbedder
+            from edge_monitor.core.embedders.onnx_model import OnnxEmbedder
 
             return OnnxEmbedder(path, self.name, self.sample_rate_hz, self.window_s, self.dim,
                                 threads=threads)
         if self.runtime == "tflite":
-            from edge_monitor.embedders.tflite_model import TfliteEmbedder
+            from edge_monitor.core.embedders.tflite_model import TfliteEmbedder
 
             return TfliteEmbedder(path, self.name, self.sample_rate_hz, self.window_s, self.dim,
                                   threads=threads)

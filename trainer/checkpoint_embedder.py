@@ -26,9 +26,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from edge_monitor.atomic import atomic_path, atomic_write_text
-from edge_monitor.embedders.base import l2_normalise
-from edge_monitor.errors import ConfigError
+from edge_monitor.core.atomic import atomic_path, atomic_write_text
+from edge_monitor.core.embedders.base import l2_normalise
+from edge_monitor.core.errors import ConfigError
 from trainer.backbones import Backbone, build_backbone
 from trainer.backbones.checkpoint import as_state_dict, load_strict, read_torch_file
 from trainer.errors import CheckpointError

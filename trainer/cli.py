@@ -6,7 +6,7 @@ import sys
 from collections.abc import Sequence
 
 from edge_monitor import __version__
-from edge_monitor.cli import dispatch
+from edge_monitor.core.subcommands import discover, dispatch
 from trainer import cli_commands
 
 
@@ -16,7 +16,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "edge-trainer",
         "Train, evaluate, fuse, distil and export models for the edge monitor.",
         __version__,
-        cli_commands,
+        discover(cli_commands),
     )
 
 

@@ -22,7 +22,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edge_monitor.errors import DatasetError
+from edge_monitor.core.errors import DatasetError
 
 log = logging.getLogger(__name__)
 

@@ -24,11 +24,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from edge_monitor.atomic import atomic_path
-from edge_monitor.audio_io import read_audio
-from edge_monitor.embedders.base import l2_normalise
-from edge_monitor.errors import ConfigError
-from edge_monitor.preprocess import PreprocessConfig, preprocess
+from edge_monitor.core.atomic import atomic_path
+from edge_monitor.core.audio_io import read_audio
+from edge_monitor.core.embedders.base import l2_normalise
+from edge_monitor.core.errors import ConfigError
+from edge_monitor.core.preprocess import PreprocessConfig, preprocess
 from trainer.student import StudentNet
 
 log = logging.getLogger(__name__)

@@ -1,7 +1,7 @@
 """Embed audio clips exactly as the daemon would, caching each clip's vector on disk.
 
 A clip is read at the embedder's rate (`read_audio`), optionally cropped, conditioned by
-`edge_monitor.preprocess.preprocess` with the same PreprocessConfig the daemon uses, and
+`edge_monitor.core.preprocess.preprocess` with the same PreprocessConfig the daemon uses, and
 embedded. The daemon embeds rolling 10 s windows; DCASE clips are 10-12 s, so the crop policy
 decides what evaluation sees:
 
@@ -28,11 +28,11 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from edge_monitor.atomic import atomic_path, atomic_write_text
-from edge_monitor.audio_io import read_audio
-from edge_monitor.embedders.base import Embedder
-from edge_monitor.errors import ConfigError
-from edge_monitor.preprocess import PreprocessConfig, preprocess
+from edge_monitor.core.atomic import atomic_path, atomic_write_text
+from edge_monitor.core.audio_io import read_audio
+from edge_monitor.core.embedders.base import Embedder
+from edge_monitor.core.errors import ConfigError
+from edge_monitor.core.preprocess import PreprocessConfig, preprocess
 
 log = logging.getLogger(__name__)
 

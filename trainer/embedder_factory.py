@@ -6,10 +6,10 @@ import importlib
 from collections.abc import Callable
 from pathlib import Path
 
-from edge_monitor.embedders.base import Embedder
-from edge_monitor.embedders.logmel_stats import NAME as LOGMEL_STATS
-from edge_monitor.embedders.logmel_stats import LogMelStatsEmbedder
-from edge_monitor.errors import ConfigError
+from edge_monitor.core.embedders.base import Embedder
+from edge_monitor.core.embedders.logmel_stats import NAME as LOGMEL_STATS
+from edge_monitor.core.embedders.logmel_stats import LogMelStatsEmbedder
+from edge_monitor.core.errors import ConfigError
 
 DEFAULT_EMBEDDER = LOGMEL_STATS
 BUILTIN: dict[str, Callable[[], Embedder]] = {LOGMEL_STATS: LogMelStatsEmbedder}

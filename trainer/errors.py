@@ -5,7 +5,7 @@ A message says what failed, the offending file or value, and how to fix it.
 
 from __future__ import annotations
 
-from edge_monitor.errors import BadInputError, EdgeMonitorError
+from edge_monitor.core.errors import BadInputError, EdgeMonitorError
 
 
 class TrainerError(EdgeMonitorError):

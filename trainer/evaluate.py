@@ -1,7 +1,7 @@
 """DCASE evaluation of scoring variants on precomputed embeddings.
 
 One bank per machine section is built from its training clips (source and target domains)
-with `edge_monitor.scoring.build_bank`, the section's test clips are scored by `BankScorer`,
+with `edge_monitor.core.scoring.build_bank`, the section's test clips are scored by `BankScorer`,
 and the DCASE metrics and files follow. Scoring, thresholds and metrics are the runtime's own
 code, so what is measured here is what the daemon runs.
 
@@ -21,13 +21,13 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_monitor.atomic import atomic_write_text
-from edge_monitor.dcase_csv import write_anomaly_scores, write_decision_results
-from edge_monitor.embedders.base import l2_normalise
-from edge_monitor.errors import DatasetError
-from edge_monitor.metrics import SectionMetrics, overall_metrics, section_metrics
-from edge_monitor.scoring import BankScorer, build_bank, threshold_for_false_alarm_rate
-from edge_monitor.scoring_config import ScoringConfig
+from edge_monitor.core.atomic import atomic_write_text
+from edge_monitor.core.dcase_csv import write_anomaly_scores, write_decision_results
+from edge_monitor.core.embedders.base import l2_normalise
+from edge_monitor.core.errors import DatasetError
+from edge_monitor.core.metrics import SectionMetrics, overall_metrics, section_metrics
+from edge_monitor.core.scoring import BankScorer, build_bank, threshold_for_false_alarm_rate
+from edge_monitor.core.scoring_config import ScoringConfig
 from trainer.dcase_data import Clip
 
 log = logging.getLogger(__name__)

@@ -23,11 +23,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from edge_monitor.atomic import atomic_path
-from edge_monitor.embedders.base import Embedder, l2_normalise
-from edge_monitor.embedders.logmel_stats import LogMelStatsEmbedder
-from edge_monitor.errors import RuntimeUnavailableError
-from edge_monitor.scoring_config import ScoringConfig
+from edge_monitor.core.atomic import atomic_path
+from edge_monitor.core.embedders.base import Embedder, l2_normalise
+from edge_monitor.core.embedders.logmel_stats import LogMelStatsEmbedder
+from edge_monitor.core.errors import RuntimeUnavailableError
+from edge_monitor.core.scoring_config import ScoringConfig
 from trainer.dcase_data import Clip
 from trainer.embed_cache import EmbedOptions, embed_file
 from trainer.evaluate import evaluate_embeddings

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from edge_monitor.melspec import mel_filterbank
+from edge_monitor.core.melspec import mel_filterbank
 
 WindowName = Literal["povey", "hanning", "hamming", "hann-periodic"]
 
@@ -196,7 +196,7 @@ def eat_fbank(sample_rate_hz: int = 16000) -> KaldiFbank:
 
 
 class LogMel(nn.Module):
-    """Plain log-mel (periodic Hann, HTK mel, natural log), as edge_monitor.melspec.log_mel."""
+    """Plain log-mel (periodic Hann, HTK mel, natural log), as edge_monitor.core.melspec.log_mel."""
 
     def __init__(
         self,

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from edge_monitor.errors import DatasetError
+from edge_monitor.core.errors import DatasetError
 from trainer.dcase_data import Clip
 
 

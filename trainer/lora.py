@@ -12,7 +12,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from edge_monitor.errors import ConfigError
+from edge_monitor.core.errors import ConfigError
 
 
 class LoRALinear(nn.Module):

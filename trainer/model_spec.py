@@ -15,8 +15,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from edge_monitor.embedders.base import Embedder
-from edge_monitor.errors import ConfigError
+from edge_monitor.core.embedders.base import Embedder
+from edge_monitor.core.errors import ConfigError
 from trainer.bundle_builder import ModelEntry
 from trainer.embedder_factory import BUILTIN, make_embedder
 

@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from edge_monitor.atomic import atomic_path
-from edge_monitor.metrics import SOURCE, TARGET, auc, roc_curve
+from edge_monitor.core.atomic import atomic_path
+from edge_monitor.core.metrics import SOURCE, TARGET, auc, roc_curve
 from trainer.evaluate import EvaluationResult, SectionScores
 
 log = logging.getLogger(__name__)

@@ -23,8 +23,8 @@ from typing import Any, Literal
 import numpy as np
 import onnx
 
-from edge_monitor.atomic import atomic_path
-from edge_monitor.errors import ConfigError, RuntimeUnavailableError
+from edge_monitor.core.atomic import atomic_path
+from edge_monitor.core.errors import ConfigError, RuntimeUnavailableError
 
 log = logging.getLogger(__name__)
 

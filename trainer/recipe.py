@@ -14,7 +14,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from edge_monitor.errors import ConfigError
+from edge_monitor.core.errors import ConfigError
 
 StrategyName = Literal["full", "extra-classes", "lora", "dual-head", "tats", "masked-consistency"]
 MAX_SHOWN_VALUE = 80

@@ -16,7 +16,7 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
-from edge_monitor.atomic import atomic_path
+from edge_monitor.core.atomic import atomic_path
 from trainer.backbones.base import BackboneConfig, parse_config
 from trainer.backbones.checkpoint import as_state_dict, load_strict, read_torch_file
 from trainer.errors import CheckpointError

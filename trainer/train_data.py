@@ -2,7 +2,7 @@
 
 Decoding FLAC every epoch would dominate a CPU run; the cache keeps one float16 `.npy` per clip
 keyed by the file's path, size, modification time and preprocessing, so a changed file is
-decoded again. Clips are conditioned by `edge_monitor.preprocess` (loudness normalisation, DC
+decoded again. Clips are conditioned by `edge_monitor.core.preprocess` (loudness normalisation, DC
 removal) exactly as evaluation and the daemon condition them before embedding. The batch for
 step `s` is drawn from a generator seeded with (seed, s, rank): a resumed run sees exactly the
 batches the interrupted one would have seen, and each DDP rank sees its own.
@@ -22,10 +22,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from edge_monitor.atomic import atomic_path
-from edge_monitor.audio_io import read_audio
-from edge_monitor.errors import DatasetError
-from edge_monitor.preprocess import PreprocessConfig, preprocess
+from edge_monitor.core.atomic import atomic_path
+from edge_monitor.core.audio_io import read_audio
+from edge_monitor.core.errors import DatasetError
+from edge_monitor.core.preprocess import PreprocessConfig, preprocess
 from trainer.dcase_data import Clip, read_dataset
 
 log = logging.getLogger(__name__)

@@ -24,8 +24,8 @@ import torch
 from torch import distributed as dist
 from tqdm import tqdm
 
-from edge_monitor.atomic import atomic_path
-from edge_monitor.errors import ConfigError
+from edge_monitor.core.atomic import atomic_path
+from edge_monitor.core.errors import ConfigError
 from trainer.recipe import Recipe
 from trainer.schedule import warmup_cosine
 from trainer.strategies.base import Strategy

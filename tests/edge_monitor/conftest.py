@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_monitor.capture import refresh_devices
+from edge_monitor.audio_in.capture import refresh_devices
 
 PULSE_WAIT_S = 10.0
 

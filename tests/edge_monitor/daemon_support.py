@@ -13,8 +13,8 @@ import numpy as np
 import yaml
 
 from edge_monitor.daemon import Daemon
-from edge_monitor.service import Notifier
-from edge_monitor.synth import FaultSegment, MachineSpec, synthesize, write_audio
+from edge_monitor.demo.synth import FaultSegment, MachineSpec, synthesize, write_audio
+from edge_monitor.pipeline.service import Notifier
 
 RATE = 16000
 WAIT_S = 15.0

@@ -7,13 +7,13 @@ from typing import Any
 
 import numpy as np
 
-from edge_monitor.detector import Detector, Member
-from edge_monitor.embedders.logmel_stats import LogMelStatsEmbedder
-from edge_monitor.preprocess import PreprocessConfig, preprocess
-from edge_monitor.quality_gate import QualityGateConfig
-from edge_monitor.scoring import SOURCE, build_bank
-from edge_monitor.scoring_config import variant
-from edge_monitor.synth import MachineSpec, synthesize, write_audio
+from edge_monitor.core.detector import Detector, Member
+from edge_monitor.core.embedders.logmel_stats import LogMelStatsEmbedder
+from edge_monitor.core.preprocess import PreprocessConfig, preprocess
+from edge_monitor.core.scoring import SOURCE, build_bank
+from edge_monitor.core.scoring_config import variant
+from edge_monitor.demo.synth import MachineSpec, synthesize, write_audio
+from edge_monitor.enrolment.quality_gate import QualityGateConfig
 
 RATE = 16000
 WINDOW_S = 1.0
@@ -84,8 +84,8 @@ def looping_replay(tmp_path: Path, **overrides: Any) -> tuple[Path, dict[str, An
 def prelearn(config_path: Path, seconds: float = 12.0) -> None:
     """Give every machine of a built-in-model daemon config a learned bank of the old sound,
     exactly as the daemon's learning would save it, so the daemon starts judging at once."""
-    from edge_monitor.config import load_config
-    from edge_monitor.learning import BankLearner, builtin_embedder
+    from edge_monitor.config.loader import load_config
+    from edge_monitor.pipeline.learning import BankLearner, builtin_embedder
 
     config = load_config(config_path)
     window_s = config.windows.window_s or 10.0

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from edge_monitor.audio_io import read_audio, resample
-from edge_monitor.embedders.logmel_stats import LogMelStatsEmbedder
-from edge_monitor.errors import AudioFileError
-from edge_monitor.preprocess import PreprocessConfig, loudness_lufs, preprocess
+from edge_monitor.core.audio_io import read_audio, resample
+from edge_monitor.core.embedders.logmel_stats import LogMelStatsEmbedder
+from edge_monitor.core.errors import AudioFileError
+from edge_monitor.core.preprocess import PreprocessConfig, loudness_lufs, preprocess
 
 
 def tone(freq_hz, seconds, rate, amp=0.5):

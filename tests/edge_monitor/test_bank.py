@@ -5,10 +5,10 @@ import json
 import numpy as np
 import pytest
 
-from edge_monitor.bank import INDEX_NAME, MANIFEST_NAME, META_NAME, load_bank, save_bank
-from edge_monitor.errors import BankError
-from edge_monitor.scoring import BankScorer, build_bank
-from edge_monitor.scoring_config import variant
+from edge_monitor.core.bank import INDEX_NAME, MANIFEST_NAME, META_NAME, load_bank, save_bank
+from edge_monitor.core.errors import BankError
+from edge_monitor.core.scoring import BankScorer, build_bank
+from edge_monitor.core.scoring_config import variant
 
 
 @pytest.fixture

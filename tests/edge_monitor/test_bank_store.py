@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 from enroll_support import make_detector
 
-from edge_monitor.bank import INDEX_NAME, load_bank
-from edge_monitor.bank_store import BankStore, EnrolmentBusyError, StoreLock
-from edge_monitor.detector import Detector, Member, ScoreNorm, fused_loo_scores
-from edge_monitor.errors import BankError
-from edge_monitor.scoring import TARGET, build_bank, threshold_for_false_alarm_rate
+from edge_monitor.core.bank import INDEX_NAME, load_bank
+from edge_monitor.core.detector import Detector, Member, ScoreNorm, fused_loo_scores
+from edge_monitor.core.errors import BankError
+from edge_monitor.core.scoring import TARGET, build_bank, threshold_for_false_alarm_rate
+from edge_monitor.enrolment.bank_store import BankStore, EnrolmentBusyError, StoreLock
 
 
 def with_targets(bank, rng, count=4):
@@ -170,7 +170,7 @@ def test_lock_excludes_this_and_other_processes(tmp_path):
 
     holder = subprocess.Popen(
         [sys.executable, "-c",
-         "import sys, time; from edge_monitor.bank_store import StoreLock; "
+         "import sys, time; from edge_monitor.enrolment.bank_store import StoreLock; "
          "lock = StoreLock(sys.argv[1]); lock.acquire('x'); print('held', flush=True); "
          "time.sleep(60)", str(tmp_path)],
         stdout=subprocess.PIPE, text=True,

@@ -14,10 +14,10 @@ import soundfile as sf
 import yaml
 from onnx import TensorProto, helper, numpy_helper
 
-from edge_monitor.bundle import MANIFEST_NAME, load_bundle
 from edge_monitor.cli import main as monitor_main
-from edge_monitor.errors import BundleError
-from edge_monitor.scoring_config import ScoringConfig
+from edge_monitor.core.bundle import MANIFEST_NAME, load_bundle
+from edge_monitor.core.errors import BundleError
+from edge_monitor.core.scoring_config import ScoringConfig
 from trainer.bundle_builder import ModelEntry, build_bundle, write_tar
 from trainer.dcase_data import read_dataset
 from trainer.embed_cache import EmbedOptions
@@ -178,7 +178,7 @@ def test_model_output_dimension_is_checked(built: tuple[Path, Path], tmp_path: P
     copy = _tampered(built[1], tmp_path)
     model = copy / "models" / "tiny.onnx"
     make_onnx(model, dim=ONNX_DIM + 2)
-    from edge_monitor.bank import sha256_file
+    from edge_monitor.core.bank import sha256_file
 
     _edit_manifest(copy, lambda m: m["models"]["tiny"].update(sha256=sha256_file(model)))
     bundle = load_bundle(copy)
@@ -226,10 +226,10 @@ def test_ensemble_bundle_fuses_like_acp(built: tuple[Path, Path], tmp_path: Path
     """Two models with weights: the edge's fused score is ACP's standardised weighted sum."""
     from dataclasses import replace
 
-    from edge_monitor.audio_io import read_audio
-    from edge_monitor.detector import ScoreNorm
-    from edge_monitor.preprocess import preprocess
-    from edge_monitor.scoring import BankScorer
+    from edge_monitor.core.audio_io import read_audio
+    from edge_monitor.core.detector import ScoreNorm
+    from edge_monitor.core.preprocess import preprocess
+    from edge_monitor.core.scoring import BankScorer
 
     data, _ = built
     clips = read_dataset(data)

@@ -12,8 +12,8 @@ import pytest
 import soundfile as sf
 from scipy.signal import correlate
 
-from edge_monitor.capture import AudioSource, Chunk, SoundDeviceSource, resolve_device
-from edge_monitor.errors import ConfigError
+from edge_monitor.audio_in.capture import AudioSource, Chunk, SoundDeviceSource, resolve_device
+from edge_monitor.core.errors import ConfigError
 
 RATE_HZ = 16000
 WAIT_S = 20.0

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from edge_monitor.cli_commands import devices
+from edge_monitor.cli import devices
 
 # The subcommand alone, in a fresh process (PortAudio lists devices once per process).
 RUN_DEVICES = (
-    "import argparse, sys; from edge_monitor.cli_commands import devices; "
+    "import argparse, sys; from edge_monitor.cli import devices; "
     "sys.exit(devices.run(argparse.Namespace()))"
 )
 

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from edge_monitor.clip_store import ClipStore, ClipStoreError
-from edge_monitor.errors import ConfigError, EdgeMonitorError
+from edge_monitor.core.errors import ConfigError, EdgeMonitorError
+from edge_monitor.pipeline.clip_store import ClipStore, ClipStoreError
 
 RATE_HZ = 16000
 T0 = 1_790_000_000.0  # a fixed event time (2026-09-21 14:13:20 UTC)

@@ -8,14 +8,14 @@ import time
 
 import pytest
 
-from edge_monitor.commands import (
+from edge_monitor.core.errors import BadInputError, EdgeMonitorError
+from edge_monitor.mqtt.commands import (
     MAX_PAYLOAD_BYTES,
     CommandError,
     CommandRouter,
     parse_command,
 )
-from edge_monitor.errors import BadInputError, EdgeMonitorError
-from edge_monitor.topics import CommandReply
+from edge_monitor.mqtt.topics import CommandReply
 
 WAIT_S = 15.0
 

@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 
 from edge_monitor import cli
-from edge_monitor.config import Config, load_config
-from edge_monitor.errors import ConfigError
-from edge_monitor.quality_gate import QualityGateConfig
+from edge_monitor.config.loader import load_config
+from edge_monitor.config.sections import Config
+from edge_monitor.core.errors import ConfigError
+from edge_monitor.enrolment.quality_gate import QualityGateConfig
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -23,10 +23,12 @@ from enroll_support import (
     write_clips,
 )
 
-from edge_monitor.bank_store import BankStore
 from edge_monitor.cli import main
-from edge_monitor.config import load_config
-from edge_monitor.control import (
+from edge_monitor.config.loader import load_config
+from edge_monitor.core.errors import BadInputError
+from edge_monitor.daemon import plan_machines
+from edge_monitor.enrolment.bank_store import BankStore
+from edge_monitor.enrolment.control import (
     ControlError,
     ControlServer,
     daemon_running,
@@ -34,9 +36,7 @@ from edge_monitor.control import (
     socket_path,
     validate_request,
 )
-from edge_monitor.daemon import plan_machines
-from edge_monitor.enroll import EnrolmentManager
-from edge_monitor.errors import BadInputError
+from edge_monitor.enrolment.manager import EnrolmentManager
 
 
 def cli_process(*args: str) -> subprocess.CompletedProcess[str]:

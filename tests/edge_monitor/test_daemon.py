@@ -1,6 +1,6 @@
 """The daemon end to end on the replay source, as fast as it can go, against a real broker.
 
-Audio: a synthetic machine (edge_monitor.synth) learned as normal, then silence, clipping and
+Audio: a synthetic machine (edge_monitor.demo.synth) learned as normal, then silence, clipping and
 a bearing fault. Expected: learning -> normal -> fault (silence) -> normal -> fault
 (clipping) -> normal -> anomaly -> normal, one alarm with new/end sharing an event id and a
 saved FLAC clip, retained state and `offline` availability at the end.
@@ -28,10 +28,10 @@ from daemon_support import (
     write_flac,
 )
 
-from edge_monitor.config import load_config
+from edge_monitor.config.loader import load_config
 from edge_monitor.daemon import plan_machines
-from edge_monitor.service import Notifier
-from edge_monitor.synth import FaultSegment
+from edge_monitor.demo.synth import FaultSegment
+from edge_monitor.pipeline.service import Notifier
 
 STATUS_LINE = re.compile(r"^machine pump: (learning|normal|anomaly|fault|enrolling)( \((.*)\))?$")
 
@@ -53,7 +53,7 @@ def logged_statuses(caplog) -> list[tuple[str, str | None]]:
     found = []
     for record in caplog.records:
         match = STATUS_LINE.match(record.getMessage())
-        if record.name == "edge_monitor.processing" and match:
+        if record.name == "edge_monitor.pipeline.processing" and match:
             found.append((match.group(1), match.group(3)))
     return found
 
@@ -61,7 +61,7 @@ def logged_statuses(caplog) -> list[tuple[str, str | None]]:
 def test_replay_fast_gives_the_expected_states_events_and_clip(
     tmp_path, mosquitto, mqtt_recorder, caplog
 ):
-    caplog.set_level(logging.INFO, logger="edge_monitor.processing")
+    caplog.set_level(logging.INFO, logger="edge_monitor.pipeline.processing")
     files = scenario(tmp_path)
     config = small_config(tmp_path, files, mqtt={"enabled": True, "host": mosquitto.host,
                                                  "port": mosquitto.port})

@@ -9,9 +9,9 @@ from daemon_support import DaemonThread, small_config, write_config
 from test_bundle import make_onnx, make_tree, onnx_entry
 
 from edge_monitor import cli
-from edge_monitor.config import load_config
+from edge_monitor.config.loader import load_config
+from edge_monitor.core.scoring_config import ScoringConfig
 from edge_monitor.daemon import plan_machines
-from edge_monitor.scoring_config import ScoringConfig
 from trainer.bundle_builder import build_bundle, write_tar
 from trainer.dcase_data import read_dataset
 

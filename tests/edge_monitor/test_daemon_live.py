@@ -22,7 +22,7 @@ from daemon_support import (
     write_flac,
 )
 
-from edge_monitor.synth import FaultSegment
+from edge_monitor.demo.synth import FaultSegment
 
 pytestmark = pytest.mark.slow
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_monitor.dcase_csv import write_anomaly_scores, write_decision_results
+from edge_monitor.core.dcase_csv import write_anomaly_scores, write_decision_results
 
 
 def test_writes_score_and_decision_files(tmp_path: Path) -> None:

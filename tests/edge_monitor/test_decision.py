@@ -6,7 +6,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from edge_monitor.decision import (
+from edge_monitor.pipeline.decision import (
     ANOMALY,
     FAULT,
     LEARNING,

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from edge_monitor.cli import main
-from edge_monitor.demo import DemoSettings, run_demo
-from edge_monitor.errors import BadInputError
+from edge_monitor.core.errors import BadInputError
+from edge_monitor.demo.scenario import DemoSettings, run_demo
 
 # 150 s of audio: 50 s learned, bearing at 70-85 s, imbalance at 105-120 s, normal between.
 SHORT = dict(seconds=150.0, learning_s=50.0, fault_s=15.0, gap_s=20.0, tail_s=20.0)

@@ -15,11 +15,11 @@ from enroll_support import (
     write_clips,
 )
 
-from edge_monitor.bank_store import BankStore, EnrolmentBusyError, StoreLock
-from edge_monitor.enroll import AUDIT_NAME, EnrolmentManager
-from edge_monitor.errors import BadInputError, EdgeMonitorError
-from edge_monitor.quality_gate import QualityRejectedError
-from edge_monitor.scoring import SOURCE, TARGET, TARGET_SYN
+from edge_monitor.core.errors import BadInputError, EdgeMonitorError
+from edge_monitor.core.scoring import SOURCE, TARGET, TARGET_SYN
+from edge_monitor.enrolment.bank_store import BankStore, EnrolmentBusyError, StoreLock
+from edge_monitor.enrolment.manager import AUDIT_NAME, EnrolmentManager
+from edge_monitor.enrolment.quality_gate import QualityRejectedError
 
 
 class Box:
@@ -117,7 +117,7 @@ def test_ensemble_enrolment_updates_every_model(tmp_path, new_clips):
 
 
 def test_rejected_recording_changes_nothing(tmp_path, detector):
-    from edge_monitor.synth import write_audio
+    from edge_monitor.demo.synth import write_audio
 
     silent = [write_audio(tmp_path / f"s{i}.flac", np.zeros(RATE, np.float32), RATE)
               for i in range(6)]
@@ -157,7 +157,7 @@ def test_live_session_collects_commits_and_refuses_a_second(tmp_path, detector, 
     # The tap gets the machine's audio as captured, at the source's rate, in odd chunks.
     audio = machine_audio(NEW_SPEC, 5.0)
     source_rate = 48000
-    from edge_monitor.audio_io import resample
+    from edge_monitor.core.audio_io import resample
 
     captured = resample(audio, RATE, source_rate)
     frame = 0

@@ -19,12 +19,12 @@ from pathlib import Path
 import pytest
 from enroll_support import GATE, NEW_SPEC, looping_replay, make_detector, write_clips
 
-from edge_monitor.bank import load_bank
-from edge_monitor.bank_store import BankStore, StoreLock
-from edge_monitor.config import load_config
-from edge_monitor.control import daemon_running, request, socket_path
+from edge_monitor.config.loader import load_config
+from edge_monitor.core.bank import load_bank
 from edge_monitor.daemon import plan_machines
-from edge_monitor.enroll import EnrolmentManager
+from edge_monitor.enrolment.bank_store import BankStore, StoreLock
+from edge_monitor.enrolment.control import daemon_running, request, socket_path
+from edge_monitor.enrolment.manager import EnrolmentManager
 
 HERE = Path(__file__).resolve().parent
 WAIT_S = 60.0
@@ -36,9 +36,9 @@ import os, signal, sys
 sys.path.insert(0, {here!r})
 from enroll_support import GATE, NEW_SPEC, make_detector, write_clips
 from pathlib import Path
-from edge_monitor import bank_store
-from edge_monitor.bank_store import BankStore
-from edge_monitor.enroll import EnrolmentManager
+from edge_monitor.enrolment import bank_store
+from edge_monitor.enrolment.bank_store import BankStore
+from edge_monitor.enrolment.manager import EnrolmentManager
 
 state, mode = Path(sys.argv[1]), sys.argv[2]
 if mode == "pause":

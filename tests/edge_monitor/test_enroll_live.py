@@ -14,7 +14,7 @@ import pytest
 from daemon_support import DaemonThread, small_config, status_of, write_config, write_flac
 from enroll_support import GATE, NEW_SPEC, RATE, machine_audio, prelearn
 
-from edge_monitor.control import daemon_running, socket_path
+from edge_monitor.enrolment.control import daemon_running, socket_path
 
 pytestmark = pytest.mark.slow
 

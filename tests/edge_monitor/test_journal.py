@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 import sqlite3
 
-from edge_monitor.journal import KIND_EVENT, KIND_STATE, Journal
-from edge_monitor.topics import Message
+from edge_monitor.mqtt.journal import KIND_EVENT, KIND_STATE, Journal
+from edge_monitor.mqtt.topics import Message
 
 
 def event(n: int) -> Message:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edge_monitor.errors import BankError
-from edge_monitor.learning import (
+from edge_monitor.core.errors import BankError
+from edge_monitor.core.preprocess import PreprocessConfig
+from edge_monitor.demo.synth import FaultSegment, MachineSpec, synthesize
+from edge_monitor.pipeline.learning import (
     BankLearner,
     builtin_detector,
     builtin_embedder,
@@ -14,8 +16,6 @@ from edge_monitor.learning import (
     load_learned,
     machine_dir,
 )
-from edge_monitor.preprocess import PreprocessConfig
-from edge_monitor.synth import FaultSegment, MachineSpec, synthesize
 
 RATE = 16000
 WINDOW_S = 1.0

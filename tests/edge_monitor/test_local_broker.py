@@ -4,8 +4,8 @@ import socket
 
 import pytest
 
-from edge_monitor.errors import EdgeMonitorError
-from edge_monitor.local_broker import LOOPBACK, LocalMosquitto, free_port
+from edge_monitor.core.errors import EdgeMonitorError
+from edge_monitor.demo.local_broker import LOOPBACK, LocalMosquitto, free_port
 
 
 def test_starts_on_its_port_and_stops(tmp_path):

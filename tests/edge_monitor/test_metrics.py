@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from edge_monitor.metrics import (
+from edge_monitor.core.metrics import (
     SectionMetrics,
     auc,
     harmonic_mean,

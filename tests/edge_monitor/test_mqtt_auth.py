@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from edge_monitor.mqtt_client import MqttClient, MqttSettings
-from edge_monitor.topics import AlarmEvent, new_id, utc_now
+from edge_monitor.mqtt.client import MqttClient, MqttSettings
+from edge_monitor.mqtt.topics import AlarmEvent, new_id, utc_now
 
 WAIT_S = 15.0
 DEVICE = "test-box"  # the password broker's device user, named after the device (see the ACL)

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from edge_monitor.mqtt_client import MqttClient, MqttSettings
-from edge_monitor.topics import AlarmEvent, MachineState, ScoreSample, new_id, utc_now
+from edge_monitor.mqtt.client import MqttClient, MqttSettings
+from edge_monitor.mqtt.topics import AlarmEvent, MachineState, ScoreSample, new_id, utc_now
 
 WAIT_S = 15.0
 DEVICE = "box1"
@@ -161,8 +161,8 @@ CHILD = """
 import sys, time
 from pathlib import Path
 from datetime import timedelta
-from edge_monitor.mqtt_client import MqttClient, MqttSettings
-from edge_monitor.topics import AlarmEvent, MachineState, utc_now
+from edge_monitor.mqtt.client import MqttClient, MqttSettings
+from edge_monitor.mqtt.topics import AlarmEvent, MachineState, utc_now
 
 port, journal, count = int(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
 client = MqttClient(MqttSettings(device_id="box1", journal_path=journal, host="127.0.0.1",

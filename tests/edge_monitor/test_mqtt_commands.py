@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from edge_monitor.commands import MAX_PAYLOAD_BYTES
-from edge_monitor.mqtt_client import MqttClient, MqttSettings
+from edge_monitor.mqtt.client import MqttClient, MqttSettings
+from edge_monitor.mqtt.commands import MAX_PAYLOAD_BYTES
 
 WAIT_S = 15.0
 ROOT = "edge-monitor/box1"

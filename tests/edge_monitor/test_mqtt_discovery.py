@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from edge_monitor.mqtt_client import MqttClient, MqttSettings
-from edge_monitor.topics import MachineState, utc_now
+from edge_monitor.mqtt.client import MqttClient, MqttSettings
+from edge_monitor.mqtt.topics import MachineState, utc_now
 
 CONFIG_TOPICS = {
     f"homeassistant/{component}/box1/{machine}_{suffix}/config"

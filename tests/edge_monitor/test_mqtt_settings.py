@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from edge_monitor.errors import ConfigError
-from edge_monitor.mqtt_client import MqttSettings
+from edge_monitor.core.errors import ConfigError
+from edge_monitor.mqtt.client import MqttSettings
 
 
 def make(tmp_path, **overrides) -> MqttSettings:

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from edge_monitor.embedders.base import l2_normalise
-from edge_monitor.neighbours import NeighbourIndex, choose_backend
+from edge_monitor.core.embedders.base import l2_normalise
+from edge_monitor.core.neighbours import NeighbourIndex, choose_backend
 
 
 @pytest.fixture

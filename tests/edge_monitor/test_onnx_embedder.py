@@ -10,9 +10,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from edge_monitor.embedders.fit_length import fixed_length_windows
-from edge_monitor.embedders.onnx_model import OnnxEmbedder, resolve_providers
-from edge_monitor.errors import BundleError, ConfigError
+from edge_monitor.core.embedders.fit_length import fixed_length_windows
+from edge_monitor.core.embedders.onnx_model import OnnxEmbedder, resolve_providers
+from edge_monitor.core.errors import BundleError, ConfigError
 
 FRAME = 160
 DIM = 6

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from enroll_support import OLD_SPEC, RATE, machine_audio, windows
 
-from edge_monitor.preprocess import preprocess
-from edge_monitor.quality_gate import (
+from edge_monitor.core.preprocess import preprocess
+from edge_monitor.enrolment.quality_gate import (
     QualityGate,
     QualityGateConfig,
     QualityRejectedError,

@@ -11,11 +11,11 @@ import pytest
 import soundfile as sf
 import soxr
 
-from edge_monitor import replay
-from edge_monitor.capture import AudioSource, Chunk
-from edge_monitor.errors import AudioFileError, ConfigError
-from edge_monitor.replay import ReplaySource
-from edge_monitor.windowing import Windower
+from edge_monitor.audio_in import replay
+from edge_monitor.audio_in.capture import AudioSource, Chunk
+from edge_monitor.audio_in.replay import ReplaySource
+from edge_monitor.core.errors import AudioFileError, ConfigError
+from edge_monitor.pipeline.windowing import Windower
 
 RATE_HZ = 8000
 

@@ -3,16 +3,16 @@
 import numpy as np
 import pytest
 
-from edge_monitor.embedders.base import l2_normalise
-from edge_monitor.errors import BankError, ConfigError
-from edge_monitor.scoring import (
+from edge_monitor.core.embedders.base import l2_normalise
+from edge_monitor.core.errors import BankError, ConfigError
+from edge_monitor.core.scoring import (
     TARGET_SYN,
     BankScorer,
     build_bank,
     local_densities,
     threshold_for_false_alarm_rate,
 )
-from edge_monitor.scoring_config import VARIANTS, ScoringConfig, variant
+from edge_monitor.core.scoring_config import VARIANTS, ScoringConfig, variant
 
 DIM = 16
 

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from edge_monitor.service import Notifier, watchdog_interval_s
+from edge_monitor.pipeline.service import Notifier, watchdog_interval_s
 
 
 @pytest.fixture
@@ -82,7 +82,7 @@ def test_without_notify_socket_everything_is_a_quiet_no_op(monkeypatch, caplog) 
     monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
     monkeypatch.delenv("WATCHDOG_USEC", raising=False)
     notifier = Notifier()
-    with caplog.at_level(logging.DEBUG, logger="edge_monitor.service"):
+    with caplog.at_level(logging.DEBUG, logger="edge_monitor.pipeline.service"):
         results = [
             notifier.ready(),
             notifier.watchdog(),
@@ -98,7 +98,7 @@ def test_without_notify_socket_everything_is_a_quiet_no_op(monkeypatch, caplog) 
 
 def test_send_failure_warns_once_and_never_raises(tmp_path, caplog) -> None:
     notifier = Notifier({"NOTIFY_SOCKET": str(tmp_path / "nobody-listens.sock")})
-    with caplog.at_level(logging.WARNING, logger="edge_monitor.service"):
+    with caplog.at_level(logging.WARNING, logger="edge_monitor.pipeline.service"):
         assert notifier.ready() is False
         assert notifier.watchdog() is False
         assert notifier.status("still going") is False
@@ -109,7 +109,7 @@ def test_send_failure_warns_once_and_never_raises(tmp_path, caplog) -> None:
 
 
 def test_relative_notify_socket_is_refused_with_a_warning(caplog) -> None:
-    with caplog.at_level(logging.WARNING, logger="edge_monitor.service"):
+    with caplog.at_level(logging.WARNING, logger="edge_monitor.pipeline.service"):
         notifier = Notifier({"NOTIFY_SOCKET": "relative/notify.sock"})
     assert not notifier.enabled
     assert "relative/notify.sock" in caplog.text
@@ -133,7 +133,7 @@ def test_watchdog_interval_is_half_the_period() -> None:
     ],
 )
 def test_bad_watchdog_variables_are_ignored_with_a_warning(environ, caplog) -> None:
-    with caplog.at_level(logging.WARNING, logger="edge_monitor.service"):
+    with caplog.at_level(logging.WARNING, logger="edge_monitor.pipeline.service"):
         assert watchdog_interval_s(environ) is None
     assert "WATCHDOG" in caplog.text
 

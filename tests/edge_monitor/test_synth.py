@@ -10,10 +10,10 @@ import pytest
 import soundfile as sf
 from scipy import signal
 
-from edge_monitor.embedders.logmel_stats import LogMelStatsEmbedder
-from edge_monitor.errors import BadInputError
-from edge_monitor.preprocess import preprocess
-from edge_monitor.synth import (
+from edge_monitor.core.embedders.logmel_stats import LogMelStatsEmbedder
+from edge_monitor.core.errors import BadInputError
+from edge_monitor.core.preprocess import preprocess
+from edge_monitor.demo.synth import (
     FAULT_KINDS,
     PEAK_LIMIT,
     FaultSegment,

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_monitor.embedders.fit_length import fixed_length_windows
-from edge_monitor.errors import BundleError
+from edge_monitor.core.embedders.fit_length import fixed_length_windows
+from edge_monitor.core.errors import BundleError
 
 MODEL = Path(__file__).parent / "data" / "frames_1600.tflite"
 FRAME, DIM, SAMPLES = 160, 6, 1600
@@ -32,7 +32,7 @@ def _raw(window: np.ndarray) -> np.ndarray:
 
 
 def test_tflite_embedder_matches_the_reference_at_any_length() -> None:
-    from edge_monitor.embedders.tflite_model import TfliteEmbedder
+    from edge_monitor.core.embedders.tflite_model import TfliteEmbedder
 
     embedder = TfliteEmbedder(MODEL, "frames", 16000, 0.1, DIM, threads=1)
     assert embedder.input_samples == SAMPLES and len(embedder.identity) == 64
@@ -43,7 +43,7 @@ def test_tflite_embedder_matches_the_reference_at_any_length() -> None:
 
 
 def test_tflite_embedder_refuses_bad_files_and_dims(tmp_path: Path) -> None:
-    from edge_monitor.embedders.tflite_model import TfliteEmbedder
+    from edge_monitor.core.embedders.tflite_model import TfliteEmbedder
 
     with pytest.raises(BundleError, match="outputs 6-dimensional"):
         TfliteEmbedder(MODEL, "frames", 16000, 0.1, DIM + 1)

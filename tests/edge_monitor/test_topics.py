@@ -7,8 +7,8 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from edge_monitor.errors import ConfigError
-from edge_monitor.topics import (
+from edge_monitor.core.errors import ConfigError
+from edge_monitor.mqtt.topics import (
     AlarmEvent,
     CommandReply,
     MachineState,

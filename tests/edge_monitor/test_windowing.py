@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edge_monitor.errors import ConfigError
-from edge_monitor.windowing import Windower
+from edge_monitor.core.errors import ConfigError
+from edge_monitor.pipeline.windowing import Windower
 
 RATE_HZ = 1000
 

@@ -9,7 +9,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from edge_monitor.melspec import log_mel
+from edge_monitor.core.melspec import log_mel
 from trainer.backbones import build_backbone
 from trainer.frontend import (
     BEATS_FBANK_MEAN,

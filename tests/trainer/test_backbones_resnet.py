@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from edge_monitor.errors import ConfigError
+from edge_monitor.core.errors import ConfigError
 from trainer.backbones import build_backbone
 from trainer.backbones.resnet import ResNetBackbone, save_resnet
 from trainer.errors import CheckpointError

@@ -10,8 +10,8 @@ import pytest
 import torch
 from finetune_fixtures import REPO, make_tree, tone
 
-from edge_monitor.embedders.base import Embedder
-from edge_monitor.errors import ConfigError
+from edge_monitor.core.embedders.base import Embedder
+from edge_monitor.core.errors import ConfigError
 from trainer.checkpoint_embedder import load_checkpoint_embedder
 from trainer.cli import main
 from trainer.embedder_factory import make_embedder

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from edge_monitor.errors import DatasetError
+from edge_monitor.core.errors import DatasetError
 from trainer.dcase_data import Clip, parse_clip_name, read_attributes_csv, read_dataset
 
 RATE_HZ = 16000

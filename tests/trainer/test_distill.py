@@ -9,7 +9,7 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from edge_monitor.preprocess import PreprocessConfig
+from edge_monitor.core.preprocess import PreprocessConfig
 from trainer.cli import main as trainer_main
 from trainer.distill import (
     DistillSettings,

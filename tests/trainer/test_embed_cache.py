@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from edge_monitor.audio_io import read_audio
-from edge_monitor.embedders.logmel_stats import LogMelStatsEmbedder
-from edge_monitor.preprocess import PreprocessConfig, preprocess
+from edge_monitor.core.audio_io import read_audio
+from edge_monitor.core.embedders.logmel_stats import LogMelStatsEmbedder
+from edge_monitor.core.preprocess import PreprocessConfig, preprocess
 from trainer.embed_cache import CROP_CENTER, EmbeddingCache, EmbedOptions, cache_key
 
 RATE_HZ = 16000

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from edge_monitor.errors import ConfigError, DatasetError
-from edge_monitor.scoring_config import VARIANTS
+from edge_monitor.core.errors import ConfigError, DatasetError
+from edge_monitor.core.scoring_config import VARIANTS
 from trainer.cli import main
 from trainer.dcase_data import Clip
 from trainer.embed_cache import CROP_CENTER, crop_audio

@@ -13,8 +13,8 @@ import soundfile as sf
 import torch
 
 from edge_monitor.cli import main as monitor_main
-from edge_monitor.embedders.logmel_stats import LogMelStatsEmbedder
-from edge_monitor.embedders.onnx_model import OnnxEmbedder
+from edge_monitor.core.embedders.logmel_stats import LogMelStatsEmbedder
+from edge_monitor.core.embedders.onnx_model import OnnxEmbedder
 from trainer.cli import main as trainer_main
 from trainer.export import LogMelStatsModule, export_onnx
 from trainer.quantize import front_end_nodes, quantize_onnx
@@ -96,7 +96,7 @@ def test_onnx_int8_stays_close_and_keeps_front_end_float(tiny, tmp_path: Path, m
                     reason="litert-torch (the optional tflite-export extra) is not installed")
 @pytest.mark.parametrize("int8", [False, True])
 def test_tflite_matches_torch(tiny, tmp_path: Path, int8: bool) -> None:
-    from edge_monitor.embedders.tflite_model import TfliteEmbedder
+    from edge_monitor.core.embedders.tflite_model import TfliteEmbedder
     from trainer.export import export_tflite
 
     embedder, _ = tiny

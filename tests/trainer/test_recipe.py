@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from edge_monitor.errors import ConfigError
+from edge_monitor.core.errors import ConfigError
 from trainer.recipe import STRATEGIES, load_recipe, parse_recipe
 
 CONF = Path(__file__).resolve().parents[2] / "conf" / "train"

@@ -13,7 +13,7 @@ import pytest
 import torch
 from finetune_fixtures import REPO, make_tree, tiny_recipe
 
-from edge_monitor.local_broker import free_port
+from edge_monitor.demo.local_broker import free_port
 from trainer.cli import main
 from trainer.strategies import StrategyContext, build_strategy
 from trainer.train_loop import METRICS_FILE, STATE_FILE, Trainer

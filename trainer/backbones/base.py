@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ConfigDict, ValidationError
 from torch import Tensor, nn
 
-from edge_monitor.errors import BadInputError, ConfigError
+from edge_monitor.core.errors import BadInputError, ConfigError
 
 SAMPLE_RATE_HZ = 16000
 

@@ -6,7 +6,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from edge_monitor.errors import ConfigError
+from edge_monitor.core.errors import ConfigError
 from trainer.backbones import beats, eat, hubert, resnet
 from trainer.backbones.base import Backbone
 

@@ -18,11 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_monitor.atomic import atomic_write_text
-from edge_monitor.detector import ScoreNorm
-from edge_monitor.embedders.base import Embedder
-from edge_monitor.errors import ConfigError
-from edge_monitor.scoring_config import VARIANTS, ScoringConfig, variant
+from edge_monitor.core.atomic import atomic_write_text
+from edge_monitor.core.detector import ScoreNorm
+from edge_monitor.core.embedders.base import Embedder
+from edge_monitor.core.errors import ConfigError
+from edge_monitor.core.scoring_config import VARIANTS, ScoringConfig, variant
 from trainer.acp import AcpSettings, Labelled, run_acp
 from trainer.dcase_data import Clip, read_dataset
 from trainer.embed_cache import EmbeddingCache, EmbedOptions

@@ -16,9 +16,9 @@ import json
 import logging
 from pathlib import Path
 
-from edge_monitor.bundle import BUILTIN_EMBEDDERS
-from edge_monitor.errors import ConfigError
-from edge_monitor.scoring_config import VARIANTS, variant
+from edge_monitor.core.bundle import BUILTIN_EMBEDDERS
+from edge_monitor.core.errors import ConfigError
+from edge_monitor.core.scoring_config import VARIANTS, variant
 from trainer.bundle_builder import ModelEntry, build_bundle, write_tar
 from trainer.dcase_data import read_dataset
 from trainer.model_spec import export_entry

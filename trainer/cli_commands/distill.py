@@ -17,10 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_monitor.atomic import atomic_write_text
-from edge_monitor.audio_io import SUPPORTED_SUFFIXES
-from edge_monitor.errors import ConfigError
-from edge_monitor.scoring_config import ScoringConfig
+from edge_monitor.core.atomic import atomic_write_text
+from edge_monitor.core.audio_io import SUPPORTED_SUFFIXES
+from edge_monitor.core.errors import ConfigError
+from edge_monitor.core.scoring_config import ScoringConfig
 from trainer.cli_commands.bundle import read_weights
 from trainer.dcase_data import Clip, read_dataset
 from trainer.distill import (

@@ -16,10 +16,10 @@ import logging
 import os
 from pathlib import Path
 
-from edge_monitor.atomic import atomic_write_text
-from edge_monitor.errors import ConfigError
-from edge_monitor.preprocess import PreprocessConfig
-from edge_monitor.scoring_config import VARIANTS, ScoringConfig, variant
+from edge_monitor.core.atomic import atomic_write_text
+from edge_monitor.core.errors import ConfigError
+from edge_monitor.core.preprocess import PreprocessConfig
+from edge_monitor.core.scoring_config import VARIANTS, ScoringConfig, variant
 from trainer.dcase_data import read_dataset
 from trainer.embed_cache import CROP_FULL, CROP_POLICIES, EmbeddingCache, EmbedOptions, cache_key
 from trainer.embedder_factory import BUILTIN, DEFAULT_EMBEDDER, make_embedder

@@ -18,13 +18,13 @@ from typing import Any
 
 import numpy as np
 
-from edge_monitor.atomic import atomic_write_text
-from edge_monitor.audio_io import read_audio
-from edge_monitor.bank import sha256_file
-from edge_monitor.embedders.base import Embedder
-from edge_monitor.embedders.onnx_model import OnnxEmbedder
-from edge_monitor.errors import ConfigError
-from edge_monitor.preprocess import PreprocessConfig, preprocess
+from edge_monitor.core.atomic import atomic_write_text
+from edge_monitor.core.audio_io import read_audio
+from edge_monitor.core.bank import sha256_file
+from edge_monitor.core.embedders.base import Embedder
+from edge_monitor.core.embedders.onnx_model import OnnxEmbedder
+from edge_monitor.core.errors import ConfigError
+from edge_monitor.core.preprocess import PreprocessConfig, preprocess
 from trainer.dcase_data import Clip, read_dataset
 from trainer.embed_cache import EmbedOptions
 from trainer.embedder_factory import make_embedder
@@ -155,6 +155,6 @@ def run(args: argparse.Namespace) -> int:
 def _runtime_embedder(path: Path, runtime: str, name: str, model: TorchEmbedder) -> Embedder:
     if runtime == "onnx":
         return OnnxEmbedder(path, name, model.sample_rate_hz, model.window_s, model.dim)
-    from edge_monitor.embedders.tflite_model import TfliteEmbedder
+    from edge_monitor.core.embedders.tflite_model import TfliteEmbedder
 
     return TfliteEmbedder(path, name, model.sample_rate_hz, model.window_s, model.dim)

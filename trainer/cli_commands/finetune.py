@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 import yaml
 
-from edge_monitor.atomic import atomic_write_text
-from edge_monitor.errors import ConfigError
+from edge_monitor.core.atomic import atomic_write_text
+from edge_monitor.core.errors import ConfigError
 from trainer.checkpoint_embedder import save_embedding_model
 from trainer.recipe import Recipe, load_recipe
 from trainer.strategies import StrategyContext, build_strategy

@@ -18,7 +18,7 @@ import torch
 from sklearn.cluster import KMeans
 from torch import Tensor
 
-from edge_monitor.errors import DatasetError
+from edge_monitor.core.errors import DatasetError
 from trainer.dcase_data import Clip
 from trainer.labels import has_attributes
 from trainer.strategies.base import EmbeddingModel, Strategy, StrategyContext

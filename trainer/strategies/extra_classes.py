@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_monitor.errors import DatasetError
+from edge_monitor.core.errors import DatasetError
 from trainer.dcase_data import AUDIO_SUFFIXES, Clip
 from trainer.labels import ClassMap, class_name, targets_from_names
 from trainer.strategies.base import Strategy, StrategyContext

@@ -1,1 +1,0 @@
-"""Subcommands of `edge-monitor`, one module each (NAME, HELP, configure, run)."""

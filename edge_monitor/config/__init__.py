@@ -1,0 +1,1 @@
+"""The daemon's configuration: section models (sections) and the YAML loader (loader)."""

@@ -1,0 +1,244 @@
+"""Load the daemon's YAML configuration, every problem reported at once.
+
+`load_config` turns every problem into one line naming the file, the line, the dotted key,
+the value and the fix, and raises ConfigError (exit code 2); there is no "safe mode".
+Relative paths are resolved against the config file's directory, never the working
+directory.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+from pydantic.fields import FieldInfo
+
+from edge_monitor.config.sections import CREDENTIALS_ENV, Config
+from edge_monitor.core.errors import ConfigError
+
+_MAX_PASSES = 4
+_PATH_KEYS = (
+    ("state_dir",),
+    ("model", "bundle"),
+    ("alarm_audio", "dir"),
+    ("mqtt", "tls_ca_file"),
+    ("mqtt", "tls_cert_file"),
+    ("mqtt", "tls_key_file"),
+)
+_MUST_EXIST = (
+    ("model", "bundle"),
+    ("mqtt", "tls_ca_file"),
+    ("mqtt", "tls_cert_file"),
+    ("mqtt", "tls_key_file"),
+    ("mqtt", "password_file"),
+)
+
+
+def _line_of(node: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
+    """1-based line of the deepest YAML node on `loc` (the parent's when the key is absent)."""
+    if node is None:
+        return None
+    line = node.start_mark.line + 1
+    for part in loc:
+        child = None
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                if key.value == str(part):
+                    child = value
+                    break
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and (
+            0 <= part < len(node.value)
+        ):
+            child = node.value[part]
+        if child is None:
+            break
+        node = child
+        line = node.start_mark.line + 1
+    return line
+
+
+def _dig(data: Any, loc: tuple[Any, ...]) -> tuple[bool, Any]:
+    for part in loc:
+        in_dict = isinstance(data, dict) and part in data
+        in_list = isinstance(data, list) and isinstance(part, int) and 0 <= part < len(data)
+        if in_dict or in_list:
+            data = data[part]
+        else:
+            return False, None
+    return True, data
+
+
+def _section_model(annotation: Any) -> type[BaseModel] | None:
+    """The section model a field holds (also inside `list[...]` or `X | None`), else None."""
+    candidates = [annotation, *(getattr(annotation, "__args__", None) or ())]
+    return next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)),
+                None)
+
+
+def _field_at(loc: tuple[Any, ...]) -> FieldInfo | None:
+    """The field an error location names (list indices skipped); None when there is none."""
+    model: type[BaseModel] | None = Config
+    info = None
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        if model is None or part not in model.model_fields:
+            return None
+        info = model.model_fields[part]
+        model = _section_model(info.annotation)
+    return info
+
+
+def _field_description(loc: tuple[Any, ...]) -> str | None:
+    info = _field_at(loc)
+    return (info.description or None) if info else None
+
+
+def _where(source: str, root: yaml.Node | None, loc: tuple[Any, ...]) -> str:
+    line = _line_of(root, loc)
+    return f"{source}:{line}" if line else source
+
+
+def _format_error(source: str, root: yaml.Node | None, data: Any, error: dict[str, Any]) -> str:
+    loc = tuple(p for p in error["loc"] if not (isinstance(p, str) and "[" in p))
+    key = ".".join(str(p) for p in loc) or "(top level)"
+    where = _where(source, root, loc)
+    message = error["msg"].removeprefix("Value error, ")
+    kind = error["type"]
+    found, value = _dig(data, loc)
+    if kind == "extra_forbidden":
+        parent = loc[:-1]
+        model_fields = _valid_keys(parent)
+        hint = f"unknown key; valid keys here are {', '.join(model_fields)}" if model_fields \
+            else "unknown key; remove it"
+        return f"{where}: {key}: {hint}"
+    shown = f" = {value!r}" if found and not isinstance(value, dict | list) else ""
+    description = _field_description(loc)
+    fix = f" (expected: {description})" if description and kind != "value_error" else ""
+    return f"{where}: {key}{shown}: {message}{fix}"
+
+
+def _valid_keys(loc: tuple[Any, ...]) -> list[str]:
+    if all(isinstance(p, int) for p in loc):
+        model: type[BaseModel] | None = Config
+    else:
+        info = _field_at(loc)
+        model = _section_model(info.annotation) if info else None
+    return sorted(model.model_fields) if model else []
+
+
+def _resolve_paths(data: dict[str, Any], base: Path) -> None:
+    """Make relative paths absolute against the config file's directory, in place."""
+    for loc in _PATH_KEYS:
+        found, value = _dig(data, loc)
+        if found and isinstance(value, str) and value and not Path(value).is_absolute():
+            _dig(data, loc[:-1])[1][loc[-1]] = str(base / value)
+    found, replay = _dig(data, ("source", "replay", "paths"))
+    if found and isinstance(replay, list):
+        for i, value in enumerate(replay):
+            if isinstance(value, str) and not Path(value).is_absolute():
+                replay[i] = str(base / value)
+    found, secret = _dig(data, ("mqtt", "password_file"))
+    if found and isinstance(secret, str) and secret and not Path(secret).is_absolute():
+        creds = os.environ.get(CREDENTIALS_ENV)
+        data["mqtt"]["password_file"] = str(Path(creds) / secret if creds else base / secret)
+
+
+def _missing_files(config: Config, root: yaml.Node | None, source: str) -> list[str]:
+    problems = []
+    for loc in _MUST_EXIST:
+        _, value = _dig(config.model_dump(), loc)
+        if value is not None and not Path(value).exists():
+            problems.append(
+                f"{_where(source, root, loc)}: {'.'.join(loc)} = {str(value)!r}: no such file "
+                "or directory; fix the path (relative paths start at the config file's directory)"
+            )
+    for i, path in enumerate(config.source.replay.paths if config.source.kind == "replay" else []):
+        if not path.exists():
+            where = _where(source, root, ("source", "replay", "paths", i))
+            problems.append(
+                f"{where}: source.replay.paths.{i} = {str(path)!r}: no such file or directory; "
+                "fix the path"
+            )
+    return problems
+
+
+def _drop(data: Any, loc: tuple[Any, ...]) -> bool:
+    found, parent = _dig(data, loc[:-1])
+    if found and isinstance(parent, dict) and loc and loc[-1] in parent:
+        del parent[loc[-1]]
+        return True
+    return False
+
+
+def _validation_problems(data: dict[str, Any], source: str, root: yaml.Node | None) -> list[str]:
+    """Every problem, not just the first layer: pydantic skips a section's cross-field rules
+    while one of its fields is invalid, so bad keys are dropped and the rest validated again.
+    """
+    lines: list[str] = []
+    scratch = copy.deepcopy(data)
+    for _ in range(_MAX_PASSES):
+        try:
+            Config.model_validate(scratch)
+        except ValidationError as exc:
+            errors = exc.errors()
+            dropped = False
+            for error in errors:
+                line = _format_error(source, root, scratch, error)
+                if line not in lines:
+                    lines.append(line)
+                loc = tuple(p for p in error["loc"] if not (isinstance(p, str) and "[" in p))
+                dropped = _drop(scratch, loc) or dropped
+            if not dropped:
+                break
+        else:
+            break
+    return lines
+
+
+def parse_config(text: str, source: str = "<config>", base: Path | None = None) -> Config:
+    """Validate YAML text; raise ConfigError listing every problem, one line each."""
+    try:
+        root = yaml.compose(text)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{source}:{mark.line + 1}" if mark is not None else source
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{where}: not valid YAML ({problem}); fix the syntax") from exc
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping of sections (key: value)")
+    _resolve_paths(data, base or Path.cwd())
+    lines = _validation_problems(data, source, root)
+    if lines:
+        raise ConfigError(_join(lines))
+    config = Config.model_validate(data)
+    problems = _missing_files(config, root, source)
+    if problems:
+        raise ConfigError(_join(problems))
+    return config
+
+
+def _join(lines: list[str]) -> str:
+    if len(lines) == 1:
+        return f"invalid configuration: {lines[0]}"
+    return f"invalid configuration ({len(lines)} problems):\n" + "\n".join(lines)
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate a config file; every problem is reported in one ConfigError."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found; pass an existing file with -c") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read the config file ({exc})") from exc
+    return parse_config(text, str(path), path.resolve().parent)
+

@@ -1,0 +1,456 @@
+"""The daemon's configuration: one typed model per section.
+
+Each section forbids unknown keys and gives every field a default, a description and bounds,
+so a typo is an error rather than a setting that silently does nothing. Rules that span
+fields (k <= n, a machine's channel inside the source's channel count, ...) are validators.
+The MQTT password is a secret: it is read from a file (a systemd credential when
+`CREDENTIALS_DIRECTORY` is set and the path is relative) or from an environment variable,
+never written in the YAML. Loading and error reporting live in edge_monitor.config.loader.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from edge_monitor.core.errors import ConfigError
+from edge_monitor.core.preprocess import PreprocessConfig
+from edge_monitor.core.scoring_config import VARIANTS
+from edge_monitor.enrolment.bank_store import DEFAULT_KEEP
+from edge_monitor.enrolment.manager import PENDING_TIMEOUT_S
+from edge_monitor.enrolment.quality_gate import QualityGateConfig
+from edge_monitor.mqtt.client import MqttSettings
+from edge_monitor.mqtt.topics import check_prefix
+
+CREDENTIALS_ENV = "CREDENTIALS_DIRECTORY"
+DEFAULT_STATE_DIR = Path("/var/lib/edge-monitor")
+PROVIDERS = ("CPU", "CUDA", "TensorRT")
+SEGMENT_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+
+
+class Section(BaseModel):
+    """Base of every section: unknown keys are errors; values are immutable once loaded."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ReplayConfig(Section):
+    paths: list[Path] = Field(
+        default_factory=list,
+        description="WAV/FLAC files or directories (played in name order) for the replay source",
+    )
+    realtime: bool = Field(
+        default=True, description="pace playback at the audio's own speed; false = as fast as "
+        "processing allows (tests, back-testing)"
+    )
+    loop: bool = Field(default=False, description="start again from the first file at the end")
+    contiguous: bool = Field(
+        default=False,
+        description="treat the files as one recording (windows may span two files); false = "
+        "each file is a separate recording",
+    )
+
+
+class SourceConfig(Section):
+    kind: Literal["sounddevice", "replay"] = Field(
+        default="sounddevice", description="where audio comes from: a live input or file replay"
+    )
+    device: str | int | None = Field(
+        default=None,
+        description="input device by index or (part of) its name; null = the system default",
+    )
+    channels: int = Field(default=1, ge=1, le=32, description="input channels to open")
+    sample_rate_hz: int | None = Field(
+        default=None, ge=8000, le=192000,
+        description="device rate; null = the model's rate (audio is resampled when they differ)",
+    )
+    block_s: float = Field(
+        default=0.1, ge=0.005, le=1.0, description="audio callback block length in seconds"
+    )
+    buffer_s: float = Field(
+        default=5.0, ge=0.5, le=120.0,
+        description="capture queue length in seconds; audio beyond it is dropped and counted",
+    )
+    reopen_s: float = Field(
+        default=2.0, ge=0.1, le=300.0,
+        description="seconds between attempts to reopen a lost input device",
+    )
+    replay: ReplayConfig = Field(default_factory=ReplayConfig, description="replay settings")
+
+    @model_validator(mode="after")
+    def _replay_needs_paths(self) -> SourceConfig:
+        if self.kind == "replay" and not self.replay.paths:
+            raise ValueError(
+                "source.kind is 'replay' but source.replay.paths is empty: list audio files "
+                "or directories to play"
+            )
+        return self
+
+
+class MachineConfig(Section):
+    name: str = Field(
+        description="machine name, one MQTT topic level: letters, digits, '_' or '-'",
+        pattern=SEGMENT_PATTERN,
+    )
+    channel: int = Field(default=0, ge=0, le=31, description="input channel (0-based)")
+    bundle_machine: str | None = Field(
+        default=None,
+        description="the machine's key in the bundle's manifest; null = the same as name",
+    )
+
+
+class ModelConfig(Section):
+    bundle: Path | None = Field(
+        default=None,
+        description="model bundle directory or .tar; null = the built-in logmel-stats model "
+        "that learns its bank from the first minutes of audio",
+    )
+    providers: list[Literal["CPU", "CUDA", "TensorRT"]] = Field(
+        default_factory=lambda: ["CPU"],
+        min_length=1,
+        description="onnxruntime execution providers in order of preference; unavailable "
+        "ones fall back to CPU with a warning",
+    )
+    sample_rate_hz: int = Field(
+        default=16000, ge=8000, le=48000,
+        description="sample rate of the built-in model (a bundle brings its own)",
+    )
+
+    @field_validator("providers")
+    @classmethod
+    def _unique_providers(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError(f"providers {value} lists a provider twice; list each once")
+        return value
+
+
+class WindowsConfig(Section):
+    window_s: float | None = Field(
+        default=None, ge=0.5, le=60.0,
+        description="analysis window; null = the model's (10 s for the built-in model)",
+    )
+    hop_s: float = Field(default=1.0, ge=0.05, le=60.0, description="seconds between windows")
+
+    @model_validator(mode="after")
+    def _hop_within_window(self) -> WindowsConfig:
+        if self.window_s is not None and self.hop_s > self.window_s:
+            raise ValueError(
+                f"windows.hop_s ({self.hop_s}) is longer than windows.window_s "
+                f"({self.window_s}): audio between windows would never be heard; "
+                "make hop_s <= window_s"
+            )
+        return self
+
+
+class PreprocessSection(Section):
+    normalise_loudness: bool = Field(
+        default=True, description="BS.1770 loudness normalisation of every window"
+    )
+    target_lufs: float = Field(default=-23.0, ge=-70.0, le=0.0, description="loudness target")
+    loudness_floor_lufs: float = Field(
+        default=-60.0, ge=-120.0, le=-10.0,
+        description="windows quieter than this are not lifted further",
+    )
+    remove_dc: bool = Field(default=True, description="subtract each window's mean")
+    silence_dbfs: float = Field(
+        default=-70.0, ge=-140.0, le=-10.0, description="RMS below this counts as silence"
+    )
+    clip_level: float = Field(
+        default=0.999, gt=0.5, le=1.0, description="|sample| at or above this counts as clipped"
+    )
+    clip_fraction: float = Field(
+        default=0.001, gt=0.0, le=1.0,
+        description="a window is clipped when this fraction of its samples is clipped",
+    )
+
+    def to_preprocess_config(self) -> PreprocessConfig:
+        return PreprocessConfig(**self.model_dump())
+
+
+class LearningConfig(Section):
+    seconds: float = Field(
+        default=300.0, ge=1.0, le=86400.0,
+        description="built-in model only: seconds of audio learned as normal at first start",
+    )
+    scoring: str = Field(
+        default="knn", description=f"scoring variant of the learned bank: one of {sorted(VARIANTS)}"
+    )
+
+    @field_validator("scoring")
+    @classmethod
+    def _known_variant(cls, value: str) -> str:
+        if value not in VARIANTS:
+            raise ValueError(f"unknown scoring variant {value!r}: use one of {sorted(VARIANTS)}")
+        return value
+
+
+class DecisionSection(Section):
+    false_alarm_rate: float = Field(
+        default=0.01, gt=0.0, lt=0.5,
+        description="per-window false-alarm rate that sets the threshold from the bank's "
+        "leave-one-out scores",
+    )
+    threshold_scale: float = Field(
+        default=1.0, ge=0.1, le=10.0,
+        description="multiplies the detector's threshold: above 1 fewer false alarms, below 1 "
+        "more sensitive",
+    )
+    smoothing: int = Field(
+        default=1, ge=1, le=60,
+        description="median over this many consecutive window scores; 1 = no smoothing",
+    )
+    k: int = Field(default=3, ge=1, le=100, description="windows above threshold, of n, to alarm")
+    n: int = Field(default=5, ge=1, le=100, description="the last n windows k-of-n looks at")
+    hysteresis_ratio: float = Field(
+        default=0.9, gt=0.0, le=1.0,
+        description="an alarm ends when fewer than k of n windows exceed threshold * ratio",
+    )
+    cooldown_s: float = Field(
+        default=60.0, ge=0.0, le=86400.0,
+        description="no new alarm for this long after one ends",
+    )
+    update_interval_s: float = Field(
+        default=10.0, ge=0.0, le=3600.0,
+        description="at most one `update` event per alarm in this time, sent when the peak rises",
+    )
+
+    @model_validator(mode="after")
+    def _k_within_n(self) -> DecisionSection:
+        if self.k > self.n:
+            raise ValueError(
+                f"decision.k ({self.k}) is larger than decision.n ({self.n}): an alarm could "
+                "never start; make k <= n"
+            )
+        return self
+
+
+class FaultsConfig(Section):
+    silence_s: float = Field(
+        default=30.0, ge=0.5, le=86400.0,
+        description="input silent this long -> state fault (microphone dead or unplugged)",
+    )
+    clipping_windows: int = Field(
+        default=3, ge=1, le=1000,
+        description="this many consecutive clipped windows -> state fault (gain too high); "
+        "0 is not allowed: lower the gain instead",
+    )
+    no_audio_s: float = Field(
+        default=5.0, ge=0.5, le=600.0,
+        description="no audio from the source this long -> state fault (device lost)",
+    )
+    disk_check_s: float = Field(
+        default=30.0, ge=0.1, le=3600.0,
+        description="seconds between write checks of the state directory while it is failing",
+    )
+
+
+class AlarmAudioConfig(Section):
+    enabled: bool = Field(default=True, description="save the audio of every alarm as FLAC")
+    dir: Path | None = Field(default=None, description="clip directory; null = <state_dir>/clips")
+    max_clips: int = Field(default=500, ge=1, le=1_000_000, description="keep at most this many")
+    max_mb: float = Field(default=500.0, gt=0.0, le=1_000_000.0, description="total size cap")
+    max_age_days: float = Field(default=90.0, gt=0.0, le=3650.0, description="delete older clips")
+
+
+class MqttSection(Section):
+    enabled: bool = Field(default=True, description="publish to an MQTT broker")
+    host: str = Field(default="localhost", min_length=1, description="broker host name or address")
+    port: int = Field(default=1883, ge=1, le=65535, description="broker TCP port")
+    prefix: str = Field(default="edge-monitor", description="first topic level(s)")
+    client_id: str = Field(default="", description="MQTT client id; empty = edge-monitor-<id>")
+    keepalive_s: int = Field(default=30, ge=5, le=3600, description="MQTT keep-alive seconds")
+    username: str | None = Field(default=None, description="broker user name")
+    password_file: Path | None = Field(
+        default=None,
+        description="file whose first line is the password; a relative path is looked up in "
+        "$CREDENTIALS_DIRECTORY (systemd LoadCredential=) when set",
+    )
+    password_env: str | None = Field(
+        default=None, description="environment variable holding the password"
+    )
+    tls: bool = Field(default=False, description="connect with TLS")
+    tls_ca_file: Path | None = Field(default=None, description="CA bundle; null = system CAs")
+    tls_cert_file: Path | None = Field(default=None, description="client certificate (PEM)")
+    tls_key_file: Path | None = Field(default=None, description="client key (PEM)")
+    tls_insecure: bool = Field(default=False, description="skip the host-name check (tests only)")
+    journal_max_events: int = Field(
+        default=10_000, ge=1, le=10_000_000, description="events kept while the broker is away"
+    )
+    max_inflight: int = Field(
+        default=20, ge=1, le=1000, description="unacknowledged QoS 1 messages"
+    )
+    reconnect_min_delay_s: float = Field(
+        default=1.0, gt=0.0, le=3600.0,
+        description="first reconnect delay, doubled after each failure",
+    )
+    reconnect_max_delay_s: float = Field(
+        default=60.0, gt=0.0, le=3600.0, description="longest reconnect delay"
+    )
+    commands_enabled: bool = Field(default=True, description="accept commands under cmd/")
+    commands_allowed: list[str] = Field(
+        default_factory=list, description="accepted command names; empty = all"
+    )
+    ha_discovery: bool = Field(default=True, description="publish Home Assistant discovery")
+    ha_prefix: str = Field(default="homeassistant", description="Home Assistant discovery prefix")
+    device_name: str = Field(default="", description="name shown in Home Assistant")
+    score_telemetry: bool = Field(default=True, description="publish every window's score")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> MqttSection:
+        try:
+            check_prefix(self.prefix)
+            check_prefix(self.ha_prefix, "mqtt.ha_prefix")
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+        if self.password_file is not None and self.password_env is not None:
+            raise ValueError("set only one of mqtt.password_file and mqtt.password_env")
+        if (self.password_file or self.password_env) and not self.username:
+            raise ValueError("a password is set but mqtt.username is not: set the user name")
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("mqtt.tls_cert_file and mqtt.tls_key_file go together: set both")
+        if not self.tls and (self.tls_ca_file or self.tls_cert_file):
+            raise ValueError("TLS files are set but mqtt.tls is false: set tls: true")
+        if self.reconnect_min_delay_s > self.reconnect_max_delay_s:
+            raise ValueError("mqtt.reconnect_min_delay_s is above reconnect_max_delay_s")
+        if self.password_env is not None and self.password_env not in os.environ:
+            raise ValueError(
+                f"environment variable {self.password_env} (mqtt.password_env) is not set: "
+                "export it or use password_file"
+            )
+        return self
+
+
+class EnrolmentSection(Section):
+    min_seconds: float = Field(
+        default=QualityGateConfig.min_seconds, ge=1.0, le=3600.0,
+        description="usable audio an enrolment must offer after the quality gate drops bad "
+        "windows; less is rejected",
+    )
+    min_windows: int = Field(
+        default=QualityGateConfig.min_windows, ge=2, le=10000,
+        description="usable windows an enrolment must offer (the threshold needs "
+        "leave-one-out statistics)",
+    )
+    keep_versions: int = Field(
+        default=DEFAULT_KEEP, ge=2, le=1000,
+        description="bank versions kept per model (the current and previous always stay)",
+    )
+    session_expiry_s: float = Field(
+        default=PENDING_TIMEOUT_S, ge=10.0, le=7 * 86400.0,
+        description="an enrolment left uncommitted this long after its recording ended is "
+        "discarded when another one starts",
+    )
+
+    def gate(self) -> QualityGateConfig:
+        return QualityGateConfig(min_seconds=self.min_seconds, min_windows=self.min_windows)
+
+
+class LoggingConfig(Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="INFO", description="log level (logs go to stderr for journald)"
+    )
+    stats_interval_s: float = Field(
+        default=300.0, ge=1.0, le=86400.0,
+        description="seconds between summary log lines (windows, drops, lateness)",
+    )
+
+
+class Config(Section):
+    device_id: Annotated[str, Field(pattern=SEGMENT_PATTERN)] = Field(
+        default="edge-box", description="this box's name, one MQTT topic level"
+    )
+    state_dir: Path = Field(
+        default=DEFAULT_STATE_DIR,
+        description="learned banks, the MQTT journal and clips live here",
+    )
+    source: SourceConfig = Field(default_factory=SourceConfig, description="audio input")
+    machines: list[MachineConfig] = Field(
+        default_factory=lambda: [MachineConfig(name="machine")],
+        min_length=1, max_length=32, description="machines monitored, one per input channel",
+    )
+    model: ModelConfig = Field(default_factory=ModelConfig, description="model and runtime")
+    windows: WindowsConfig = Field(default_factory=WindowsConfig, description="windowing")
+    preprocess: PreprocessSection = Field(
+        default_factory=PreprocessSection, description="window conditioning"
+    )
+    learning: LearningConfig = Field(
+        default_factory=LearningConfig, description="built-in model learning"
+    )
+    decision: DecisionSection = Field(
+        default_factory=DecisionSection, description="alarm state machine"
+    )
+    faults: FaultsConfig = Field(
+        default_factory=FaultsConfig, description="when the state becomes fault"
+    )
+    alarm_audio: AlarmAudioConfig = Field(
+        default_factory=AlarmAudioConfig, description="alarm clips and their retention"
+    )
+    enrolment: EnrolmentSection = Field(
+        default_factory=EnrolmentSection, description="re-enrolment on site"
+    )
+    mqtt: MqttSection = Field(
+        default_factory=MqttSection, description="MQTT broker connection and topics"
+    )
+    logging: LoggingConfig = Field(default_factory=LoggingConfig, description="logging")
+
+    @model_validator(mode="after")
+    def _machines_fit_source(self) -> Config:
+        names = [m.name for m in self.machines]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"machines: names {dupes} are used twice; give each a unique name")
+        for i, m in enumerate(self.machines):
+            if m.channel >= self.source.channels:
+                raise ValueError(
+                    f"machines.{i}.channel = {m.channel} but source.channels = "
+                    f"{self.source.channels}: channels are 0-based, raise source.channels or "
+                    "pick a lower channel"
+                )
+            if m.bundle_machine is not None and self.model.bundle is None:
+                raise ValueError(
+                    f"machines.{i}.bundle_machine is set but model.bundle is null: "
+                    "configure a bundle or remove bundle_machine"
+                )
+        return self
+
+    # Derived settings ---------------------------------------------------------------
+
+    @property
+    def clip_dir(self) -> Path:
+        return self.alarm_audio.dir or self.state_dir / "clips"
+
+    @property
+    def journal_path(self) -> Path:
+        return self.state_dir / "mqtt-journal.sqlite"
+
+    def mqtt_settings(self) -> MqttSettings:
+        m = self.mqtt
+        return MqttSettings(
+            device_id=self.device_id,
+            journal_path=self.journal_path,
+            host=m.host,
+            port=m.port,
+            prefix=m.prefix,
+            client_id=m.client_id,
+            keepalive_s=m.keepalive_s,
+            username=m.username,
+            password_file=m.password_file,
+            password_env=m.password_env,
+            tls=m.tls,
+            tls_ca_file=m.tls_ca_file,
+            tls_cert_file=m.tls_cert_file,
+            tls_key_file=m.tls_key_file,
+            tls_insecure=m.tls_insecure,
+            journal_max_events=m.journal_max_events,
+            max_inflight=m.max_inflight,
+            reconnect_min_delay_s=m.reconnect_min_delay_s,
+            reconnect_max_delay_s=m.reconnect_max_delay_s,
+            commands_enabled=m.commands_enabled,
+            commands_allowed=tuple(m.commands_allowed),
+            ha_discovery=m.ha_discovery,
+            ha_prefix=m.ha_prefix,
+            device_name=m.device_name,
+        )

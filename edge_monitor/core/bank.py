@@ -1,0 +1,245 @@
+"""Memory banks on disk: a usearch index of normal embeddings plus a `.npz` of metadata.
+
+Layout of a bank directory:
+
+    bank.json      format version, bank version, dim, count, scoring config, sha256 of files
+    index.usearch  the embeddings (key i = row i), cosine metric
+    meta.npz       domains, clip ids, parents, densities, leave-one-out scores (no pickles)
+
+Every file is written atomically and checksummed; loading verifies format, checksums, counts
+and dimensions and names the file and the fix when anything is off.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from usearch.index import Index
+
+from edge_monitor.core.atomic import atomic_path, atomic_write_text, fsync_dir
+from edge_monitor.core.errors import BankError, ConfigError
+from edge_monitor.core.neighbours import build_usearch_index
+from edge_monitor.core.scoring_config import ScoringConfig
+
+log = logging.getLogger(__name__)
+
+BANK_FORMAT_VERSION = 1
+MANIFEST_NAME = "bank.json"
+INDEX_NAME = "index.usearch"
+META_NAME = "meta.npz"
+META_ARRAYS = (
+    "domains", "clip_ids", "parents", "densities", "loo_scores", "loo_rows", "recordings", "start_s"
+)
+
+
+@dataclass
+class Bank:
+    """Normal embeddings of one machine with everything scoring needs, precomputed."""
+
+    embeddings: np.ndarray  # (N, D) float32, unit rows
+    domains: np.ndarray  # (N,) str: source | target | target-syn
+    clip_ids: np.ndarray  # (N,) str
+    parents: np.ndarray  # (N,) int64: row a target-syn entry was drawn from, else -1
+    densities: np.ndarray  # (N,) float32: rho, mean distance to k_rho nearest other entries
+    loo_scores: np.ndarray  # leave-one-out scores of sampled original entries
+    loo_rows: np.ndarray  # rows those scores belong to
+    config: ScoringConfig
+    recordings: np.ndarray = field(default_factory=lambda: np.zeros(0, str))  # (N,) "" = clip
+    start_s: np.ndarray = field(default_factory=lambda: np.zeros(0))  # (N,) window start times
+    overlap_s: float = 0.0  # windows of one recording closer than this overlap
+    group_medians: dict[str, float] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)  # embedder, machine, lineage, ...
+    version: str = ""
+    # The HNSW graph restored from index.usearch (key i = row i); saves rebuilding it.
+    index: Index | None = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        n = len(self.embeddings)
+        if self.recordings.size == 0:
+            self.recordings = np.full(n, "", dtype=str)
+        if self.start_s.size == 0:
+            self.start_s = np.zeros(n)
+
+    @property
+    def dim(self) -> int:
+        return int(self.embeddings.shape[1])
+
+    def __len__(self) -> int:
+        return int(self.embeddings.shape[0])
+
+    def content_version(self) -> str:
+        """A short hash of the bank's content: equal banks get equal versions."""
+        digest = hashlib.sha256()
+        digest.update(np.ascontiguousarray(self.embeddings).tobytes())
+        digest.update("\n".join(map(str, self.domains)).encode())
+        digest.update("\n".join(map(str, self.clip_ids)).encode())
+        digest.update(json.dumps(self.config.to_dict(), sort_keys=True).encode())
+        return digest.hexdigest()[:16]
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def save_bank(bank: Bank, directory: str | Path) -> Path:
+    """Write `bank` into a new directory atomically (built aside, renamed into place)."""
+    final = Path(directory)
+    if final.exists():
+        raise BankError(f"{final}: already exists; banks are immutable, write a new version")
+    final.parent.mkdir(parents=True, exist_ok=True)
+    bank.version = bank.version or bank.content_version()
+    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    try:
+        index = build_usearch_index(bank.embeddings)
+        with atomic_path(staging / INDEX_NAME) as tmp:
+            index.save(str(tmp))
+        with atomic_path(staging / META_NAME) as tmp, open(tmp, "wb") as handle:
+            np.savez(
+                handle,
+                domains=bank.domains.astype(str),
+                clip_ids=bank.clip_ids.astype(str),
+                parents=bank.parents.astype(np.int64),
+                densities=bank.densities.astype(np.float32),
+                loo_scores=bank.loo_scores.astype(np.float32),
+                loo_rows=bank.loo_rows.astype(np.int64),
+                recordings=bank.recordings.astype(str),
+                start_s=bank.start_s.astype(np.float64),
+            )
+        manifest = {
+            "format_version": BANK_FORMAT_VERSION,
+            "version": bank.version,
+            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "dim": bank.dim,
+            "count": len(bank),
+            "scoring": bank.config.to_dict(),
+            "group_medians": bank.group_medians,
+            "overlap_s": bank.overlap_s,
+            "info": bank.info,
+            "files": {
+                INDEX_NAME: sha256_file(staging / INDEX_NAME),
+                META_NAME: sha256_file(staging / META_NAME),
+            },
+        }
+        atomic_write_text(staging / MANIFEST_NAME, json.dumps(manifest, indent=2) + "\n")
+        staging.rename(final)
+        fsync_dir(final.parent)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    return final
+
+
+def _read_manifest(directory: Path) -> dict[str, Any]:
+    path = directory / MANIFEST_NAME
+    if not path.is_file():
+        raise BankError(f"{path}: missing; {directory} is not a bank directory")
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BankError(f"{path}: unreadable or not JSON ({exc}); rebuild the bank") from exc
+    if not isinstance(manifest, dict):
+        raise BankError(f"{path}: expected a JSON object; rebuild the bank")
+    fmt = manifest.get("format_version")
+    if fmt != BANK_FORMAT_VERSION:
+        raise BankError(
+            f"{path}: format_version {fmt!r} is not supported (this runtime reads "
+            f"{BANK_FORMAT_VERSION}); rebuild the bank with a matching trainer"
+        )
+    for key in ("version", "dim", "count", "scoring", "files"):
+        if key not in manifest:
+            raise BankError(f"{path}: key {key!r} is missing; rebuild the bank")
+    return manifest
+
+
+def _verify_checksums(directory: Path, manifest: dict[str, Any]) -> None:
+    for name in (INDEX_NAME, META_NAME):
+        path = directory / name
+        expected = manifest["files"].get(name)
+        if not path.is_file():
+            raise BankError(f"{path}: missing from the bank; copy the whole bank directory again")
+        actual = sha256_file(path)
+        if actual != expected:
+            raise BankError(
+                f"{path}: checksum mismatch (expected {str(expected)[:12]}..., found "
+                f"{actual[:12]}...): the file is corrupt or was modified; copy the bank again"
+            )
+
+
+def _read_meta(path: Path, count: int) -> dict[str, np.ndarray]:
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {name: data[name] for name in META_ARRAYS}
+    except KeyError as exc:
+        raise BankError(f"{path}: array {exc} is missing; rebuild the bank") from exc
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+        raise BankError(f"{path}: unreadable ({exc}); copy the bank again") from exc
+    for name in ("domains", "clip_ids", "parents", "densities", "recordings", "start_s"):
+        if arrays[name].shape != (count,):
+            raise BankError(
+                f"{path}: {name} has shape {arrays[name].shape}, expected ({count},); "
+                "rebuild the bank"
+            )
+    return arrays
+
+
+def load_bank(directory: str | Path, expected_dim: int | None = None) -> Bank:
+    """Load and verify a bank; any inconsistency raises BankError naming the file."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise BankError(f"{directory}: bank directory not found; check the path")
+    manifest = _read_manifest(directory)
+    _verify_checksums(directory, manifest)
+    dim, count = int(manifest["dim"]), int(manifest["count"])
+    if expected_dim is not None and dim != expected_dim:
+        raise BankError(
+            f"{directory / MANIFEST_NAME}: bank dimension {dim} does not match the model's "
+            f"embedding dimension {expected_dim}; build the bank with the same model"
+        )
+    index_path = directory / INDEX_NAME
+    try:
+        index = Index.restore(str(index_path))
+    except (ValueError, RuntimeError, OSError) as exc:
+        raise BankError(f"{index_path}: cannot open usearch index ({exc})") from exc
+    if index is None or index.ndim != dim or len(index) != count:
+        got = "nothing" if index is None else f"{len(index)} x {index.ndim}"
+        raise BankError(
+            f"{index_path}: holds {got}, manifest says {count} x {dim}; rebuild the bank"
+        )
+    embeddings = np.vstack(index.get(np.arange(count, dtype=np.int64))).astype(np.float32)
+    arrays = _read_meta(directory / META_NAME, count)
+    try:
+        where = f"{directory / MANIFEST_NAME} scoring"
+        config = ScoringConfig.from_dict(manifest["scoring"], where=where)
+    except ConfigError as exc:
+        raise BankError(str(exc)) from exc
+    return Bank(
+        embeddings=embeddings,
+        domains=arrays["domains"],
+        clip_ids=arrays["clip_ids"],
+        parents=arrays["parents"],
+        densities=arrays["densities"],
+        loo_scores=arrays["loo_scores"],
+        loo_rows=arrays["loo_rows"],
+        config=config,
+        recordings=arrays["recordings"],
+        start_s=arrays["start_s"],
+        overlap_s=float(manifest.get("overlap_s", 0.0)),
+        group_medians={k: float(v) for k, v in manifest.get("group_medians", {}).items()},
+        info=dict(manifest.get("info", {})),
+        version=str(manifest["version"]),
+        index=index,
+    )

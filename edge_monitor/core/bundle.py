@@ -1,0 +1,421 @@
+"""Bundles: the one contract between trainer and daemon (DESIGN, "The bundle").
+
+A bundle is a directory, or a .tar of one, holding `manifest.yaml`, exported models and one
+bank per model for every machine:
+
+    manifest.yaml
+    models/<model>.onnx | .tflite          (none for runtime `builtin`)
+    banks/<machine>/<model>/               (edge_monitor.core.bank layout)
+
+The manifest (schema below, unknown keys are errors) names the format version, who created
+it, each model's file, sha256, runtime (onnx | tflite | builtin), input rate and window,
+embedding dim, precision, ensemble weight and score normalisation, the preprocessing every
+window gets, and per machine (and DCASE section) its banks and decision settings.
+
+Loading verifies everything before a detector is built: format and runtime versions, every
+checksum (models and each bank's `bank.json`, which in turn checksums its own files), dims of
+banks against models and of models against what they output. A failure names the file and
+the reason; nothing half-loaded is ever used.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import shutil
+import tarfile
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path, PurePosixPath
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from edge_monitor import __version__
+from edge_monitor.core.bank import MANIFEST_NAME as BANK_MANIFEST_NAME
+from edge_monitor.core.bank import Bank, load_bank, sha256_file
+from edge_monitor.core.detector import Detector, Member, ScoreNorm
+from edge_monitor.core.embedders.base import Embedder
+from edge_monitor.core.embedders.logmel_stats import NAME as LOGMEL_STATS
+from edge_monitor.core.embedders.logmel_stats import LogMelStatsEmbedder
+from edge_monitor.core.errors import BankError, BundleError, ConfigError
+from edge_monitor.core.preprocess import PreprocessConfig
+
+log = logging.getLogger(__name__)
+
+BUNDLE_FORMAT_VERSION = 1
+MANIFEST_NAME = "manifest.yaml"
+MODELS_DIR = "models"
+BANKS_DIR = "banks"
+BUILTIN_EMBEDDERS = {LOGMEL_STATS: LogMelStatsEmbedder}
+
+Runtime = Literal["onnx", "tflite", "builtin"]
+Precision = Literal["fp32", "fp16", "int8", "int8-weights"]
+ScoreNormMode = Literal["bank-loo", "none"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelSpec(_Strict):
+    """One embedding model of the ensemble."""
+
+    runtime: Runtime
+    file: str | None = Field(None, description="path inside the bundle; none for builtin")
+    sha256: str | None = Field(None, min_length=64, max_length=64)
+    builtin: str | None = Field(None, description="builtin embedder name (runtime builtin)")
+    params: dict[str, int] = Field(default_factory=dict, description="builtin embedder settings")
+    sample_rate_hz: int = Field(gt=0)
+    window_s: float = Field(gt=0)
+    dim: int = Field(gt=0)
+    precision: Precision = "fp32"
+    weight: float = Field(1.0, ge=0, description="ensemble weight (ACP)")
+    score_norm: ScoreNormMode = Field(
+        "bank-loo", description="standardise this model's score by its bank's LOO statistics"
+    )
+
+    @model_validator(mode="after")
+    def _file_or_builtin(self) -> ModelSpec:
+        if self.runtime == "builtin":
+            if self.builtin not in BUILTIN_EMBEDDERS:
+                raise ValueError(
+                    f"runtime builtin needs builtin: one of {sorted(BUILTIN_EMBEDDERS)}"
+                )
+        elif not self.file or not self.sha256:
+            raise ValueError(f"runtime {self.runtime} needs both file and sha256")
+        return self
+
+
+class BankRef(_Strict):
+    """Where one model's bank of a machine lives, and the sha256 of its bank.json."""
+
+    path: str
+    sha256: str = Field(min_length=64, max_length=64)
+
+
+class MachineSpec(_Strict):
+    """One monitored machine: its banks (one per model) and decision settings."""
+
+    machine_type: str | None = None
+    section: str | None = None
+    banks: dict[str, BankRef] = Field(min_length=1)
+    false_alarm_rate: float = Field(0.01, gt=0, lt=1)
+    threshold: float | None = Field(None, description="fixed threshold; default from LOO scores")
+
+
+class Manifest(_Strict):
+    """The bundle's manifest.yaml."""
+
+    format_version: int
+    version: str = Field(min_length=1, description="content version, reported as model_version")
+    min_runtime_version: str = "0.0.0"
+    created_by: dict[str, str] = Field(default_factory=dict)
+    created_at: str | None = None
+    preprocess: dict[str, Any] = Field(default_factory=dict)
+    models: dict[str, ModelSpec] = Field(min_length=1)
+    machines: dict[str, MachineSpec] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _every_machine_has_every_model(self) -> Manifest:
+        for machine, spec in self.machines.items():
+            if set(spec.banks) != set(self.models):
+                raise ValueError(
+                    f"machines.{machine}.banks names models {sorted(spec.banks)}, but the "
+                    f"bundle's models are {sorted(self.models)}; give one bank per model"
+                )
+        return self
+
+
+def version_tuple(text: str) -> tuple[int, ...]:
+    """'0.1.0' -> (0, 1, 0); a suffix after the numbers ('0.2.0rc1') is ignored."""
+    parts = []
+    for piece in text.split("."):
+        digits = "".join(ch for ch in piece if ch.isdigit()) if piece else ""
+        if not digits or not piece.startswith(digits):
+            break
+        parts.append(int(digits))
+    return tuple(parts)
+
+
+def preprocess_config(values: Mapping[str, Any], where: str) -> PreprocessConfig:
+    """PreprocessConfig from the manifest; unknown keys are errors."""
+    known = {f.name for f in dataclasses.fields(PreprocessConfig)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise BundleError(f"{where}: unknown preprocess key(s) {unknown}; valid: {sorted(known)}")
+    return PreprocessConfig(**values)
+
+
+def _inside(root: Path, relative: str, what: str, manifest_path: Path) -> Path:
+    """Resolve a manifest path, refusing anything that leaves the bundle."""
+    pure = PurePosixPath(relative)
+    if pure.is_absolute() or ".." in pure.parts:
+        raise BundleError(
+            f"{manifest_path}: {what} path {relative!r} leaves the bundle; paths must be "
+            "relative and inside it"
+        )
+    return root / pure
+
+
+def _safe_members(archive: Path, tar: tarfile.TarFile) -> list[tarfile.TarInfo]:
+    members = tar.getmembers()
+    for member in members:
+        pure = PurePosixPath(member.name)
+        if pure.is_absolute() or ".." in pure.parts:
+            raise BundleError(
+                f"{archive}: member {member.name!r} would be written outside the bundle "
+                "(absolute path or '..'); refusing the archive"
+            )
+        if not (member.isfile() or member.isdir()):
+            raise BundleError(
+                f"{archive}: member {member.name!r} is a link or special file; a bundle holds "
+                "only regular files and directories"
+            )
+    return members
+
+
+def extract_bundle(archive: Path, into: Path | None = None) -> Path:
+    """Extract a bundle .tar and return its root.
+
+    Under `into` the target is named by the archive's checksum, so reloading the same archive
+    reuses one directory instead of piling up copies; it is extracted aside and renamed into
+    place. Without `into` a fresh temporary directory is used (the caller removes it).
+    """
+    if into is None:
+        target = Path(tempfile.mkdtemp(prefix="bundle-"))
+        _extract(archive, target)
+    else:
+        into = Path(into)
+        into.mkdir(parents=True, exist_ok=True)
+        target = into / f"bundle-{sha256_file(archive)[:16]}"
+        if target.exists():
+            shutil.rmtree(target)
+        staging = Path(tempfile.mkdtemp(prefix=".bundle-", dir=into))
+        try:
+            _extract(archive, staging)
+            staging.rename(target)
+        finally:
+            if staging.exists():
+                shutil.rmtree(staging, ignore_errors=True)
+    if (target / MANIFEST_NAME).is_file():
+        return target
+    children = [p for p in target.iterdir() if p.is_dir()]
+    if len(children) == 1 and (children[0] / MANIFEST_NAME).is_file():
+        return children[0]
+    raise BundleError(f"{archive}: no {MANIFEST_NAME} at the top of the archive")
+
+
+def _extract(archive: Path, target: Path) -> None:
+    try:
+        with tarfile.open(archive) as tar:
+            members = _safe_members(archive, tar)
+            tar.extractall(target, members=members, filter="data")
+    except (tarfile.TarError, OSError) as exc:
+        raise BundleError(f"{archive}: not a readable tar archive ({exc}); copy it again") from exc
+
+
+def read_manifest(root: Path) -> Manifest:
+    """Parse and validate manifest.yaml; version problems are reported before schema ones."""
+    path = root / MANIFEST_NAME
+    if not path.is_file():
+        raise BundleError(f"{path}: missing; {root} is not a bundle")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise BundleError(f"{path}: unreadable or not YAML ({exc}); rebuild the bundle") from exc
+    if not isinstance(raw, dict):
+        raise BundleError(f"{path}: expected a mapping at the top; rebuild the bundle")
+    fmt = raw.get("format_version")
+    if fmt != BUNDLE_FORMAT_VERSION:
+        raise BundleError(
+            f"{path}: format_version {fmt!r} is not supported (this runtime reads "
+            f"{BUNDLE_FORMAT_VERSION}); rebuild the bundle with a matching trainer or update "
+            "edge-monitor"
+        )
+    needed = str(raw.get("min_runtime_version", "0.0.0"))
+    if version_tuple(needed) > version_tuple(__version__):
+        raise BundleError(
+            f"{path}: min_runtime_version {needed} is newer than this edge-monitor "
+            f"({__version__}); update edge-monitor"
+        )
+    try:
+        return Manifest.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise BundleError(f"{path}: invalid manifest: {problems}; rebuild the bundle") from exc
+
+
+def _verify_model(root: Path, name: str, spec: ModelSpec, manifest_path: Path) -> Path | None:
+    if spec.runtime == "builtin":
+        return None
+    path = _inside(root, str(spec.file), f"models.{name}.file", manifest_path)
+    if not path.is_file():
+        raise BundleError(f"{path}: model {name!r} file is missing; copy the whole bundle again")
+    actual = sha256_file(path)
+    if actual != spec.sha256:
+        raise BundleError(
+            f"{path}: checksum mismatch for model {name!r} (manifest {str(spec.sha256)[:12]}..., "
+            f"file {actual[:12]}...): the file is corrupt or was modified; copy the bundle again"
+        )
+    return path
+
+
+def _load_machine_bank(
+    root: Path, machine: str, model: str, ref: BankRef, spec: ModelSpec, manifest_path: Path
+) -> Bank:
+    directory = _inside(root, ref.path, f"machines.{machine}.banks.{model}.path", manifest_path)
+    bank_json = directory / BANK_MANIFEST_NAME
+    if not bank_json.is_file():
+        raise BundleError(
+            f"{bank_json}: bank of model {model!r} for machine {machine!r} is missing; "
+            "copy the whole bundle again"
+        )
+    actual = sha256_file(bank_json)
+    if actual != ref.sha256:
+        raise BundleError(
+            f"{bank_json}: checksum mismatch (manifest {ref.sha256[:12]}..., file "
+            f"{actual[:12]}...): the bank was modified; copy the bundle again"
+        )
+    try:
+        bank = load_bank(directory, expected_dim=spec.dim)
+    except BankError as exc:
+        raise BundleError(f"machine {machine!r}, model {model!r}: {exc}") from exc
+    embedder = bank.info.get("embedder")
+    if embedder is not None and embedder != model:
+        raise BundleError(
+            f"{bank_json}: bank was built with embedder {embedder!r}, but is listed for model "
+            f"{model!r}; rebuild the bundle"
+        )
+    return bank
+
+
+@dataclasses.dataclass
+class Bundle:
+    """A verified bundle: manifest, model files and loaded banks, ready to build detectors."""
+
+    root: Path
+    manifest: Manifest
+    model_paths: dict[str, Path | None]
+    banks: dict[str, dict[str, Bank]]  # machine -> model -> bank
+
+    @property
+    def version(self) -> str:
+        return self.manifest.version
+
+    @property
+    def preprocess(self) -> PreprocessConfig:
+        return preprocess_config(self.manifest.preprocess, str(self.root / MANIFEST_NAME))
+
+    def embedder(
+        self, name: str, providers: Sequence[str] = ("cpu",), threads: int | None = None
+    ) -> Embedder:
+        """The runtime embedder of model `name`; its output dim is checked against the manifest."""
+        spec = self.manifest.models[name]
+        path = self.model_paths[name]
+        embedder: Embedder
+        if spec.runtime == "builtin":
+            factory = BUILTIN_EMBEDDERS[str(spec.builtin)]
+            try:
+                embedder = factory(
+                    sample_rate_hz=spec.sample_rate_hz, window_s=spec.window_s, **spec.params
+                )
+            except TypeError as exc:
+                raise BundleError(
+                    f"{self.root / MANIFEST_NAME}: models.{name}.params {spec.params}: {exc}"
+                ) from exc
+            embedder.name = name
+        elif spec.runtime == "onnx":
+            from edge_monitor.core.embedders.onnx_model import OnnxEmbedder
+
+            embedder = OnnxEmbedder(
+                path, name, spec.sample_rate_hz, spec.window_s, spec.dim, providers, threads
+            )
+        else:
+            from edge_monitor.core.embedders.tflite_model import TfliteEmbedder
+
+            embedder = TfliteEmbedder(
+                path, name, spec.sample_rate_hz, spec.window_s, spec.dim, threads
+            )
+        if embedder.dim != spec.dim:
+            raise BundleError(
+                f"{self.root / MANIFEST_NAME}: models.{name}.dim is {spec.dim}, the model gives "
+                f"{embedder.dim}; rebuild the bundle"
+            )
+        return embedder
+
+    def detectors(
+        self, providers: Sequence[str] = ("cpu",), threads: int | None = None
+    ) -> dict[str, Detector]:
+        """One Detector per machine; each model's runtime session is shared by all machines."""
+        embedders = {name: self.embedder(name, providers, threads) for name in self.manifest.models}
+        preprocess = self.preprocess
+        out = {}
+        for machine, spec in self.manifest.machines.items():
+            members = []
+            for name, model in self.manifest.models.items():
+                bank = self.banks[machine][name]
+                norm = ScoreNorm()
+                if model.score_norm == "bank-loo" and len(self.manifest.models) > 1:
+                    norm = ScoreNorm.from_loo(bank.loo_scores)
+                members.append(Member(name, embedders[name], bank, model.weight, norm))
+            try:
+                out[machine] = Detector(
+                    machine,
+                    members,
+                    spec.false_alarm_rate,
+                    preprocess,
+                    model_version=self.version,
+                    threshold=spec.threshold,
+                )
+            except (ConfigError, BankError) as exc:
+                where = self.root / MANIFEST_NAME
+                raise BundleError(f"{where}: {exc}") from exc
+        return out
+
+
+def load_bundle(path: str | Path, extract_to: str | Path | None = None) -> Bundle:
+    """Open and verify a bundle directory or .tar; raises BundleError naming file and reason.
+
+    A .tar is extracted (regular files only, nothing outside the target) into a fresh
+    directory under `extract_to` (default: the system temp directory).
+    """
+    source = Path(path)
+    if source.is_file():
+        root = extract_bundle(source, Path(extract_to) if extract_to else None)
+    elif source.is_dir():
+        root = source
+    else:
+        raise BundleError(f"{source}: no such bundle directory or .tar; check the path")
+    manifest = read_manifest(root)
+    manifest_path = root / MANIFEST_NAME
+    preprocess_config(manifest.preprocess, str(manifest_path))
+    model_paths = {
+        name: _verify_model(root, name, spec, manifest_path)
+        for name, spec in manifest.models.items()
+    }
+    rates = {spec.sample_rate_hz for spec in manifest.models.values()}
+    windows = {spec.window_s for spec in manifest.models.values()}
+    if len(rates) > 1 or len(windows) > 1:
+        raise BundleError(
+            f"{manifest_path}: models disagree on sample_rate_hz {sorted(rates)} or window_s "
+            f"{sorted(windows)}; an ensemble needs one input format, export them alike"
+        )
+    banks = {
+        machine: {
+            model: _load_machine_bank(
+                root, machine, model, ref, manifest.models[model], manifest_path
+            )
+            for model, ref in spec.banks.items()
+        }
+        for machine, spec in manifest.machines.items()
+    }
+    log.info(
+        "bundle %s (version %s): %d model(s), %d machine(s)",
+        root, manifest.version, len(manifest.models), len(manifest.machines),
+    )
+    return Bundle(root, manifest, model_paths, banks)

@@ -1,0 +1,493 @@
+"""The daemon's MQTT connection: availability, state, alarm events, telemetry, commands.
+
+Callers never wait on the network: `publish_event` and `publish_state` only put the
+message on an in-memory queue. A worker thread writes it to the on-disk journal first and
+then hands it to paho, at most `max_inflight` at a time, in journal order; paho's PUBACK
+(`on_publish`) removes it from the journal. While the broker is away messages sit in the
+journal; on (re)connect — also after a daemon restart — the backlog goes out in order.
+paho itself resends what it had in flight when a connection drops, so the worker only
+hands each journal row to paho once per process.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import sqlite3
+import ssl
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import paho.mqtt.client as paho
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from edge_monitor.core.errors import ConfigError
+from edge_monitor.mqtt.commands import COMMAND_NAMES, CommandRouter
+from edge_monitor.mqtt.journal import KIND_EVENT, KIND_STATE, Journal
+from edge_monitor.mqtt.topics import (
+    DEFAULT_PREFIX,
+    HA_DEFAULT_PREFIX,
+    QOS_RELIABLE,
+    AlarmEvent,
+    CommandReply,
+    MachineState,
+    Message,
+    ScoreSample,
+    TopicTree,
+    check_segment,
+)
+
+log = logging.getLogger(__name__)
+
+MAX_QUEUED_MESSAGES = 10_000  # messages waiting for the journal (memory bound if the disk stalls)
+_STOP = object()
+_WAKE = object()
+
+
+@dataclass(frozen=True)
+class MqttSettings:
+    """Everything the MQTT layer needs; the daemon's config module builds it.
+
+    device_id: this box's name, one topic level ([A-Za-z0-9_-], up to 64 chars).
+    host, port: the broker. prefix: first topic level(s), default "edge-monitor".
+    client_id: MQTT client id; empty means "edge-monitor-<device_id>".
+    keepalive_s: MQTT keep-alive; the broker fires the Last Will after 1.5x this silence.
+    username: broker user; its password comes from password_file (first line, e.g. a
+        systemd credential) or from the environment variable named by password_env.
+    tls: connect with TLS; tls_ca_file (None: system CAs), tls_cert_file + tls_key_file
+        for client certificates, tls_insecure skips the host-name check (testing only).
+    journal_path: SQLite outbox; journal_max_events bounds it (oldest event dropped, logged).
+    max_inflight: unacknowledged QoS 1 messages handed to paho at once.
+    reconnect_min_delay_s, reconnect_max_delay_s: exponential reconnect back-off.
+    commands_enabled: accept commands under cmd/ at all; commands_allowed: the names
+        accepted (empty: all); command_queue_size: commands waiting for the worker.
+    ha_discovery: publish Home Assistant discovery configs under ha_prefix;
+        device_name: the device's name shown there (empty: device_id).
+    """
+
+    device_id: str
+    journal_path: Path
+    host: str = "localhost"
+    port: int = 1883
+    prefix: str = DEFAULT_PREFIX
+    client_id: str = ""
+    keepalive_s: int = 30
+    username: str | None = None
+    password_file: Path | None = None
+    password_env: str | None = None
+    tls: bool = False
+    tls_ca_file: Path | None = None
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    tls_insecure: bool = False
+    journal_max_events: int = 10_000
+    max_inflight: int = 20
+    reconnect_min_delay_s: float = 1.0
+    reconnect_max_delay_s: float = 60.0
+    commands_enabled: bool = True
+    commands_allowed: tuple[str, ...] = ()
+    command_queue_size: int = 8
+    ha_discovery: bool = True
+    ha_prefix: str = HA_DEFAULT_PREFIX
+    device_name: str = ""
+
+    def __post_init__(self) -> None:
+        TopicTree(self.device_id, self.prefix, self.ha_prefix)
+        if not self.host:
+            raise ConfigError("mqtt.host is empty: give the broker's host name or address")
+        if not 1 <= self.port <= 65535:
+            raise ConfigError(f"mqtt.port = {self.port} is not a TCP port: use 1 to 65535")
+        if not 5 <= self.keepalive_s <= 3600:
+            raise ConfigError(f"mqtt.keepalive_s = {self.keepalive_s}: use 5 to 3600 seconds")
+        if self.password_file is not None and self.password_env is not None:
+            raise ConfigError("set only one of mqtt.password_file and mqtt.password_env")
+        if (self.password_file or self.password_env) and not self.username:
+            raise ConfigError("mqtt password given without mqtt.username: set the user name")
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ConfigError("mqtt.tls_cert_file and mqtt.tls_key_file go together: set both")
+        for name in ("tls_ca_file", "tls_cert_file", "tls_key_file", "password_file"):
+            path = getattr(self, name)
+            if path is not None and not Path(path).is_file():
+                raise ConfigError(f"mqtt.{name} = {str(path)!r} does not exist: fix the path")
+        if not self.tls and (self.tls_ca_file or self.tls_cert_file):
+            raise ConfigError("mqtt TLS files are set but mqtt.tls is false: set tls: true")
+        if not 0 < self.reconnect_min_delay_s <= self.reconnect_max_delay_s:
+            raise ConfigError(
+                "mqtt reconnect delays must satisfy 0 < reconnect_min_delay_s <= "
+                f"reconnect_max_delay_s, got {self.reconnect_min_delay_s} and "
+                f"{self.reconnect_max_delay_s}"
+            )
+        unknown = sorted(set(self.commands_allowed) - set(COMMAND_NAMES))
+        if unknown:
+            raise ConfigError(
+                f"mqtt.commands_allowed names unknown command(s) {', '.join(unknown)}: "
+                f"use names from {', '.join(COMMAND_NAMES)}"
+            )
+        for name in ("journal_max_events", "max_inflight", "command_queue_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"mqtt.{name} = {getattr(self, name)} must be at least 1")
+
+    def password(self) -> str | None:
+        """Read the password now, so a rotated secret file is picked up on restart."""
+        if self.password_file is not None:
+            try:
+                lines = Path(self.password_file).read_text(encoding="utf-8").splitlines()
+            except OSError as exc:
+                raise ConfigError(
+                    f"cannot read mqtt.password_file {str(self.password_file)!r}: {exc}"
+                ) from exc
+            return lines[0] if lines else ""
+        if self.password_env is not None:
+            value = os.environ.get(self.password_env)
+            if value is None:
+                raise ConfigError(
+                    f"environment variable {self.password_env} (mqtt.password_env) is not set"
+                )
+            return value
+        return None
+
+
+@dataclass(frozen=True)
+class MqttStats:
+    connected: bool
+    backlog: int
+    in_flight: int
+    dropped_events: int
+    last_error: str | None
+
+
+@dataclass(frozen=True)
+class _Outgoing:
+    message: Message
+    kind: str
+    label: str
+
+
+@dataclass(frozen=True)
+class _Ack:
+    mid: int
+
+
+class MqttClient:
+    """One connection to the broker, owned by the daemon: `start()`, publish, `stop()`."""
+
+    def __init__(self, settings: MqttSettings, machines: Iterable[str] = ()) -> None:
+        self.settings = settings
+        self.topics = TopicTree(settings.device_id, settings.prefix, settings.ha_prefix)
+        self.commands = CommandRouter(
+            settings.commands_enabled, settings.commands_allowed, settings.command_queue_size
+        )
+        self._machines = tuple(check_segment(m, "machine") for m in machines)
+        self._inbox: queue.Queue[object] = queue.Queue()
+        self._queued = 0
+        self._queued_lock = threading.Lock()
+        self._overflow_drops = 0
+        self._connected = threading.Event()
+        self._inflight: dict[int, int] = {}
+        self._last_handed = 0
+        self._last_error: str | None = None
+        self._journal: Journal | None = None
+        self._paho: paho.Client | None = None
+        self._worker: threading.Thread | None = None
+        self._stopped = False
+        self._successor: MqttClient | None = None
+        self._prepared: paho.Client | None = None
+
+    # Lifecycle ----------------------------------------------------------------------
+
+    def prepare(self) -> None:
+        """Read the password and load the TLS files now (ConfigError when they are bad), so
+        a reload can find out before it stops the client this one replaces."""
+        self._prepared = self._new_paho()
+
+    def start(self) -> None:
+        """Open the journal and connect in the background; returns at once."""
+        if self._paho is not None:
+            raise RuntimeError("MqttClient.start() called twice; stop() it first")
+        s = self.settings
+        client, self._prepared = self._prepared or self._new_paho(), None
+        self._journal = Journal(s.journal_path, s.journal_max_events)
+        self._inflight.clear()
+        self._last_handed = 0  # hand the whole backlog to this connection, oldest first
+        self._stopped = False
+        self._paho = client
+        self.commands.start()
+        self._worker = threading.Thread(target=self._run, name="mqtt-outbox", daemon=True)
+        self._worker.start()
+        client.connect_async(s.host, s.port, s.keepalive_s)
+        client.loop_start()
+        log.info("MQTT connecting to %s:%d as %s", s.host, s.port, self.topics.root)
+
+    def _new_paho(self) -> paho.Client:
+        s = self.settings
+        client = paho.Client(
+            callback_api_version=paho.CallbackAPIVersion.VERSION2,
+            client_id=s.client_id or f"edge-monitor-{s.device_id}",
+            protocol=paho.MQTTv311,
+        )
+        client.max_inflight_messages_set(s.max_inflight)
+        client.reconnect_delay_set(s.reconnect_min_delay_s, s.reconnect_max_delay_s)
+        will = self.topics.availability_message(online=False)
+        client.will_set(will.topic, will.payload, will.qos, will.retain)
+        if s.username:
+            client.username_pw_set(s.username, s.password())
+        if s.tls:
+            self._configure_tls(client)
+        client.on_connect = self._on_connect
+        client.on_connect_fail = self._on_connect_fail
+        client.on_disconnect = self._on_disconnect
+        client.on_publish = self._on_publish
+        client.on_message = self._on_message
+        return client
+
+    def _configure_tls(self, client: paho.Client) -> None:
+        s = self.settings
+        try:
+            client.tls_set(
+                ca_certs=str(s.tls_ca_file) if s.tls_ca_file else None,
+                certfile=str(s.tls_cert_file) if s.tls_cert_file else None,
+                keyfile=str(s.tls_key_file) if s.tls_key_file else None,
+                cert_reqs=ssl.CERT_REQUIRED,
+                tls_version=ssl.PROTOCOL_TLS_CLIENT,
+            )
+        except (ssl.SSLError, OSError) as exc:
+            raise ConfigError(
+                f"mqtt TLS files cannot be loaded ({exc}): check tls_ca_file, tls_cert_file "
+                "and tls_key_file are PEM files and the key matches the certificate"
+            ) from exc
+        client.tls_insecure_set(s.tls_insecure)
+
+    def hand_over(self, successor: MqttClient | None) -> None:
+        """A reload replaces this client: take no more commands, and send the replies of
+        those still running (the `reload` that asked for this) through `successor`'s
+        connection, on this client's reply topic where the requester listens. Then `stop()`
+        this client and start the successor."""
+        self._successor = successor
+        self.commands.stop(wait=False)
+
+    def stop(self, flush_timeout_s: float = 2.0) -> None:
+        """Deliver what can be delivered within the timeout, say `offline`, disconnect."""
+        client, journal = self._paho, self._journal
+        if client is None or journal is None:
+            return
+        if self._connected.is_set():
+            self.flush(flush_timeout_s)
+        self.commands.stop()
+        if self._connected.is_set():
+            offline = self.topics.availability_message(online=False)
+            info = client.publish(offline.topic, offline.payload, offline.qos, offline.retain)
+            try:
+                info.wait_for_publish(flush_timeout_s)
+            except (RuntimeError, ValueError) as exc:
+                log.warning("could not publish 'offline' before disconnecting: %s", exc)
+        client.disconnect()
+        client.loop_stop()
+        with self._queued_lock:  # nothing can be queued behind the stop marker
+            self._stopped = True
+            self._inbox.put(_STOP)
+        if self._worker is not None:
+            self._worker.join()
+        backlog = journal.count()
+        journal.close()
+        self._paho = self._journal = self._worker = None
+        log.info("MQTT stopped; %d undelivered messages stay in %s", backlog, journal.path)
+
+    def flush(self, timeout_s: float) -> bool:
+        """Wait until everything queued so far was acknowledged; False on timeout."""
+        deadline = time.monotonic() + timeout_s
+        while not self._idle():
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.02)
+        return True
+
+    def _idle(self) -> bool:
+        with self._queued_lock:
+            queued = self._queued
+        return queued == 0 and self._journal is not None and self._journal.count() == 0
+
+    # Publishing (any thread; never blocks on the network) ---------------------------
+
+    def publish_event(self, event: AlarmEvent) -> None:
+        label = f"{event.type} {event.event_id} ({event.message_id})"
+        self._enqueue(_Outgoing(self.topics.event_message(event), KIND_EVENT, label))
+
+    def publish_state(self, machine: str, state: MachineState) -> None:
+        self._enqueue(_Outgoing(self.topics.state_message(machine, state), KIND_STATE, machine))
+
+    def publish_score(self, machine: str, sample: ScoreSample) -> None:
+        """Telemetry is dropped while disconnected: the next window brings a fresh one."""
+        message = self.topics.score_message(machine, sample)
+        client = self._paho
+        if client is not None and self._connected.is_set():
+            client.publish(message.topic, message.payload, message.qos, message.retain)
+
+    def set_machines(self, machines: Iterable[str]) -> None:
+        """Change the monitored machines (after a reload): clear the retained state of
+        removed machines (through the journal, so it follows any state still queued) and
+        update Home Assistant discovery."""
+        new = tuple(check_segment(m, "machine") for m in machines)
+        removed = [m for m in self._machines if m not in new]
+        self._machines = new
+        for machine in removed:
+            self._enqueue(_Outgoing(self.topics.state_clear_message(machine), KIND_STATE, machine))
+        if self.settings.ha_discovery and self._connected.is_set():
+            self._send_direct(self.topics.discovery_removal_messages(removed))
+            self._send_direct(self.topics.discovery_messages(new, self.settings.device_name))
+
+    def _enqueue(self, item: _Outgoing) -> None:
+        """Queue for the worker; before `start()` messages wait, after `stop()` they cannot."""
+        with self._queued_lock:
+            if self._stopped:
+                log.error("MQTT client is stopped: DROPPED %s on %s", item.label,
+                          item.message.topic)
+                return
+            if self._queued >= MAX_QUEUED_MESSAGES:
+                self._overflow_drops += 1
+                log.error(
+                    "MQTT outbox queue is full (%d waiting for the journal): DROPPED %s on %s",
+                    self._queued, item.label, item.message.topic,
+                )
+                return
+            self._queued += 1
+            self._inbox.put(item)
+
+    def stats(self) -> MqttStats:
+        journal = self._journal
+        return MqttStats(
+            connected=self._connected.is_set(),
+            backlog=journal.count() if journal is not None else 0,
+            in_flight=len(self._inflight),
+            dropped_events=self._overflow_drops + (journal.dropped_events if journal else 0),
+            last_error=self._last_error,
+        )
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    # Worker thread: journal first, then paho -----------------------------------------
+
+    def _run(self) -> None:
+        stopping = False
+        while not stopping:
+            items = [self._inbox.get()]
+            while not self._inbox.empty():  # take the whole burst: one journal transaction
+                items.append(self._inbox.get_nowait())
+            stopping = _STOP in items
+            try:
+                self._store([i for i in items if isinstance(i, _Outgoing)])
+                acked = [self._inflight.pop(i.mid, None) for i in items if isinstance(i, _Ack)]
+                if self._journal is not None and any(acked):
+                    self._journal.remove(seq for seq in acked if seq is not None)
+                self._pump()
+            except (sqlite3.Error, OSError) as exc:  # keep delivering once the disk recovers
+                self._last_error = f"MQTT journal {self.settings.journal_path} failed: {exc}"
+                log.error("%s; messages already journaled are kept and sent later",
+                          self._last_error)
+
+    def _store(self, items: list[_Outgoing]) -> None:
+        if not items:
+            return
+        try:
+            if self._journal is not None:  # set for the worker's whole life
+                self._journal.append([(i.message, i.kind, i.label) for i in items])
+        except (sqlite3.Error, OSError) as exc:  # disk full: still try to deliver from memory
+            log.error("cannot write %d message(s) to the MQTT journal (%s): publishing them "
+                      "without durability; free disk space or fix %s", len(items), exc,
+                      self.settings.journal_path)
+            self._send_direct([i.message for i in items])
+        finally:
+            with self._queued_lock:
+                self._queued -= len(items)
+
+    def _pump(self) -> None:
+        client, journal = self._paho, self._journal
+        while client is not None and journal is not None and self._connected.is_set():
+            room = self.settings.max_inflight - len(self._inflight)
+            entries = journal.pending(self._last_handed, room) if room > 0 else []
+            if not entries:
+                return
+            for entry in entries:
+                m = entry.message
+                info = client.publish(m.topic, m.payload, m.qos, m.retain)
+                self._last_handed = entry.seq
+                if info.rc in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_NO_CONN):
+                    self._inflight[info.mid] = entry.seq
+                else:
+                    log.error("paho refused %s on %s (%s); it stays in the journal until restart",
+                              entry.label, m.topic, paho.error_string(info.rc))
+
+    def _send_direct(self, messages: Iterable[Message]) -> None:
+        client = self._paho
+        for m in messages:
+            if client is None:
+                log.warning("MQTT client is stopped: %s not published", m.topic)
+                continue
+            client.publish(m.topic, m.payload, m.qos, m.retain)
+
+    # paho callbacks (network thread) -------------------------------------------------
+
+    def _on_connect(
+        self, client: paho.Client, userdata: object, flags: paho.ConnectFlags,
+        reason_code: ReasonCode, properties: Properties | None,
+    ) -> None:
+        s = self.settings
+        if reason_code.is_failure:
+            self._last_error = f"broker refused the connection: {reason_code}"
+            log.error("MQTT broker %s:%d refused the connection (%s): check mqtt.username, "
+                      "the password and the broker's ACL", s.host, s.port, reason_code)
+            return
+        self._last_error = None
+        log.info("MQTT connected to %s:%d", s.host, s.port)
+        subscriptions = [(self.topics.command_filter, QOS_RELIABLE)]
+        if s.ha_discovery:
+            subscriptions.append((self.topics.ha_status, QOS_RELIABLE))
+        client.subscribe(subscriptions)
+        self._send_direct([self.topics.availability_message(online=True)])
+        if s.ha_discovery:
+            self._send_direct(self.topics.discovery_messages(self._machines, s.device_name))
+        self._connected.set()
+        self._inbox.put(_WAKE)
+
+    def _on_connect_fail(self, client: paho.Client, userdata: object) -> None:
+        s = self.settings
+        hint = "; or the TLS handshake failed: check mqtt.tls_* files" if s.tls else ""
+        self._last_error = f"cannot connect to the broker at {s.host}:{s.port}{hint}"
+        log.warning("MQTT %s; retrying with back-off", self._last_error)
+
+    def _on_disconnect(
+        self, client: paho.Client, userdata: object, flags: paho.DisconnectFlags,
+        reason_code: ReasonCode, properties: Properties | None,
+    ) -> None:
+        was_connected = self._connected.is_set()
+        self._connected.clear()
+        if was_connected and reason_code.is_failure:
+            log.warning("MQTT connection lost (%s); messages wait in the journal until the "
+                        "broker is back", reason_code)
+
+    def _on_publish(
+        self, client: paho.Client, userdata: object, mid: int,
+        reason_code: ReasonCode, properties: Properties | None,
+    ) -> None:
+        self._inbox.put(_Ack(mid))
+
+    def _on_message(self, client: paho.Client, userdata: object, message: paho.MQTTMessage) -> None:
+        if message.topic == self.topics.ha_status:
+            if message.payload == b"online" and self.settings.ha_discovery:
+                log.info("Home Assistant is online: republishing discovery configs")
+                self._send_direct(
+                    self.topics.discovery_messages(self._machines, self.settings.device_name)
+                )
+            return
+        name = self.topics.command_name(message.topic)
+        if name is not None:
+            self.commands.submit(name, message.payload, self._reply)
+
+    def _reply(self, reply: CommandReply) -> None:
+        (self._successor or self)._send_direct([self.topics.reply_message(reply)])

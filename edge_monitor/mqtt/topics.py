@@ -1,0 +1,325 @@
+"""Every MQTT topic string and payload of the runtime, in one module.
+
+Subscribers (SCADA, Node-RED, Home Assistant) depend on these names and JSON shapes, so
+nothing else in the code base may spell a topic: they build `Message`s here. The topic
+tree and payloads are documented with examples in docs/mqtt.md.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from edge_monitor import __version__
+from edge_monitor.core.errors import ConfigError
+
+DEFAULT_PREFIX = "edge-monitor"
+HA_DEFAULT_PREFIX = "homeassistant"
+ONLINE = "online"
+OFFLINE = "offline"
+QOS_TELEMETRY = 0
+QOS_RELIABLE = 1
+
+STATUSES = ("normal", "anomaly", "fault", "enrolling", "learning")
+EVENT_TYPES = ("new", "update", "end")
+
+_COMMAND_LEVEL = "cmd"
+_RESULT_NAME = "result"
+_SEGMENT = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def check_segment(value: str, field_name: str) -> str:
+    """Return `value` if it is safe as one topic level and as a Home Assistant object id."""
+    if not isinstance(value, str) or not _SEGMENT.fullmatch(value):
+        raise ConfigError(
+            f"{field_name} = {value!r} cannot be used in an MQTT topic: "
+            "use 1 to 64 letters, digits, '_' or '-' (no '/', '+', '#' or spaces)"
+        )
+    return value
+
+
+def check_prefix(prefix: str, field_name: str = "mqtt.prefix") -> str:
+    """A prefix may have several levels (`plant1/edge-monitor`), each a safe segment."""
+    if not isinstance(prefix, str) or not prefix:
+        raise ConfigError(f"{field_name} is empty: give a topic prefix such as {DEFAULT_PREFIX!r}")
+    for level in prefix.split("/"):
+        check_segment(level, field_name)
+    return prefix
+
+
+def utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def iso_utc(moment: datetime) -> str:
+    """ISO 8601 in UTC with milliseconds and a `Z`, the form every consumer parses."""
+    if moment.tzinfo is None:
+        raise ValueError(f"timestamp {moment!r} has no time zone; use datetime.now(timezone.utc)")
+    text = moment.astimezone(timezone.utc).isoformat(timespec="milliseconds")
+    return text.replace("+00:00", "Z")
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+def _number(value: float | None) -> float | None:
+    """JSON has no NaN or infinity: a non-finite score is published as null."""
+    if value is None or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def _iso_or_none(moment: datetime | None) -> str | None:
+    return None if moment is None else iso_utc(moment)
+
+
+def _dumps(obj: Mapping[str, Any]) -> str:
+    return json.dumps(obj, separators=(",", ":"), allow_nan=False)
+
+
+@dataclass(frozen=True)
+class Message:
+    """One MQTT publication: what the client hands to paho (and the journal stores)."""
+
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool
+
+
+@dataclass(frozen=True)
+class MachineState:
+    """Retained per-machine state; `reason` says why when the status is `fault`."""
+
+    status: str
+    score: float | None
+    threshold: float | None
+    since: datetime
+    reason: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.status not in STATUSES:
+            raise ValueError(f"state status {self.status!r} is not one of {STATUSES}")
+        if self.status == "fault" and not self.reason:
+            raise ValueError("a fault state needs a reason saying what failed")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "status": self.status,
+            "score": _number(self.score),
+            "threshold": _number(self.threshold),
+            "since": iso_utc(self.since),
+            "reason": self.reason,
+        }
+
+    def to_json(self) -> str:
+        return _dumps(self.to_dict())
+
+
+@dataclass(frozen=True)
+class AlarmEvent:
+    """One message about an alarm.
+
+    `event_id` names the alarm and is shared by its new, update and end messages;
+    `message_id` names this one message so consumers can drop repeated deliveries.
+    """
+
+    type: str
+    event_id: str
+    machine: str
+    started_at: datetime
+    updated_at: datetime
+    peak_score: float
+    threshold: float
+    model_version: str
+    bank_version: str
+    clip_path: str | None = None
+    ended_at: datetime | None = None
+    message_id: str = field(default_factory=new_id)
+
+    def __post_init__(self) -> None:
+        if self.type not in EVENT_TYPES:
+            raise ValueError(f"event type {self.type!r} is not one of {EVENT_TYPES}")
+        if (self.type == "end") != (self.ended_at is not None):
+            raise ValueError("ended_at is set exactly when the event type is 'end'")
+        check_segment(self.machine, "event machine")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "type": self.type,
+            "event_id": self.event_id,
+            "message_id": self.message_id,
+            "machine": self.machine,
+            "started_at": iso_utc(self.started_at),
+            "updated_at": iso_utc(self.updated_at),
+            "ended_at": _iso_or_none(self.ended_at),
+            "peak_score": _number(self.peak_score),
+            "threshold": _number(self.threshold),
+            "model_version": self.model_version,
+            "bank_version": self.bank_version,
+            "clip_path": self.clip_path,
+        }
+
+    def to_json(self) -> str:
+        return _dumps(self.to_dict())
+
+
+@dataclass(frozen=True)
+class ScoreSample:
+    """Telemetry: the score of one window, published at QoS 0 and never journaled."""
+
+    score: float
+    threshold: float | None
+    at: datetime
+
+    def to_json(self) -> str:
+        body = {"score": _number(self.score), "threshold": _number(self.threshold)}
+        return _dumps({**body, "at": iso_utc(self.at)})
+
+
+@dataclass(frozen=True)
+class CommandReply:
+    """Reply on `cmd/result`; `request_id` is null only when the request had none readable."""
+
+    request_id: str | None
+    command: str | None
+    ok: bool
+    result: Mapping[str, Any] | None = None
+    error: str | None = None
+
+    def to_json(self) -> str:
+        body: dict[str, Any] = {"request_id": self.request_id, "command": self.command}
+        body["ok"] = self.ok
+        if self.ok:
+            body["result"] = dict(self.result or {})
+        else:
+            body["error"] = self.error
+        return _dumps(body)
+
+
+class TopicTree:
+    """Topics under `<prefix>/<device_id>` plus Home Assistant's discovery topics."""
+
+    def __init__(
+        self,
+        device_id: str,
+        prefix: str = DEFAULT_PREFIX,
+        ha_prefix: str = HA_DEFAULT_PREFIX,
+    ) -> None:
+        self.device_id = check_segment(device_id, "mqtt.device_id")
+        self.root = f"{check_prefix(prefix)}/{device_id}"
+        self.ha_prefix = check_prefix(ha_prefix, "mqtt.ha_prefix")
+        self.availability = f"{self.root}/availability"
+        self.command_filter = f"{self.root}/{_COMMAND_LEVEL}/#"
+        self.command_result = f"{self.root}/{_COMMAND_LEVEL}/{_RESULT_NAME}"
+        self.ha_status = f"{self.ha_prefix}/status"
+
+    def state(self, machine: str) -> str:
+        return f"{self.root}/machines/{check_segment(machine, 'machine')}/state"
+
+    def events(self, machine: str) -> str:
+        return f"{self.root}/machines/{check_segment(machine, 'machine')}/events"
+
+    def score(self, machine: str) -> str:
+        return f"{self.root}/machines/{check_segment(machine, 'machine')}/score"
+
+    def command(self, name: str) -> str:
+        return f"{self.root}/{_COMMAND_LEVEL}/{name}"
+
+    def command_name(self, topic: str) -> str | None:
+        """The command a topic addresses (`enroll/start`), or None for other topics and replies."""
+        head = f"{self.root}/{_COMMAND_LEVEL}/"
+        if not topic.startswith(head) or topic == self.command_result:
+            return None
+        return topic[len(head):]
+
+    def ha_config(self, component: str, machine: str, suffix: str) -> str:
+        object_id = f"{check_segment(machine, 'machine')}_{suffix}"
+        return f"{self.ha_prefix}/{component}/{self.device_id}/{object_id}/config"
+
+    # Messages -----------------------------------------------------------------------
+
+    def availability_message(self, online: bool) -> Message:
+        payload = ONLINE if online else OFFLINE
+        return Message(self.availability, payload.encode(), QOS_RELIABLE, True)
+
+    def state_message(self, machine: str, state: MachineState) -> Message:
+        return Message(self.state(machine), state.to_json().encode(), QOS_RELIABLE, True)
+
+    def state_clear_message(self, machine: str) -> Message:
+        """An empty retained payload deletes the retained state of a machine no longer watched."""
+        return Message(self.state(machine), b"", QOS_RELIABLE, True)
+
+    def event_message(self, event: AlarmEvent) -> Message:
+        return Message(self.events(event.machine), event.to_json().encode(), QOS_RELIABLE, False)
+
+    def score_message(self, machine: str, sample: ScoreSample) -> Message:
+        return Message(self.score(machine), sample.to_json().encode(), QOS_TELEMETRY, False)
+
+    def reply_message(self, reply: CommandReply) -> Message:
+        return Message(self.command_result, reply.to_json().encode(), QOS_RELIABLE, False)
+
+    def discovery_messages(self, machines: Iterable[str], device_name: str = "") -> list[Message]:
+        """Retained Home Assistant configs: a problem sensor and a score sensor per machine."""
+        device = {
+            "identifiers": [f"edge_monitor_{self.device_id}"],
+            "name": device_name or self.device_id,
+            "manufacturer": "edge-monitor",
+            "model": "edge machine-sound monitor",
+            "sw_version": __version__,
+        }
+        availability = [{
+            "topic": self.availability,
+            "payload_available": ONLINE,
+            "payload_not_available": OFFLINE,
+        }]
+        origin = {"name": "edge-monitor", "sw_version": __version__}
+        messages = []
+        for machine in machines:
+            problem = {
+                "name": f"{machine} anomaly",
+                "unique_id": f"{self.device_id}_{machine}_anomaly",
+                "device_class": "problem",
+                "state_topic": self.state(machine),
+                "value_template": "{{ 'ON' if value_json.status == 'anomaly' else 'OFF' }}",
+                "payload_on": "ON",
+                "payload_off": "OFF",
+                "json_attributes_topic": self.state(machine),
+                "availability": availability,
+                "device": device,
+                "origin": origin,
+            }
+            score = {
+                "name": f"{machine} anomaly score",
+                "unique_id": f"{self.device_id}_{machine}_score",
+                "state_topic": self.score(machine),
+                "value_template": "{{ value_json.score }}",
+                "state_class": "measurement",
+                "json_attributes_topic": self.score(machine),
+                "availability": availability,
+                "device": device,
+                "origin": origin,
+            }
+            problem_topic = self.ha_config("binary_sensor", machine, "anomaly")
+            messages.append(self._config(problem_topic, problem))
+            messages.append(self._config(self.ha_config("sensor", machine, "score"), score))
+        return messages
+
+    def discovery_removal_messages(self, machines: Iterable[str]) -> list[Message]:
+        """Empty retained configs make Home Assistant forget machines no longer monitored."""
+        topics = []
+        for machine in machines:
+            topics.append(self.ha_config("binary_sensor", machine, "anomaly"))
+            topics.append(self.ha_config("sensor", machine, "score"))
+        return [Message(topic, b"", QOS_RELIABLE, True) for topic in topics]
+
+    @staticmethod
+    def _config(topic: str, body: Mapping[str, Any]) -> Message:
+        return Message(topic, _dumps(body).encode(), QOS_RELIABLE, True)
