@@ -35,13 +35,17 @@ from edge_monitor.audio_in.capture import AudioSource, SoundDeviceSource
 from edge_monitor.audio_in.replay import ReplaySource
 from edge_monitor.config.loader import load_config
 from edge_monitor.config.sections import Config
-from edge_monitor.core.bundle import load_bundle
+from edge_monitor.core.bundle import Bundle, load_bundle
 from edge_monitor.core.detector import Detector
 from edge_monitor.core.errors import BadInputError, ConfigError, EdgeMonitorError
+from edge_monitor.core.signing import Signer, TrustPolicy
 from edge_monitor.enrolment.bank_store import BankStore
 from edge_monitor.enrolment.control import EnrolmentService
+from edge_monitor.fleet.rollout import RolloutService
+from edge_monitor.fleet.store import BundleStore
 from edge_monitor.mqtt.client import MqttClient
 from edge_monitor.mqtt.commands import Command
+from edge_monitor.mqtt.topics import BundleStatus
 from edge_monitor.pipeline.clip_store import ClipStore
 from edge_monitor.pipeline.decision import DecisionConfig
 from edge_monitor.pipeline.learning import (
@@ -67,6 +71,20 @@ BLAS_THREADS = 1
 DAY_S = 86400.0
 
 
+@dataclass(frozen=True)
+class Serving:
+    """Which bundle serves: origin installed (bundle/install), config or builtin."""
+
+    origin: str
+    version: str | None = None
+    signer: Signer | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"origin": self.origin, "version": self.version,
+                "signer": self.signer.name if self.signer else None,
+                "key_id": self.signer.key_id if self.signer else None}
+
+
 @dataclass
 class Plan:
     """What a config turns into before anything starts: settings and per-machine setups."""
@@ -74,15 +92,20 @@ class Plan:
     settings: ProcessingSettings
     machines: list[MachineSetup]
     model_rate_hz: int
+    serving: Serving = Serving("builtin")
 
 
-def _bundle_detectors(config: Config) -> dict[str, Detector]:
+def trust_policy(config: Config) -> TrustPolicy:
+    return TrustPolicy.from_files(config.model.trusted_keys, config.model.require_signature)
+
+
+def _bundle_detectors(config: Config, path: Path) -> tuple[dict[str, Detector], Bundle]:
     """Load and verify the bundle; a .tar is unpacked into a temporary directory that is
     removed once the runtime sessions hold the models, so restarts leave nothing behind."""
-    assert config.model.bundle is not None
     providers = [p.lower() for p in config.model.providers]
     with tempfile.TemporaryDirectory(prefix="edge-monitor-bundle-") as unpacked:
-        return load_bundle(config.model.bundle, unpacked).detectors(providers)
+        bundle = load_bundle(path, unpacked, trust_policy(config))
+        return bundle.detectors(providers), bundle
 
 
 def learning_amount(learner: BankLearner) -> str:
@@ -92,15 +115,24 @@ def learning_amount(learner: BankLearner) -> str:
             f"({learner.target_windows} windows of {window_s:g} s)")
 
 
-def plan_machines(config: Config) -> Plan:
+def plan_machines(config: Config, bundle_path: Path | None = None) -> Plan:
     """Detectors (from the bundle, or learned banks on disk) or learners, per machine.
 
+    The bundle is `bundle_path` when given (a rollout checking a candidate), else the one
+    `bundle/install` made current (edge_monitor.fleet.store), else `model.bundle`.
     Raises ConfigError/BundleError/BankError when the config and the models disagree.
     """
     preprocess_config = config.preprocess.to_preprocess_config()
     setups: list[MachineSetup] = []
-    if config.model.bundle is not None:
-        detectors = _bundle_detectors(config)
+    origin = "installed"
+    if bundle_path is None:
+        bundle_path = BundleStore(config.state_dir).active_dir()
+    if bundle_path is None and config.model.bundle is not None:
+        bundle_path, origin = config.model.bundle, "config"
+    serving = Serving("builtin")
+    if bundle_path is not None:
+        detectors, bundle = _bundle_detectors(config, bundle_path)
+        serving = Serving(origin, bundle.version, bundle.signer)
         for m in config.machines:
             key = m.bundle_machine or m.name
             if key not in detectors:
@@ -165,7 +197,7 @@ def plan_machines(config: Config) -> Plan:
         score_telemetry=config.mqtt.score_telemetry,
         stats_interval_s=config.logging.stats_interval_s,
     )
-    return Plan(settings, setups, model_rate)
+    return Plan(settings, setups, model_rate, serving)
 
 
 def build_source(config: Config, model_rate_hz: int) -> AudioSource:
@@ -224,6 +256,8 @@ class Daemon:
         self.processor: Processor | None = None
         self.mqtt: MqttClient | None = None
         self.enrolment: EnrolmentService | None = None
+        self.rollout: RolloutService | None = None
+        self.serving = Serving("builtin")
         self._reloads: queue.Queue[concurrent.futures.Future[dict[str, Any]]] = queue.Queue()
         self._extra_commands: dict[str, Callable[[Command], Mapping[str, Any] | None]] = {}
 
@@ -246,6 +280,15 @@ class Daemon:
     def request_stop(self) -> None:
         self.stop_event.set()
 
+    def plan(self, bundle_path: Path) -> Plan:
+        """Plan the running config on a candidate bundle: every check `check` makes."""
+        assert self.config is not None
+        return plan_machines(self.config, bundle_path)
+
+    def publish_bundle(self, status: BundleStatus) -> None:
+        if self.mqtt is not None:
+            self.mqtt.publish_bundle(status)
+
     # Lifecycle -------------------------------------------------------------------------
 
     def run(self) -> int:
@@ -254,11 +297,12 @@ class Daemon:
         self._apply_log_level(config)
         prepare_state_dir(config)
         plan = plan_machines(config)
-        self.config = config
+        self.config, self.serving = config, plan.serving
         self._install_signals()
         e = config.enrolment
         self.enrolment = EnrolmentService(self, config.state_dir, e.gate(), e.keep_versions,
                                           e.session_expiry_s)
+        self.rollout = RolloutService(self, config.state_dir)
         self.mqtt = self._build_mqtt(config)
         if self.mqtt is not None:
             self.mqtt.start()
@@ -271,6 +315,7 @@ class Daemon:
         )
         self.processor.start()
         self.enrolment.start()
+        self.rollout.publish()
         log.info("edge-monitor running: device %s, %d machine(s), %s source at %d Hz, "
                  "window %.2f s, hop %.2f s", config.device_id, len(plan.machines),
                  config.source.kind, self.source.sample_rate_hz, plan.settings.window_s,
@@ -386,7 +431,11 @@ class Daemon:
             assert self.source is not None
             self.source.stop()
             self.source = source
-        self.config = new
+        self.config, self.serving = new, plan.serving
+        if new.state_dir != old.state_dir and self.rollout is not None:
+            self.rollout = RolloutService(self, new.state_dir)
+        if self.rollout is not None:
+            self.rollout.publish()
         log.info("reload done (source %s)", "restarted" if source else "kept running")
         return {"reloaded": True, "source_restarted": source is not None,
                 "machines": [m.name for m in new.machines]}

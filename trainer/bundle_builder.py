@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import yaml
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edge_monitor import __version__
 from edge_monitor.core.atomic import atomic_path, atomic_write_text, fsync_dir
@@ -43,6 +44,7 @@ from edge_monitor.core.errors import BundleError, ConfigError
 from edge_monitor.core.preprocess import PreprocessConfig
 from edge_monitor.core.scoring import build_bank, threshold_for_false_alarm_rate
 from edge_monitor.core.scoring_config import ScoringConfig
+from edge_monitor.core.signing import TrustPolicy, sign_manifest
 from trainer.dcase_data import Clip
 from trainer.embed_cache import EmbeddingCache, EmbedOptions, embed_file
 
@@ -155,8 +157,10 @@ def build_bundle(
     preprocess: PreprocessConfig | None = None,
     cache_dir: Path | None = None,
     extra_created_by: Mapping[str, str] | None = None,
+    sign_key: Ed25519PrivateKey | None = None,
 ) -> Path:
-    """Write a verified bundle directory at `out` (which must not exist yet)."""
+    """Write a verified bundle directory at `out` (which must not exist yet); with
+    `sign_key` its manifest is signed (edge_monitor.core.signing) before it is published."""
     out = Path(out)
     if out.exists():
         raise BundleError(f"{out}: already exists; bundles are immutable, pick a new path")
@@ -238,7 +242,12 @@ def build_bundle(
             "machines": machines,
         }
         atomic_write_text(staging / MANIFEST_NAME, yaml.safe_dump(manifest, sort_keys=False))
-        load_bundle(staging)  # the bundle must verify before it is published
+        trust = None
+        if sign_key is not None:
+            kid = sign_manifest(staging, MANIFEST_NAME, sign_key)
+            trust = TrustPolicy({kid: ("signer", sign_key.public_key())}, True)
+            log.info("signed the manifest with key id %s", kid)
+        load_bundle(staging, trust=trust)  # the bundle must verify before it is published
         staging.rename(out)
         fsync_dir(out.parent)
     finally:

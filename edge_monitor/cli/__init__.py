@@ -20,6 +20,8 @@ COMMANDS = (
                "rate).", "edge_monitor.cli.devices"),
     Subcommand("enroll", "enrol a machine's new normal sound (live or from files), roll back "
                "or cancel", "edge_monitor.cli.enroll"),
+    Subcommand("fleet", "List every box and machine from the broker's retained topics "
+               "(--json for scripts).", "edge_monitor.cli.fleet"),
     Subcommand("run", "run the monitor daemon: capture, score, decide, publish (stop with "
                "SIGTERM or Ctrl-C)", "edge_monitor.cli.run"),
     Subcommand("score", "Score audio files with a bundle and write filename,score rows.",

@@ -27,8 +27,16 @@ def run(args: argparse.Namespace) -> int:
         source = f"sounddevice input {config.source.device or '(default)'}"
     print(f"{args.config}: OK")
     print(f"  device {config.device_id}, state in {config.state_dir}, {source}")
-    print(f"  model: {config.model.bundle or 'built-in logmel-stats'} at "
-          f"{plan.model_rate_hz} Hz, window {plan.settings.window_s:g} s, "
+    serving = plan.serving
+    if serving.origin == "builtin":
+        model = "built-in logmel-stats"
+    else:
+        where = "installed by bundle/install" if serving.origin == "installed" else \
+            str(config.model.bundle)
+        signer = serving.signer
+        signed = f"signed by {signer.name} (key id {signer.key_id})" if signer else "unsigned"
+        model = f"bundle {serving.version} ({where}; {signed})"
+    print(f"  model: {model} at {plan.model_rate_hz} Hz, window {plan.settings.window_s:g} s, "
           f"hop {plan.settings.hop_s:g} s")
     for setup in plan.machines:
         if setup.detector is not None:

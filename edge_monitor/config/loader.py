@@ -137,11 +137,12 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> None:
         found, value = _dig(data, loc)
         if found and isinstance(value, str) and value and not Path(value).is_absolute():
             _dig(data, loc[:-1])[1][loc[-1]] = str(base / value)
-    found, replay = _dig(data, ("source", "replay", "paths"))
-    if found and isinstance(replay, list):
-        for i, value in enumerate(replay):
-            if isinstance(value, str) and not Path(value).is_absolute():
-                replay[i] = str(base / value)
+    for loc in (("source", "replay", "paths"), ("model", "trusted_keys")):
+        found, values = _dig(data, loc)
+        if found and isinstance(values, list):
+            for i, value in enumerate(values):
+                if isinstance(value, str) and not Path(value).is_absolute():
+                    values[i] = str(base / value)
     found, secret = _dig(data, ("mqtt", "password_file"))
     if found and isinstance(secret, str) and secret and not Path(secret).is_absolute():
         creds = os.environ.get(CREDENTIALS_ENV)
@@ -156,6 +157,13 @@ def _missing_files(config: Config, root: yaml.Node | None, source: str) -> list[
             problems.append(
                 f"{_where(source, root, loc)}: {'.'.join(loc)} = {str(value)!r}: no such file "
                 "or directory; fix the path (relative paths start at the config file's directory)"
+            )
+    for i, path in enumerate(config.model.trusted_keys):
+        if not path.is_file():
+            where = _where(source, root, ("model", "trusted_keys", i))
+            problems.append(
+                f"{where}: model.trusted_keys.{i} = {str(path)!r}: no such file; copy the "
+                "operator's .pub file to the box or fix the path"
             )
     for i, path in enumerate(config.source.replay.paths if config.source.kind == "replay" else []):
         if not path.exists():

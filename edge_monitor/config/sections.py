@@ -118,6 +118,24 @@ class ModelConfig(Section):
         default=16000, ge=8000, le=48000,
         description="sample rate of the built-in model (a bundle brings its own)",
     )
+    trusted_keys: list[Path] = Field(
+        default_factory=list,
+        description="public keys (.pub from `edge-trainer keygen`) whose signed bundles this "
+        "box accepts; a bundle signed by any other key is refused",
+    )
+    require_signature: bool = Field(
+        default=False,
+        description="refuse bundles that are not signed by one of model.trusted_keys",
+    )
+
+    @model_validator(mode="after")
+    def _keys_for_signatures(self) -> ModelConfig:
+        if self.require_signature and not self.trusted_keys:
+            raise ValueError(
+                "model.require_signature is true but model.trusted_keys is empty: list the "
+                "operator's public key files (edge-trainer keygen writes NAME.pub)"
+            )
+        return self
 
     @field_validator("providers")
     @classmethod
@@ -291,7 +309,9 @@ class MqttSection(Section):
     )
     commands_enabled: bool = Field(default=True, description="accept commands under cmd/")
     commands_allowed: list[str] = Field(
-        default_factory=list, description="accepted command names; empty = all"
+        default_factory=list,
+        description="accepted command names; empty = all but bundle/install and "
+        "bundle/rollback, which are accepted only when listed",
     )
     ha_discovery: bool = Field(default=True, description="publish Home Assistant discovery")
     ha_prefix: str = Field(default="homeassistant", description="Home Assistant discovery prefix")
@@ -348,6 +368,27 @@ class EnrolmentSection(Section):
         return QualityGateConfig(min_seconds=self.min_seconds, min_windows=self.min_windows)
 
 
+class RolloutSection(Section):
+    max_bundle_mb: float = Field(
+        default=1000.0, gt=0.0, le=100_000.0,
+        description="largest bundle bundle/install downloads; a larger size_bytes is refused",
+    )
+    download_timeout_s: float = Field(
+        default=60.0, ge=1.0, le=3600.0,
+        description="a download that receives nothing for this long is abandoned",
+    )
+    watch_windows: int = Field(
+        default=5, ge=1, le=10_000,
+        description="windows each machine must score cleanly after a swap; a model error "
+        "or a new fault among them rolls the bundle back by itself",
+    )
+    watch_timeout_s: float = Field(
+        default=300.0, ge=1.0, le=86_400.0,
+        description="longest wait for those windows; an install not watched by then stays, "
+        "reported as unwatched",
+    )
+
+
 class LoggingConfig(Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         default="INFO", description="log level (logs go to stderr for journald)"
@@ -393,6 +434,9 @@ class Config(Section):
     )
     mqtt: MqttSection = Field(
         default_factory=MqttSection, description="MQTT broker connection and topics"
+    )
+    rollout: RolloutSection = Field(
+        default_factory=RolloutSection, description="bundle installs by MQTT command"
     )
     logging: LoggingConfig = Field(default_factory=LoggingConfig, description="logging")
 

@@ -41,6 +41,7 @@ from edge_monitor.core.embedders.logmel_stats import NAME as LOGMEL_STATS
 from edge_monitor.core.embedders.logmel_stats import LogMelStatsEmbedder
 from edge_monitor.core.errors import BankError, BundleError, ConfigError
 from edge_monitor.core.preprocess import PreprocessConfig
+from edge_monitor.core.signing import Signer, TrustPolicy, verify_signature
 
 log = logging.getLogger(__name__)
 
@@ -302,6 +303,7 @@ class Bundle:
     manifest: Manifest
     model_paths: dict[str, Path | None]
     banks: dict[str, dict[str, Bank]]  # machine -> model -> bank
+    signer: Signer | None = None  # set when the bundle's signature was verified
 
     @property
     def version(self) -> str:
@@ -378,11 +380,14 @@ class Bundle:
         return out
 
 
-def load_bundle(path: str | Path, extract_to: str | Path | None = None) -> Bundle:
+def load_bundle(
+    path: str | Path, extract_to: str | Path | None = None, trust: TrustPolicy | None = None
+) -> Bundle:
     """Open and verify a bundle directory or .tar; raises BundleError naming file and reason.
 
     A .tar is extracted (regular files only, nothing outside the target) into a fresh
-    directory under `extract_to` (default: the system temp directory).
+    directory under `extract_to` (default: the system temp directory). With a `trust`
+    policy the signature is checked first, before anything else of the bundle is read.
     """
     source = Path(path)
     if source.is_file():
@@ -391,6 +396,7 @@ def load_bundle(path: str | Path, extract_to: str | Path | None = None) -> Bundl
         root = source
     else:
         raise BundleError(f"{source}: no such bundle directory or .tar; check the path")
+    signer = verify_signature(root, MANIFEST_NAME, trust, source) if trust is not None else None
     manifest = read_manifest(root)
     manifest_path = root / MANIFEST_NAME
     preprocess_config(manifest.preprocess, str(manifest_path))
@@ -418,4 +424,4 @@ def load_bundle(path: str | Path, extract_to: str | Path | None = None) -> Bundl
         "bundle %s (version %s): %d model(s), %d machine(s)",
         root, manifest.version, len(manifest.models), len(manifest.machines),
     )
-    return Bundle(root, manifest, model_paths, banks)
+    return Bundle(root, manifest, model_paths, banks, signer)

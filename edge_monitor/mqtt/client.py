@@ -34,6 +34,7 @@ from edge_monitor.mqtt.topics import (
     HA_DEFAULT_PREFIX,
     QOS_RELIABLE,
     AlarmEvent,
+    BundleStatus,
     CommandReply,
     MachineState,
     Message,
@@ -319,6 +320,10 @@ class MqttClient:
 
     def publish_state(self, machine: str, state: MachineState) -> None:
         self._enqueue(_Outgoing(self.topics.state_message(machine, state), KIND_STATE, machine))
+
+    def publish_bundle(self, status: BundleStatus) -> None:
+        """The retained `bundle` topic: through the journal, like state."""
+        self._enqueue(_Outgoing(self.topics.bundle_message(status), KIND_STATE, "bundle"))
 
     def publish_score(self, machine: str, sample: ScoreSample) -> None:
         """Telemetry is dropped while disconnected: the next window brings a fresh one."""

@@ -12,7 +12,9 @@ from __future__ import annotations
 import json
 import logging
 import queue
+import re
 import threading
+import urllib.parse
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +28,8 @@ MAX_PAYLOAD_BYTES = 4096
 MAX_REQUEST_ID_CHARS = 128
 ENROLL_SECONDS_MIN = 5.0
 ENROLL_SECONDS_MAX = 3600.0
+MAX_URL_CHARS = 2048
+URL_SCHEMES = ("https", "file")
 
 Validator = Callable[[Any, str], Any]
 Handler = Callable[["Command"], Mapping[str, Any] | None]
@@ -59,6 +63,30 @@ def _seconds(value: Any, name: str) -> float:
     return float(value)
 
 
+def _url(value: Any, name: str) -> str:
+    if not isinstance(value, str) or len(value) > MAX_URL_CHARS:
+        raise CommandError(f"{name} must be a string of at most {MAX_URL_CHARS} characters")
+    scheme = urllib.parse.urlsplit(value).scheme
+    if scheme not in URL_SCHEMES:
+        raise CommandError(
+            f"{name} = {value[:80]!r}: scheme {scheme!r} is not allowed; give an https:// "
+            "or file:// URL"
+        )
+    return value
+
+
+def _sha256(value: Any, name: str) -> str:
+    if not isinstance(value, str) or not re.fullmatch(r"[0-9a-f]{64}", value):
+        raise CommandError(f"{name} must be 64 lowercase hex digits (sha256sum of the .tar)")
+    return value
+
+
+def _size(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise CommandError(f"{name} must be the bundle's size in bytes, a positive integer")
+    return value
+
+
 # Required fields per command besides `request_id`; any other field is an error.
 COMMAND_FIELDS: dict[str, dict[str, Validator]] = {
     "reload": {},
@@ -68,8 +96,14 @@ COMMAND_FIELDS: dict[str, dict[str, Validator]] = {
     "enroll/cancel": {"machine": _machine},
     "enroll/rollback": {"machine": _machine},
     "enroll/status": {},
+    "bundle/install": {"url": _url, "sha256": _sha256, "size_bytes": _size},
+    "bundle/rollback": {},
 }
 COMMAND_NAMES = tuple(COMMAND_FIELDS)
+# Commands that replace what the box runs: accepted only when mqtt.commands_allowed names
+# them, never by the "empty list = all" default.
+OPT_IN_COMMANDS = ("bundle/install", "bundle/rollback")
+DEFAULT_ALLOWED = tuple(n for n in COMMAND_NAMES if n not in OPT_IN_COMMANDS)
 
 
 @dataclass(frozen=True)
@@ -155,7 +189,7 @@ class CommandRouter:
                 f"use names from {', '.join(COMMAND_NAMES)}"
             )
         self.enabled = enabled
-        self.allowed = frozenset(allowed or COMMAND_NAMES)
+        self.allowed = frozenset(allowed or DEFAULT_ALLOWED)
         self._handlers: dict[str, Handler] = {}
         self._jobs: queue.Queue[_Job | None] = queue.Queue(maxsize=queue_size)
         self._worker: threading.Thread | None = None
@@ -212,8 +246,11 @@ class CommandRouter:
                 command.request_id, command.name,
             )
         if command.name not in self.allowed:
+            opt_in = (" (bundle commands are off unless listed there)"
+                      if command.name in OPT_IN_COMMANDS else "")
             raise CommandError(
-                f"command {command.name} is not allowed on this device (mqtt.commands_allowed)",
+                f"command {command.name} is not allowed on this device: add it to "
+                f"mqtt.commands_allowed{opt_in}",
                 command.request_id, command.name,
             )
         if command.name not in self._handlers:

@@ -28,6 +28,9 @@ QOS_RELIABLE = 1
 
 STATUSES = ("normal", "anomaly", "fault", "enrolling", "learning")
 EVENT_TYPES = ("new", "update", "end")
+# Steps of a bundle rollout, as published on the retained `bundle` topic.
+INSTALL_STEPS = ("downloading", "verifying", "swapping", "watching", "installed", "refused",
+                 "failed", "rolled-back")
 
 _COMMAND_LEVEL = "cmd"
 _RESULT_NAME = "result"
@@ -204,6 +207,29 @@ class CommandReply:
         return _dumps(body)
 
 
+@dataclass(frozen=True)
+class BundleStatus:
+    """Retained per-box `bundle`: what runs now, and how the last install went.
+
+    `running` holds version, signer, key_id, sha256 and origin (installed | config |
+    builtin) of the bundle serving now; `install` the last install's request id, step
+    (INSTALL_STEPS), version, progress (0..1 while downloading) and error.
+    """
+
+    running: Mapping[str, Any]
+    install: Mapping[str, Any] | None
+    at: datetime
+
+    def __post_init__(self) -> None:
+        if self.install is not None and self.install.get("step") not in INSTALL_STEPS:
+            raise ValueError(f"install step {self.install.get('step')!r} is not one of "
+                             f"{INSTALL_STEPS}")
+
+    def to_json(self) -> str:
+        body = {"running": dict(self.running), "install": dict(self.install or {}) or None}
+        return _dumps({**body, "at": iso_utc(self.at)})
+
+
 class TopicTree:
     """Topics under `<prefix>/<device_id>` plus Home Assistant's discovery topics."""
 
@@ -220,6 +246,7 @@ class TopicTree:
         self.command_filter = f"{self.root}/{_COMMAND_LEVEL}/#"
         self.command_result = f"{self.root}/{_COMMAND_LEVEL}/{_RESULT_NAME}"
         self.ha_status = f"{self.ha_prefix}/status"
+        self.bundle = f"{self.root}/bundle"
 
     def state(self, machine: str) -> str:
         return f"{self.root}/machines/{check_segment(machine, 'machine')}/state"
@@ -262,6 +289,9 @@ class TopicTree:
 
     def score_message(self, machine: str, sample: ScoreSample) -> Message:
         return Message(self.score(machine), sample.to_json().encode(), QOS_TELEMETRY, False)
+
+    def bundle_message(self, status: BundleStatus) -> Message:
+        return Message(self.bundle, status.to_json().encode(), QOS_RELIABLE, True)
 
     def reply_message(self, reply: CommandReply) -> Message:
         return Message(self.command_result, reply.to_json().encode(), QOS_RELIABLE, False)
@@ -323,3 +353,23 @@ class TopicTree:
     @staticmethod
     def _config(topic: str, body: Mapping[str, Any]) -> Message:
         return Message(topic, _dumps(body).encode(), QOS_RELIABLE, True)
+
+
+def fleet_filters(prefix: str = DEFAULT_PREFIX) -> list[str]:
+    """Subscriptions that bring every box's retained availability, states and bundle."""
+    root = check_prefix(prefix)
+    return [f"{root}/+/availability", f"{root}/+/machines/+/state", f"{root}/+/bundle"]
+
+
+def parse_fleet_topic(prefix: str, topic: str) -> tuple[str, str, str | None] | None:
+    """(device, kind, machine) of a topic `fleet_filters` matched; kind is availability,
+    state or bundle; None for anything else."""
+    head = f"{prefix}/"
+    if not topic.startswith(head):
+        return None
+    levels = topic[len(head):].split("/")
+    if len(levels) == 2 and levels[1] in ("availability", "bundle"):
+        return levels[0], levels[1], None
+    if len(levels) == 4 and levels[1] == "machines" and levels[3] == "state":
+        return levels[0], "state", levels[2]
+    return None

@@ -35,7 +35,7 @@ import soxr
 
 from edge_monitor.audio_in.capture import AudioSource, Chunk
 from edge_monitor.core.atomic import atomic_write_text
-from edge_monitor.core.detector import Detector
+from edge_monitor.core.detector import Detection, Detector
 from edge_monitor.core.errors import EdgeMonitorError
 from edge_monitor.mqtt.topics import AlarmEvent, MachineState, ScoreSample
 from edge_monitor.pipeline.decision import (
@@ -184,6 +184,9 @@ class _Lane:
     last_score: float | None = None
     last_threshold: float | None = None
     taps: list[AudioTap] = field(default_factory=list)
+    scored: int = 0  # windows this lane's detector scored (a swap starts a new lane)
+    model_errors: int = 0
+    model_error: str | None = None  # the last window's scoring failed: a fault until one works
 
     @property
     def name(self) -> str:
@@ -378,7 +381,11 @@ class Processor:
         at = lane.stream.wall_time(end_frame)
         hits = int(np.count_nonzero(np.abs(audio) >= s.clip_level))
         lane.clipped_run = lane.clipped_run + 1 if hits >= s.clip_fraction * audio.size else 0
-        if self._settle(lane, at) in (FAULT, ENROLLING) or start_frame < lane.judge_from_frame:
+        status = self._settle(lane, at)
+        model_fault_only = status == FAULT and lane.decision.reason == lane.model_error
+        if (status == FAULT and not model_fault_only) or status == ENROLLING or (
+            start_frame < lane.judge_from_frame
+        ):
             return
         if _dbfs(audio) < s.silence_dbfs or lane.clipped_run:
             # A silent or clipped window says nothing reliable about the machine (stopped,
@@ -393,9 +400,12 @@ class Processor:
             return
         detector = setup.detector
         assert detector is not None
-        detection = detector.score(audio)
+        detection = self._score(lane, detector, audio, at)
+        if detection is None:
+            return
         threshold = detector.threshold * s.threshold_scale
         self.counters.scored_windows += 1
+        lane.scored += 1
         lane.last_score = detection.score
         lane.last_threshold = threshold
         outcome = lane.decision.observe(detection.score, threshold, at)
@@ -409,6 +419,29 @@ class Processor:
                 self.counters.late_windows += 1
                 log.warning("machine %s: window decided %.2f s after capture (hop %.2f s): "
                             "the box cannot keep up", lane.name, lag, s.hop_s)
+
+    def _score(
+        self, lane: _Lane, detector: Detector, audio: np.ndarray, at: datetime
+    ) -> Detection | None:
+        """Score a window; a model that fails or gives a non-finite score faults the machine
+        (a bundle rollout watches for this) instead of stopping the loop."""
+        try:
+            detection = detector.score(audio)
+            if not math.isfinite(detection.score):
+                raise EdgeMonitorError(f"the model gave a non-finite score ({detection.score})")
+        except Exception as exc:  # any runtime failure of a model, whatever its library
+            lane.model_errors += 1
+            if lane.model_error is None:
+                log.error("machine %s: scoring failed with model %s: %s", lane.name,
+                          detector.model_version, exc)
+            lane.model_error = f"model error: {exc}"[:300]
+            self._settle(lane, at)
+            return None
+        if lane.model_error is not None:
+            log.info("machine %s: the model scores again", lane.name)
+            lane.model_error = None
+            self._settle(lane, at)
+        return detection
 
     def _finish_learning(self, lane: _Lane, at: datetime) -> None:
         learner = lane.setup.learner
@@ -447,7 +480,7 @@ class Processor:
         if lane.clipped_run >= s.clipping_windows:
             return (f"clipping: {s.clipping_windows} or more windows in a row reach full scale "
                     "(lower the input gain)")
-        return None
+        return lane.model_error
 
     def _settle(self, lane: _Lane, at: datetime) -> str | None:
         """Bring the lane's status in line with faults, enrolment and learning.
@@ -594,6 +627,8 @@ class Processor:
                 "bank_version": det.bank_version if det else None,
                 "learning_progress": lane.setup.learner.progress if lane.setup.learner else None,
                 "alarm_event_id": d.alarm_event_id,
+                "scored_windows": lane.scored,
+                "model_errors": lane.model_errors,
             }
         c = self.counters
         snapshot = {

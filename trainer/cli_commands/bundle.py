@@ -1,12 +1,14 @@
 """`edge-trainer bundle`: exported models + banks of every machine -> one verified bundle.
 
     edge-trainer bundle --data ROOT --out BUNDLE --model logmel-stats \
-        --model exports/student/export.json:student-onnx-int8 [--weights acp.json] [--tar]
+        --model exports/student/export.json:student-onnx-int8 [--weights acp.json] [--tar] \
+        [--sign keys/ops.key]
 
 A model is a builtin embedder name or `EXPORT_JSON:NAME` (an entry written by
 `edge-trainer export`; `:NAME` may be left out when the file holds one model). Banks are
 built from the training clips under ROOT, one per machine section, through the runtime
-embedders the daemon will run.
+embedders the daemon will run. `--sign` signs the manifest with a key from
+`edge-trainer keygen`, so boxes that trust its public key accept the bundle.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from pathlib import Path
 from edge_monitor.core.bundle import BUILTIN_EMBEDDERS
 from edge_monitor.core.errors import ConfigError
 from edge_monitor.core.scoring_config import VARIANTS, variant
+from edge_monitor.core.signing import key_id, load_private_key
 from trainer.bundle_builder import ModelEntry, build_bundle, write_tar
 from trainer.dcase_data import read_dataset
 from trainer.model_spec import export_entry
@@ -42,6 +45,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--false-alarm-rate", type=float, default=0.01)
     parser.add_argument("--cache", type=Path, default=None, help="embedding cache directory")
     parser.add_argument("--tar", action="store_true", help="also write BUNDLE.tar")
+    parser.add_argument("--sign", type=Path, default=None, metavar="KEYFILE",
+                        help="sign the manifest with this Ed25519 key (edge-trainer keygen)")
 
 
 def model_entry(spec: str) -> ModelEntry:
@@ -76,10 +81,12 @@ def run(args: argparse.Namespace) -> int:
         scoring = scoring.replace(k=args.k)
     if not 0.0 < args.false_alarm_rate < 1.0:
         raise ConfigError(f"--false-alarm-rate {args.false_alarm_rate}: must lie in (0, 1)")
+    sign_key = load_private_key(args.sign) if args.sign is not None else None
     clips = read_dataset(args.data)
     out = build_bundle(args.out, entries, clips, scoring, args.false_alarm_rate,
-                       cache_dir=args.cache)
+                       cache_dir=args.cache, sign_key=sign_key)
     if args.tar:
         write_tar(out, out.with_name(out.name + ".tar"))
-    print(f"bundle written to {out}")
+    signed = f", signed by key id {key_id(sign_key.public_key())}" if sign_key else ""
+    print(f"bundle written to {out}{signed}")
     return 0

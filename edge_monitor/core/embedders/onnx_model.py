@@ -139,4 +139,9 @@ class OnnxEmbedder:
                 f"{self.path}: the model produced {vectors.shape[1]}-dimensional embeddings, "
                 f"the manifest says {self.dim}; rebuild the bundle with this model"
             )
+        if not np.isfinite(vectors).all():
+            raise BundleError(
+                f"{self.path}: the model produced NaN or infinite values for this window: it "
+                "is broken on such input; fix and re-export it"
+            )
         return l2_normalise(vectors.mean(axis=0))
