@@ -82,6 +82,11 @@ class RolloutService:
                  f" ({install['error']})" if install.get("error") else "")
         self.publish(install)
 
+    def _progress(self, install: dict[str, Any], fraction: float) -> None:
+        """Download progress: published, not audited (the audit log keeps the steps)."""
+        install["progress"] = round(fraction, 2)
+        self.publish(install)
+
     # bundle/install -----------------------------------------------------------------------
 
     def install_command(self, command: Command) -> Mapping[str, Any]:
@@ -102,7 +107,7 @@ class RolloutService:
             download(
                 args["url"], archive, args["sha256"], args["size_bytes"],
                 int(config.rollout.max_bundle_mb * MB), config.rollout.download_timeout_s,
-                lambda fraction: self._step(install, "downloading", progress=round(fraction, 2)),
+                lambda fraction: self._progress(install, fraction),
             )
             install["progress"] = 1.0
             self._step(install, "verifying")
