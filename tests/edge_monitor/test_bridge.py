@@ -86,11 +86,15 @@ def test_events_cross_a_restarted_bridge_and_rollout_works_from_the_centre(
             rollout={"watch_windows": 3, "watch_timeout_s": 30},
         )
         consumer = mqtt_recorder(central, [f"{ROOT}/#"], persistent=True)
+        bridges = mqtt_recorder(central, ["edge-monitor/bridges/#"])
         local = mqtt_recorder(site, [f"{ROOT}/machines/+/events"])  # what the box published
         daemon = DaemonThread(write_config(tmp_path, config))
         consumer.wait_for(lambda ms: any(e["type"] == "end" for e in events(ms)),
                           "a whole alarm at the centre", 60)
 
+        # The bridge announces itself at the centre (retained), so a cut-off site shows.
+        bridges.wait_for(lambda ms: any(m.topic == "edge-monitor/bridges/site-a/state"
+                                        and m.payload == b"1" for m in ms), "the bridge's state")
         central.stop()  # the bridge link (and the consumer) lose the centre
         published = len(events(local.messages))
         local.wait_for(lambda ms: sum(e["type"] == "new" for e in events(ms[published:])) >= 2,
