@@ -98,6 +98,7 @@ class RolloutService:
         }
         config = self.daemon.config
         archive = self.store.downloads / f"{args['sha256'][:16]}.tar"
+        root: Path | None = None
         try:
             current = self.store.read()["current"]
             if current is not None and current.get("sha256") == args["sha256"]:
@@ -118,12 +119,16 @@ class RolloutService:
                            key_id=plan.serving.signer.key_id if plan.serving.signer else None)
         except EdgeMonitorError as exc:
             step = "failed" if isinstance(exc, DownloadError) else "refused"
-            install.update(step=step, error=str(exc), ended_at=iso_utc(utc_now()))
+            error = str(exc)
+            if root is not None:  # name what the operator sent, not where the box unpacked it
+                error = error.replace(str(root), args["url"])
+            install.update(step=step, error=error, ended_at=iso_utc(utc_now()))
             self.store.record_install(install)  # also removes the unpacked candidate
             self._step(install, step)
-            raise
+            raise RolloutError(error) from exc
         finally:
             archive.unlink(missing_ok=True)
+        assert root is not None
         record = {"dir": root.relative_to(self.store.root).as_posix(), "sha256": args["sha256"],
                   "version": install["version"], "signer": install.get("signer"),
                   "key_id": install.get("key_id"), "installed_at": iso_utc(utc_now())}

@@ -133,6 +133,8 @@ def test_signed_bundle_installs_and_bad_ones_change_nothing(fleet_box):
                              **install_args(bundles[name][1]))
         assert not reply["ok"] and expected in reply["error"], reply
         assert "\n" not in reply["error"]
+        # The refusal names what the operator sent, not where the box unpacked it.
+        assert reply["error"].startswith(bundles[name][1].resolve().as_uri() + ": ")
         assert retained_bundle(recorder, "refused")["install"]["request_id"] == f"i-{name}"
         assert serving(daemon) == v2
     wrong = {**install_args(bundles["v1"][1]), "sha256": "ab" * 32}
