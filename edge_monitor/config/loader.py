@@ -28,6 +28,7 @@ _PATH_KEYS = (
     ("mqtt", "tls_ca_file"),
     ("mqtt", "tls_cert_file"),
     ("mqtt", "tls_key_file"),
+    ("rollout", "tls_ca_file"),
 )
 _MUST_EXIST = (
     ("model", "bundle"),
@@ -35,6 +36,7 @@ _MUST_EXIST = (
     ("mqtt", "tls_cert_file"),
     ("mqtt", "tls_key_file"),
     ("mqtt", "password_file"),
+    ("rollout", "tls_ca_file"),
 )
 
 

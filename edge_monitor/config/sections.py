@@ -377,6 +377,11 @@ class RolloutSection(Section):
         default=60.0, ge=1.0, le=3600.0,
         description="a download that receives nothing for this long is abandoned",
     )
+    tls_ca_file: Path | None = Field(
+        default=None,
+        description="CA bundle that https bundle URLs are checked against (a plant's own CA); "
+        "null = the system CAs",
+    )
     watch_windows: int = Field(
         default=5, ge=1, le=10_000,
         description="windows each machine must score cleanly after a swap; a model error "

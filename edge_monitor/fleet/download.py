@@ -31,7 +31,7 @@ class DownloadError(EdgeMonitorError):
     """The bundle could not be fetched (network, server, size or checksum)."""
 
 
-def _open(url: str, timeout_s: float) -> IO[bytes]:
+def _open(url: str, timeout_s: float, ca_file: Path | None) -> IO[bytes]:
     parts = urllib.parse.urlsplit(url)
     if parts.scheme == "file":
         path = Path(urllib.request.url2pathname(parts.path))
@@ -41,7 +41,8 @@ def _open(url: str, timeout_s: float) -> IO[bytes]:
             raise DownloadError(f"{url}: cannot read ({exc.strerror or exc})") from exc
     if parts.scheme != "https":
         raise BadInputError(f"{url}: only https:// and file:// URLs are accepted")
-    context = ssl.create_default_context()  # verifies the chain and the host name
+    # Verifies the chain (against ca_file, or the system CAs) and the host name.
+    context = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
     try:
         return urllib.request.urlopen(url, timeout=timeout_s, context=context)
     except (urllib.error.URLError, OSError, ValueError) as exc:
@@ -56,6 +57,7 @@ def download(
     max_bytes: int,
     timeout_s: float,
     progress: Callable[[float], None] | None = None,
+    ca_file: Path | None = None,
 ) -> Path:
     """Fetch `url` into `dest` (atomically); raises unless size and sha256 both match."""
     if size_bytes > max_bytes:
@@ -67,7 +69,7 @@ def download(
     received = 0
     reported = 0.0
     dest.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(dest) as tmp, _open(url, timeout_s) as source, open(tmp, "wb") as out:
+    with atomic_path(dest) as tmp, _open(url, timeout_s, ca_file) as source, open(tmp, "wb") as out:
         while True:
             try:
                 chunk = source.read(CHUNK_BYTES)

@@ -108,7 +108,7 @@ class RolloutService:
             download(
                 args["url"], archive, args["sha256"], args["size_bytes"],
                 int(config.rollout.max_bundle_mb * MB), config.rollout.download_timeout_s,
-                lambda fraction: self._progress(install, fraction),
+                lambda fraction: self._progress(install, fraction), config.rollout.tls_ca_file,
             )
             install["progress"] = 1.0
             self._step(install, "verifying")
