@@ -161,7 +161,7 @@ def table(boxes: list[Box]) -> str:
         info = box.to_dict()
         bundle = info["bundle"]
         signer = f"{bundle['signer']} ({bundle['key_id']})" if bundle["signer"] else (
-            "unsigned" if bundle["origin"] in ("installed", "config") else "-")
+            "unverified" if bundle["origin"] in ("installed", "config") else "-")
         version = bundle["version"] or (bundle["origin"] or "-")
         online = {True: "online", False: "OFFLINE", None: "?"}[box.online]
         common = (box.device, online, version, signer, info["last_seen"] or "-")
