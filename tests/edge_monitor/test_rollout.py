@@ -13,6 +13,7 @@ import yaml
 from daemon_support import DaemonThread, mqtt_command, small_config, write_config
 from fleet_support import install_args, loud_audio, make_bundle
 
+from edge_monitor import cli
 from edge_monitor.core.bundle import MANIFEST_NAME
 from edge_monitor.core.signing import generate_keypair, load_private_key
 from edge_monitor.fleet.rollout import AUDIT_NAME
@@ -90,9 +91,11 @@ def fleet_box(tmp_path, mosquitto, mqtt_recorder):
         rollout={"watch_windows": 3, "watch_timeout_s": 30},
     )
     recorder = mqtt_recorder(mosquitto, [f"{ROOT}/#"])
-    daemon = DaemonThread(write_config(tmp_path, config))
+    config_path = write_config(tmp_path, config)
+    daemon = DaemonThread(config_path)
     daemon.wait_until(lambda s: s["machines"]["pump"]["scored_windows"] >= 2, "first scores")
     yield {"daemon": daemon, "recorder": recorder, "bundles": bundles, "ops_id": ops_id,
+           "config": config_path,
            "rogue_id": rogue_id, "state": tmp_path / "state"}
     assert daemon.stop() == 0
 
@@ -101,7 +104,7 @@ def version_of(bundle_dir):
     return yaml.safe_load((bundle_dir / MANIFEST_NAME).read_text())["version"]
 
 
-def test_signed_bundle_installs_and_bad_ones_change_nothing(fleet_box):
+def test_signed_bundle_installs_and_bad_ones_change_nothing(fleet_box, capsys):
     daemon, recorder, bundles = fleet_box["daemon"], fleet_box["recorder"], fleet_box["bundles"]
     ops_id = fleet_box["ops_id"]
     v1, v2 = version_of(bundles["v1"][0]), version_of(bundles["v2"][0])
@@ -117,6 +120,10 @@ def test_signed_bundle_installs_and_bad_ones_change_nothing(fleet_box):
     assert serving(daemon) == v2
     status = retained_bundle(recorder, "installed")
     assert status["running"]["version"] == v2 and status["running"]["origin"] == "installed"
+    # The install outlives a restart: `check` (and so `run`) plans on the installed bundle.
+    assert cli.main(["check", "-c", str(fleet_box["config"])]) == 0
+    assert f"model: bundle {v2} (installed by bundle/install; signed by ops (key id {ops_id}))" \
+        in capsys.readouterr().out
     steps = [json.loads(m.payload)["install"]["step"] for m in recorder.on(f"{ROOT}/bundle")
              if json.loads(m.payload)["install"] and
              json.loads(m.payload)["install"]["request_id"] == "i-v2"]
