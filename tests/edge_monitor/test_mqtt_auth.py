@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from edge_monitor.mqtt.client import MqttClient, MqttSettings
-from edge_monitor.mqtt.topics import AlarmEvent, new_id, utc_now
+from edge_monitor.mqtt.topics import AlarmEvent, BundleStatus, new_id, utc_now
 
 WAIT_S = 15.0
 DEVICE = "test-box"  # the password broker's device user, named after the device (see the ACL)
@@ -82,6 +82,12 @@ def test_client_with_credentials_is_accepted_and_ops_sees_its_alarm(
     [event] = ops.wait_topic(f"{ROOT}/machines/pump/events")
     assert json.loads(event.payload)["type"] == "new"
     assert ops.on(f"{ROOT}/availability")[-1].payload == b"online"
+    # The ACL lets a box report its bundle (retained) too.
+    client.publish_bundle(BundleStatus({"origin": "builtin"}, None, now))
+    ops.wait_topic(f"{ROOT}/bundle")
+    later = mqtt_recorder(mosquitto_auth, [f"{ROOT}/bundle"], username="ops")
+    [report] = later.wait_topic(f"{ROOT}/bundle")
+    assert report.retain and json.loads(report.payload)["running"] == {"origin": "builtin"}
 
 
 def test_ops_command_reaches_the_device_and_the_reply_reaches_ops(
