@@ -47,7 +47,6 @@ from edge_monitor.mqtt.client import MqttClient
 from edge_monitor.mqtt.commands import Command
 from edge_monitor.mqtt.topics import BundleStatus
 from edge_monitor.pipeline.clip_store import ClipStore
-from edge_monitor.pipeline.decision import DecisionConfig
 from edge_monitor.pipeline.learning import (
     BankLearner,
     builtin_detector,
@@ -175,28 +174,7 @@ def plan_machines(config: Config, bundle_path: Path | None = None) -> Plan:
             f"windows.hop_s = {config.windows.hop_s} is longer than the {window_s} s window: "
             "make hop_s <= window_s"
         )
-    d = config.decision
-    settings = ProcessingSettings(
-        window_s=window_s,
-        hop_s=config.windows.hop_s,
-        model_rate_hz=model_rate,
-        decision=DecisionConfig(d.smoothing, d.k, d.n, d.hysteresis_ratio, d.cooldown_s,
-                                d.update_interval_s),
-        false_alarm_rate=d.false_alarm_rate,
-        threshold_scale=d.threshold_scale,
-        disk_paths=(config.state_dir, config.clip_dir) if config.alarm_audio.enabled
-        else (config.state_dir,),
-        silence_s=config.faults.silence_s,
-        silence_dbfs=config.preprocess.silence_dbfs,
-        clip_level=config.preprocess.clip_level,
-        clip_fraction=config.preprocess.clip_fraction,
-        clipping_windows=config.faults.clipping_windows,
-        no_audio_s=config.faults.no_audio_s,
-        disk_check_s=config.faults.disk_check_s,
-        realtime=config.source.kind == "sounddevice" or config.source.replay.realtime,
-        score_telemetry=config.mqtt.score_telemetry,
-        stats_interval_s=config.logging.stats_interval_s,
-    )
+    settings = ProcessingSettings(config, window_s, model_rate)
     return Plan(settings, setups, model_rate, serving)
 
 
@@ -220,6 +198,14 @@ def build_clip_store(config: Config) -> ClipStore | None:
     if not a.enabled:
         return None
     return ClipStore(config.clip_dir, a.max_clips, int(a.max_mb * MB), a.max_age_days * DAY_S)
+
+
+def build_mqtt(config: Config) -> MqttClient | None:
+    """The MQTT client (not started, no commands registered), or None when MQTT is off."""
+    if not config.mqtt.enabled:
+        return None
+    machines = [m.name for m in config.machines]
+    return MqttClient(config.mqtt, config.device_id, config.journal_path, machines)
 
 
 def prepare_state_dir(config: Config) -> None:
@@ -352,10 +338,10 @@ class Daemon:
 
     def _build_mqtt(self, config: Config) -> MqttClient | None:
         """The client with every command registered, not started yet."""
-        if not config.mqtt.enabled:
+        client = build_mqtt(config)
+        if client is None:
             log.info("MQTT disabled (mqtt.enabled: false): states and alarms go to the log only")
             return None
-        client = MqttClient(config.mqtt_settings(), [m.name for m in config.machines])
         client.commands.register("status", self._status_command)
         client.commands.register("reload", self._reload_command)
         for name, handler in self._extra_commands.items():

@@ -3,8 +3,9 @@
 - `trainer` imports only `edge_monitor.core` (and the package root, for `__version__`), so
   what is evaluated on the workstation is exactly what runs on the edge;
 - `edge_monitor` never imports `trainer` or torch;
-- `edge_monitor.core` imports nothing else of edge_monitor; nothing outside the demo
-  harness (and its own subcommand) imports `edge_monitor.demo`;
+- `edge_monitor.core` imports nothing else of edge_monitor; `edge_monitor.config` nothing
+  of the runtime; nothing outside the demo harness (and its own subcommand) imports
+  `edge_monitor.demo`;
 - `edge-monitor run` loads neither the demo nor torch, checked in a fresh interpreter.
 
 Imports are read from the source with ast, those inside functions included, so a lazy
@@ -76,6 +77,17 @@ def test_the_core_imports_nothing_else_of_edge_monitor() -> None:
                 or within(module, "edge_monitor.core"))
 
     assert violations(files("edge_monitor/core"), allowed) == []
+
+
+def test_config_imports_nothing_of_the_runtime() -> None:
+    # Runtime classes take the section models; the models need only the core and the topic
+    # tree's names (prefix rules, command names), never a runtime class.
+    def allowed(module: str) -> bool:
+        return (not within(module, "edge_monitor") or within(module, "edge_monitor.core")
+                or within(module, "edge_monitor.config")
+                or within(module, "edge_monitor.mqtt.topics"))
+
+    assert violations(files("edge_monitor/config"), allowed) == []
 
 
 def test_only_the_demo_harness_imports_the_demo() -> None:

@@ -1,16 +1,25 @@
 """`edge-monitor check -c CONF`: validate the config and its bundle without starting anything.
 
 Exit 0 when the daemon would start with this config; exit 2 with one line per problem when
-it would not. Nothing is opened (no audio device, no broker) and nothing is written.
+it would not. It goes the daemon's own way: the same loader, the same plan (bundle or learned
+banks), the audio source, the clip store and the MQTT client built as `run` builds them, the
+password read and the TLS files loaded. Nothing is started (no audio device is opened, no
+broker contacted) and nothing is written.
 """
 
 from __future__ import annotations
 
 import argparse
 
-from edge_monitor.audio_in.replay import find_audio_files
+from edge_monitor.audio_in.replay import ReplaySource
 from edge_monitor.config.loader import load_config
-from edge_monitor.daemon import learning_amount, plan_machines
+from edge_monitor.daemon import (
+    build_clip_store,
+    build_mqtt,
+    build_source,
+    learning_amount,
+    plan_machines,
+)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -20,11 +29,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     plan = plan_machines(config)
-    if config.source.kind == "replay":
-        files = find_audio_files(config.source.replay.paths)
-        source = f"replay of {len(files)} file(s)"
+    built = build_source(config, plan.model_rate_hz)
+    if isinstance(built, ReplaySource):
+        source = f"replay of {len(built.files)} file(s)"
     else:
         source = f"sounddevice input {config.source.device or '(default)'}"
+    build_clip_store(config)
+    mqtt = build_mqtt(config)
+    if mqtt is not None:
+        mqtt.prepare()  # reads the password, loads the TLS files; connects nowhere
     print(f"{args.config}: OK")
     print(f"  device {config.device_id}, state in {config.state_dir}, {source}")
     serving = plan.serving

@@ -11,24 +11,23 @@ never written in the YAML. Loading and error reporting live in edge_monitor.conf
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from edge_monitor.core.errors import ConfigError
+from edge_monitor.core.errors import BadInputError, ConfigError
 from edge_monitor.core.preprocess import PreprocessConfig
 from edge_monitor.core.scoring_config import VARIANTS
-from edge_monitor.enrolment.bank_store import DEFAULT_KEEP
-from edge_monitor.enrolment.manager import PENDING_TIMEOUT_S
-from edge_monitor.enrolment.quality_gate import QualityGateConfig
-from edge_monitor.mqtt.client import MqttSettings
-from edge_monitor.mqtt.topics import check_prefix
+from edge_monitor.mqtt.topics import COMMAND_NAMES, DEFAULT_PREFIX, HA_DEFAULT_PREFIX, check_prefix
 
 CREDENTIALS_ENV = "CREDENTIALS_DIRECTORY"
 DEFAULT_STATE_DIR = Path("/var/lib/edge-monitor")
 PROVIDERS = ("CPU", "CUDA", "TensorRT")
 SEGMENT_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+DEFAULT_KEEP = 5  # bank versions kept per model (the current and the previous always stay)
+PENDING_TIMEOUT_S = 3600.0  # an uncommitted enrolment older than this may be discarded
 
 
 class Section(BaseModel):
@@ -277,7 +276,7 @@ class MqttSection(Section):
     enabled: bool = Field(default=True, description="publish to an MQTT broker")
     host: str = Field(default="localhost", min_length=1, description="broker host name or address")
     port: int = Field(default=1883, ge=1, le=65535, description="broker TCP port")
-    prefix: str = Field(default="edge-monitor", description="first topic level(s)")
+    prefix: str = Field(default=DEFAULT_PREFIX, description="first topic level(s)")
     client_id: str = Field(default="", description="MQTT client id; empty = edge-monitor-<id>")
     keepalive_s: int = Field(default=30, ge=5, le=3600, description="MQTT keep-alive seconds")
     username: str | None = Field(default=None, description="broker user name")
@@ -314,7 +313,9 @@ class MqttSection(Section):
         "bundle/rollback, which are accepted only when listed",
     )
     ha_discovery: bool = Field(default=True, description="publish Home Assistant discovery")
-    ha_prefix: str = Field(default="homeassistant", description="Home Assistant discovery prefix")
+    ha_prefix: str = Field(
+        default=HA_DEFAULT_PREFIX, description="Home Assistant discovery prefix"
+    )
     device_name: str = Field(default="", description="name shown in Home Assistant")
     score_telemetry: bool = Field(default=True, description="publish every window's score")
 
@@ -340,7 +341,54 @@ class MqttSection(Section):
                 f"environment variable {self.password_env} (mqtt.password_env) is not set: "
                 "export it or use password_file"
             )
+        unknown = sorted(set(self.commands_allowed) - set(COMMAND_NAMES))
+        if unknown:
+            raise ValueError(
+                f"mqtt.commands_allowed names unknown command(s) {', '.join(unknown)}: "
+                f"use names from {', '.join(COMMAND_NAMES)}"
+            )
         return self
+
+    def password(self) -> str | None:
+        """Read the password now, so a rotated secret file is picked up on (re)connect."""
+        if self.password_file is not None:
+            try:
+                lines = Path(self.password_file).read_text(encoding="utf-8").splitlines()
+            except OSError as exc:
+                raise ConfigError(
+                    f"cannot read mqtt.password_file {str(self.password_file)!r}: {exc}"
+                ) from exc
+            return lines[0] if lines else ""
+        if self.password_env is not None:
+            value = os.environ.get(self.password_env)
+            if value is None:
+                raise ConfigError(
+                    f"environment variable {self.password_env} (mqtt.password_env) is not set"
+                )
+            return value
+        return None
+
+
+@dataclass(frozen=True)
+class QualityGateConfig:
+    """What an enrolment recording must offer; defaults suit 10 s windows and minutes of audio.
+
+    The `enrolment:` section sets the first two; the fractions are the gate's own tuning.
+    """
+
+    min_seconds: float = 20.0  # usable audio, after dropping bad windows
+    min_windows: int = 5  # fewer give no leave-one-out statistics for a threshold
+    max_silent_fraction: float = 0.2
+    max_clipped_fraction: float = 0.05
+    max_unlike_fraction: float = 0.2  # stuck or tonal windows
+
+    def __post_init__(self) -> None:
+        if self.min_windows < 2:
+            raise BadInputError(f"min_windows = {self.min_windows}: must be at least 2")
+        for name in ("max_silent_fraction", "max_clipped_fraction", "max_unlike_fraction"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise BadInputError(f"{name} = {value}: must be a fraction in [0, 1]")
 
 
 class EnrolmentSection(Section):
@@ -474,32 +522,3 @@ class Config(Section):
     @property
     def journal_path(self) -> Path:
         return self.state_dir / "mqtt-journal.sqlite"
-
-    def mqtt_settings(self) -> MqttSettings:
-        m = self.mqtt
-        return MqttSettings(
-            device_id=self.device_id,
-            journal_path=self.journal_path,
-            host=m.host,
-            port=m.port,
-            prefix=m.prefix,
-            client_id=m.client_id,
-            keepalive_s=m.keepalive_s,
-            username=m.username,
-            password_file=m.password_file,
-            password_env=m.password_env,
-            tls=m.tls,
-            tls_ca_file=m.tls_ca_file,
-            tls_cert_file=m.tls_cert_file,
-            tls_key_file=m.tls_key_file,
-            tls_insecure=m.tls_insecure,
-            journal_max_events=m.journal_max_events,
-            max_inflight=m.max_inflight,
-            reconnect_min_delay_s=m.reconnect_min_delay_s,
-            reconnect_max_delay_s=m.reconnect_max_delay_s,
-            commands_enabled=m.commands_enabled,
-            commands_allowed=tuple(m.commands_allowed),
-            ha_discovery=m.ha_discovery,
-            ha_prefix=m.ha_prefix,
-            device_name=m.device_name,
-        )

@@ -32,6 +32,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from edge_monitor.config.sections import DEFAULT_KEEP
 from edge_monitor.core.atomic import atomic_write_text
 from edge_monitor.core.bank import Bank, load_bank, save_bank
 from edge_monitor.core.detector import Detector, ScoreNorm
@@ -43,7 +44,6 @@ BANKS_DIR = "banks"
 POINTER_NAME = "current.json"
 LOCK_NAME = ".lock"
 POINTER_FORMAT_VERSION = 1
-DEFAULT_KEEP = 5
 MAX_HISTORY = 200
 
 Versions = dict[str, str]  # model (member) name -> bank version

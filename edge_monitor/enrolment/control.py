@@ -27,10 +27,9 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from edge_monitor.config.sections import DEFAULT_KEEP, PENDING_TIMEOUT_S, QualityGateConfig
 from edge_monitor.core.errors import BadInputError, EdgeMonitorError
-from edge_monitor.enrolment.bank_store import DEFAULT_KEEP
-from edge_monitor.enrolment.manager import MAX_SECONDS, PENDING_TIMEOUT_S, EnrolmentManager
-from edge_monitor.enrolment.quality_gate import QualityGateConfig
+from edge_monitor.enrolment.manager import MAX_SECONDS, EnrolmentManager
 from edge_monitor.mqtt.topics import check_segment
 
 log = logging.getLogger(__name__)

@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from edge_monitor.config.sections import DEFAULT_KEEP, PENDING_TIMEOUT_S, QualityGateConfig
 from edge_monitor.core.audio_io import read_audio, resample
 from edge_monitor.core.bank import Bank
 from edge_monitor.core.detector import Detector
@@ -39,14 +40,13 @@ from edge_monitor.core.errors import BadInputError, EdgeMonitorError
 from edge_monitor.core.preprocess import preprocess
 from edge_monitor.core.scoring import TARGET, TARGET_SYN, build_bank
 from edge_monitor.enrolment.bank_store import (
-    DEFAULT_KEEP,
     BankStore,
     EnrolmentBusyError,
     StoreLock,
     detector_versions,
     rebank,
 )
-from edge_monitor.enrolment.quality_gate import QualityGate, QualityGateConfig, QualityReport
+from edge_monitor.enrolment.quality_gate import QualityGate, QualityReport
 from edge_monitor.pipeline.windowing import Windower
 
 log = logging.getLogger(__name__)
@@ -54,9 +54,6 @@ log = logging.getLogger(__name__)
 AUDIT_NAME = "enrolment-audit.jsonl"
 MAX_SECONDS = 3600.0
 CALLBACK_TIMEOUT_S = 30.0
-# An enrolment left uncommitted this long after its recording should have ended is
-# discarded when someone else wants to enrol, so a forgotten session never blocks the box.
-PENDING_TIMEOUT_S = 3600.0
 # A file up to this many windows long is embedded whole (as the trainer embeds clips).
 WHOLE_FILE_WINDOWS = 1.5
 

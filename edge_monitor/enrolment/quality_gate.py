@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from edge_monitor.config.sections import QualityGateConfig
 from edge_monitor.core.errors import BadInputError
 from edge_monitor.core.preprocess import Preprocessed
 
@@ -35,25 +36,6 @@ class QualityRejectedError(BadInputError):
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
         self.reason = reason
-
-
-@dataclass(frozen=True)
-class QualityGateConfig:
-    """What an enrolment recording must offer; defaults suit 10 s windows and minutes of audio."""
-
-    min_seconds: float = 20.0  # usable audio, after dropping bad windows
-    min_windows: int = 5  # fewer give no leave-one-out statistics for a threshold
-    max_silent_fraction: float = 0.2
-    max_clipped_fraction: float = 0.05
-    max_unlike_fraction: float = 0.2  # stuck or tonal windows
-
-    def __post_init__(self) -> None:
-        if self.min_windows < 2:
-            raise BadInputError(f"min_windows = {self.min_windows}: must be at least 2")
-        for name in ("max_silent_fraction", "max_clipped_fraction", "max_unlike_fraction"):
-            value = getattr(self, name)
-            if not 0.0 <= value <= 1.0:
-                raise BadInputError(f"{name} = {value}: must be a fraction in [0, 1]")
 
 
 @dataclass

@@ -12,7 +12,6 @@ hands each journal row to paho once per process.
 from __future__ import annotations
 
 import logging
-import os
 import queue
 import sqlite3
 import ssl
@@ -26,12 +25,11 @@ import paho.mqtt.client as paho
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from edge_monitor.config.sections import MqttSection
 from edge_monitor.core.errors import ConfigError
-from edge_monitor.mqtt.commands import COMMAND_NAMES, CommandRouter
+from edge_monitor.mqtt.commands import CommandRouter
 from edge_monitor.mqtt.journal import KIND_EVENT, KIND_STATE, Journal
 from edge_monitor.mqtt.topics import (
-    DEFAULT_PREFIX,
-    HA_DEFAULT_PREFIX,
     QOS_RELIABLE,
     AlarmEvent,
     BundleStatus,
@@ -46,111 +44,9 @@ from edge_monitor.mqtt.topics import (
 log = logging.getLogger(__name__)
 
 MAX_QUEUED_MESSAGES = 10_000  # messages waiting for the journal (memory bound if the disk stalls)
+COMMAND_QUEUE_SIZE = 8  # commands waiting for the command worker
 _STOP = object()
 _WAKE = object()
-
-
-@dataclass(frozen=True)
-class MqttSettings:
-    """Everything the MQTT layer needs; the daemon's config module builds it.
-
-    device_id: this box's name, one topic level ([A-Za-z0-9_-], up to 64 chars).
-    host, port: the broker. prefix: first topic level(s), default "edge-monitor".
-    client_id: MQTT client id; empty means "edge-monitor-<device_id>".
-    keepalive_s: MQTT keep-alive; the broker fires the Last Will after 1.5x this silence.
-    username: broker user; its password comes from password_file (first line, e.g. a
-        systemd credential) or from the environment variable named by password_env.
-    tls: connect with TLS; tls_ca_file (None: system CAs), tls_cert_file + tls_key_file
-        for client certificates, tls_insecure skips the host-name check (testing only).
-    journal_path: SQLite outbox; journal_max_events bounds it (oldest event dropped, logged).
-    max_inflight: unacknowledged QoS 1 messages handed to paho at once.
-    reconnect_min_delay_s, reconnect_max_delay_s: exponential reconnect back-off.
-    commands_enabled: accept commands under cmd/ at all; commands_allowed: the names
-        accepted (empty: all); command_queue_size: commands waiting for the worker.
-    ha_discovery: publish Home Assistant discovery configs under ha_prefix;
-        device_name: the device's name shown there (empty: device_id).
-    """
-
-    device_id: str
-    journal_path: Path
-    host: str = "localhost"
-    port: int = 1883
-    prefix: str = DEFAULT_PREFIX
-    client_id: str = ""
-    keepalive_s: int = 30
-    username: str | None = None
-    password_file: Path | None = None
-    password_env: str | None = None
-    tls: bool = False
-    tls_ca_file: Path | None = None
-    tls_cert_file: Path | None = None
-    tls_key_file: Path | None = None
-    tls_insecure: bool = False
-    journal_max_events: int = 10_000
-    max_inflight: int = 20
-    reconnect_min_delay_s: float = 1.0
-    reconnect_max_delay_s: float = 60.0
-    commands_enabled: bool = True
-    commands_allowed: tuple[str, ...] = ()
-    command_queue_size: int = 8
-    ha_discovery: bool = True
-    ha_prefix: str = HA_DEFAULT_PREFIX
-    device_name: str = ""
-
-    def __post_init__(self) -> None:
-        TopicTree(self.device_id, self.prefix, self.ha_prefix)
-        if not self.host:
-            raise ConfigError("mqtt.host is empty: give the broker's host name or address")
-        if not 1 <= self.port <= 65535:
-            raise ConfigError(f"mqtt.port = {self.port} is not a TCP port: use 1 to 65535")
-        if not 5 <= self.keepalive_s <= 3600:
-            raise ConfigError(f"mqtt.keepalive_s = {self.keepalive_s}: use 5 to 3600 seconds")
-        if self.password_file is not None and self.password_env is not None:
-            raise ConfigError("set only one of mqtt.password_file and mqtt.password_env")
-        if (self.password_file or self.password_env) and not self.username:
-            raise ConfigError("mqtt password given without mqtt.username: set the user name")
-        if (self.tls_cert_file is None) != (self.tls_key_file is None):
-            raise ConfigError("mqtt.tls_cert_file and mqtt.tls_key_file go together: set both")
-        for name in ("tls_ca_file", "tls_cert_file", "tls_key_file", "password_file"):
-            path = getattr(self, name)
-            if path is not None and not Path(path).is_file():
-                raise ConfigError(f"mqtt.{name} = {str(path)!r} does not exist: fix the path")
-        if not self.tls and (self.tls_ca_file or self.tls_cert_file):
-            raise ConfigError("mqtt TLS files are set but mqtt.tls is false: set tls: true")
-        if not 0 < self.reconnect_min_delay_s <= self.reconnect_max_delay_s:
-            raise ConfigError(
-                "mqtt reconnect delays must satisfy 0 < reconnect_min_delay_s <= "
-                f"reconnect_max_delay_s, got {self.reconnect_min_delay_s} and "
-                f"{self.reconnect_max_delay_s}"
-            )
-        unknown = sorted(set(self.commands_allowed) - set(COMMAND_NAMES))
-        if unknown:
-            raise ConfigError(
-                f"mqtt.commands_allowed names unknown command(s) {', '.join(unknown)}: "
-                f"use names from {', '.join(COMMAND_NAMES)}"
-            )
-        for name in ("journal_max_events", "max_inflight", "command_queue_size"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"mqtt.{name} = {getattr(self, name)} must be at least 1")
-
-    def password(self) -> str | None:
-        """Read the password now, so a rotated secret file is picked up on restart."""
-        if self.password_file is not None:
-            try:
-                lines = Path(self.password_file).read_text(encoding="utf-8").splitlines()
-            except OSError as exc:
-                raise ConfigError(
-                    f"cannot read mqtt.password_file {str(self.password_file)!r}: {exc}"
-                ) from exc
-            return lines[0] if lines else ""
-        if self.password_env is not None:
-            value = os.environ.get(self.password_env)
-            if value is None:
-                raise ConfigError(
-                    f"environment variable {self.password_env} (mqtt.password_env) is not set"
-                )
-            return value
-        return None
 
 
 @dataclass(frozen=True)
@@ -177,11 +73,16 @@ class _Ack:
 class MqttClient:
     """One connection to the broker, owned by the daemon: `start()`, publish, `stop()`."""
 
-    def __init__(self, settings: MqttSettings, machines: Iterable[str] = ()) -> None:
+    def __init__(
+        self, settings: MqttSection, device_id: str, journal_path: Path,
+        machines: Iterable[str] = (),
+    ) -> None:
         self.settings = settings
-        self.topics = TopicTree(settings.device_id, settings.prefix, settings.ha_prefix)
+        self.device_id = device_id
+        self.journal_path = journal_path
+        self.topics = TopicTree(device_id, settings.prefix, settings.ha_prefix)
         self.commands = CommandRouter(
-            settings.commands_enabled, settings.commands_allowed, settings.command_queue_size
+            settings.commands_enabled, settings.commands_allowed, COMMAND_QUEUE_SIZE
         )
         self._machines = tuple(check_segment(m, "machine") for m in machines)
         self._inbox: queue.Queue[object] = queue.Queue()
@@ -212,7 +113,7 @@ class MqttClient:
             raise RuntimeError("MqttClient.start() called twice; stop() it first")
         s = self.settings
         client, self._prepared = self._prepared or self._new_paho(), None
-        self._journal = Journal(s.journal_path, s.journal_max_events)
+        self._journal = Journal(self.journal_path, s.journal_max_events)
         self._inflight.clear()
         self._last_handed = 0  # hand the whole backlog to this connection, oldest first
         self._stopped = False
@@ -228,7 +129,7 @@ class MqttClient:
         s = self.settings
         client = paho.Client(
             callback_api_version=paho.CallbackAPIVersion.VERSION2,
-            client_id=s.client_id or f"edge-monitor-{s.device_id}",
+            client_id=s.client_id or f"edge-monitor-{self.device_id}",
             protocol=paho.MQTTv311,
         )
         client.max_inflight_messages_set(s.max_inflight)
@@ -392,7 +293,7 @@ class MqttClient:
                     self._journal.remove(seq for seq in acked if seq is not None)
                 self._pump()
             except (sqlite3.Error, OSError) as exc:  # keep delivering once the disk recovers
-                self._last_error = f"MQTT journal {self.settings.journal_path} failed: {exc}"
+                self._last_error = f"MQTT journal {self.journal_path} failed: {exc}"
                 log.error("%s; messages already journaled are kept and sent later",
                           self._last_error)
 
@@ -405,7 +306,7 @@ class MqttClient:
         except (sqlite3.Error, OSError) as exc:  # disk full: still try to deliver from memory
             log.error("cannot write %d message(s) to the MQTT journal (%s): publishing them "
                       "without durability; free disk space or fix %s", len(items), exc,
-                      self.settings.journal_path)
+                      self.journal_path)
             self._send_direct([i.message for i in items])
         finally:
             with self._queued_lock:

@@ -32,6 +32,11 @@ EVENT_TYPES = ("new", "update", "end")
 INSTALL_STEPS = ("downloading", "verifying", "swapping", "watching", "installed", "refused",
                  "failed", "rolled-back")
 
+# The commands under `<root>/cmd/`; edge_monitor.mqtt.commands says which fields each takes.
+COMMAND_NAMES = (
+    "reload", "status", "enroll/start", "enroll/commit", "enroll/cancel", "enroll/rollback",
+    "enroll/status", "bundle/install", "bundle/rollback",
+)
 _COMMAND_LEVEL = "cmd"
 _RESULT_NAME = "result"
 _SEGMENT = re.compile(r"[A-Za-z0-9_-]{1,64}")

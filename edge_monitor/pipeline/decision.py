@@ -1,5 +1,7 @@
 """The alarm state machine of one machine, configured once and fed one window at a time.
 
+Its settings are the config's `decision:` section as loaded (DecisionSection).
+
 A window's score is compared with the detector's threshold after optional median smoothing.
 An alarm starts when k of the last n windows are above the threshold (debouncing) and no
 cooldown is running; it ends when fewer than k of the last n windows stay above
@@ -22,29 +24,10 @@ from datetime import datetime, timedelta
 
 import numpy as np
 
+from edge_monitor.config.sections import DecisionSection
+
 NORMAL, ANOMALY, FAULT, LEARNING, ENROLLING = "normal", "anomaly", "fault", "learning", "enrolling"
 SUSPENDED = (FAULT, LEARNING, ENROLLING)
-
-
-@dataclass(frozen=True)
-class DecisionConfig:
-    """How windows become alarms; see docs/configuration.md (`decision:`)."""
-
-    smoothing: int = 1
-    k: int = 3
-    n: int = 5
-    hysteresis_ratio: float = 0.9
-    cooldown_s: float = 60.0
-    update_interval_s: float = 10.0
-
-    def __post_init__(self) -> None:
-        if not 1 <= self.k <= self.n:
-            raise ValueError(f"decision needs 1 <= k <= n, got k={self.k}, n={self.n}")
-        if self.smoothing < 1:
-            raise ValueError(f"decision.smoothing must be >= 1, got {self.smoothing}")
-        if not 0.0 < self.hysteresis_ratio <= 1.0:
-            raise ValueError(f"decision.hysteresis_ratio must lie in (0, 1], got "
-                             f"{self.hysteresis_ratio}")
 
 
 @dataclass(frozen=True)
@@ -83,7 +66,7 @@ class _Alarm:
 class DecisionMachine:
     """One machine's decision state; not thread-safe (the processing thread owns it)."""
 
-    def __init__(self, config: DecisionConfig, status: str = NORMAL) -> None:
+    def __init__(self, config: DecisionSection, status: str = NORMAL) -> None:
         self.config = config
         self.status = status
         self.reason: str | None = None

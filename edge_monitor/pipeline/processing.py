@@ -34,6 +34,12 @@ import numpy as np
 import soxr
 
 from edge_monitor.audio_in.capture import AudioSource, Chunk
+from edge_monitor.config.sections import (
+    Config,
+    DecisionSection,
+    FaultsConfig,
+    PreprocessSection,
+)
 from edge_monitor.core.atomic import atomic_write_text
 from edge_monitor.core.detector import Detection, Detector
 from edge_monitor.core.errors import EdgeMonitorError
@@ -42,7 +48,6 @@ from edge_monitor.pipeline.decision import (
     ENROLLING,
     FAULT,
     LEARNING,
-    DecisionConfig,
     DecisionMachine,
     Outcome,
     Transition,
@@ -83,25 +88,38 @@ class AudioTap(Protocol):
 
 @dataclass(frozen=True)
 class ProcessingSettings:
-    """Everything the loop needs besides the machines; built from the config by the daemon."""
+    """What the loop needs besides the machines: the config's sections as loaded, and what
+    the models decide (window length, model rate). Nothing here restates a default."""
 
+    config: Config
     window_s: float
-    hop_s: float
     model_rate_hz: int
-    decision: DecisionConfig
-    false_alarm_rate: float
-    threshold_scale: float = 1.0
-    disk_paths: tuple[Path, ...] = ()  # directories written to; probed while a disk fault lasts
-    silence_s: float = 30.0
-    silence_dbfs: float = -70.0
-    clip_level: float = 0.999
-    clip_fraction: float = 0.001
-    clipping_windows: int = 3
-    no_audio_s: float = 5.0
-    disk_check_s: float = 30.0
-    realtime: bool = True
-    score_telemetry: bool = True
-    stats_interval_s: float = 300.0
+
+    @property
+    def hop_s(self) -> float:
+        return self.config.windows.hop_s
+
+    @property
+    def decision(self) -> DecisionSection:
+        return self.config.decision
+
+    @property
+    def faults(self) -> FaultsConfig:
+        return self.config.faults
+
+    @property
+    def preprocess(self) -> PreprocessSection:
+        return self.config.preprocess
+
+    @property
+    def disk_paths(self) -> tuple[Path, ...]:
+        """Directories written to; probed while a disk fault lasts."""
+        c = self.config
+        return (c.state_dir, c.clip_dir) if c.alarm_audio.enabled else (c.state_dir,)
+
+    @property
+    def realtime(self) -> bool:
+        return self.config.source.kind == "sounddevice" or self.config.source.replay.realtime
 
 
 @dataclass
@@ -361,7 +379,7 @@ class Processor:
                 except Exception:
                     log.exception("machine %s: an audio tap failed; removing it", lane.name)
                     lane.taps.remove(tap)
-            if _dbfs(mono) < self.settings.silence_dbfs:
+            if _dbfs(mono) < self.settings.preprocess.silence_dbfs:
                 lane.silent_s += mono.shape[0] / rate
             else:
                 lane.silent_s = 0.0
@@ -379,15 +397,16 @@ class Processor:
         s = self.settings
         self.counters.windows += 1
         at = lane.stream.wall_time(end_frame)
-        hits = int(np.count_nonzero(np.abs(audio) >= s.clip_level))
-        lane.clipped_run = lane.clipped_run + 1 if hits >= s.clip_fraction * audio.size else 0
+        hits = int(np.count_nonzero(np.abs(audio) >= s.preprocess.clip_level))
+        clipped = hits >= s.preprocess.clip_fraction * audio.size
+        lane.clipped_run = lane.clipped_run + 1 if clipped else 0
         status = self._settle(lane, at)
         model_fault_only = status == FAULT and lane.decision.reason == lane.model_error
         if (status == FAULT and not model_fault_only) or status == ENROLLING or (
             start_frame < lane.judge_from_frame
         ):
             return
-        if _dbfs(audio) < s.silence_dbfs or lane.clipped_run:
+        if _dbfs(audio) < s.preprocess.silence_dbfs or lane.clipped_run:
             # A silent or clipped window says nothing reliable about the machine (stopped,
             # a dead input, too much gain) until it lasts long enough to be a fault; judging
             # it would only make false alarms.
@@ -403,13 +422,13 @@ class Processor:
         detection = self._score(lane, detector, audio, at)
         if detection is None:
             return
-        threshold = detector.threshold * s.threshold_scale
+        threshold = detector.threshold * s.decision.threshold_scale
         self.counters.scored_windows += 1
         lane.scored += 1
         lane.last_score = detection.score
         lane.last_threshold = threshold
         outcome = lane.decision.observe(detection.score, threshold, at)
-        if s.score_telemetry and self.publisher is not None:
+        if s.config.mqtt.score_telemetry and self.publisher is not None:
             self.publisher.publish_score(lane.name, ScoreSample(detection.score, threshold, at))
         self._emit(lane, outcome, at, audio)
         if s.realtime:
@@ -452,7 +471,7 @@ class Processor:
             self._set_disk_fault(f"cannot save the learned bank of {lane.name}: {exc}")
             return
         lane.setup.detector = builtin_detector(
-            lane.name, learner.embedder, bank, self.settings.false_alarm_rate,
+            lane.name, learner.embedder, bank, self.settings.decision.false_alarm_rate,
             learner.preprocess_config,
         )
         lane.setup.learner = None
@@ -468,18 +487,18 @@ class Processor:
         if source_fault:
             return source_fault
         quiet_s = time.monotonic() - self._last_chunk_at
-        if quiet_s > s.no_audio_s and not self.source.finished:
+        if quiet_s > s.faults.no_audio_s and not self.source.finished:
             return f"no audio from the input for {quiet_s:.0f} s"
         if self._disk_fault:
             return self._disk_fault
         if self._last_drop_at is not None:
             return "audio overflow: the processing could not keep up and audio was dropped"
-        if lane.silent_s >= s.silence_s:
-            return (f"silence: input below {s.silence_dbfs:g} dBFS for {s.silence_s:g} s "
-                    "(microphone dead, muted or unplugged?)")
-        if lane.clipped_run >= s.clipping_windows:
-            return (f"clipping: {s.clipping_windows} or more windows in a row reach full scale "
-                    "(lower the input gain)")
+        if lane.silent_s >= s.faults.silence_s:
+            return (f"silence: input below {s.preprocess.silence_dbfs:g} dBFS for "
+                    f"{s.faults.silence_s:g} s (microphone dead, muted or unplugged?)")
+        if lane.clipped_run >= s.faults.clipping_windows:
+            return (f"clipping: {s.faults.clipping_windows} or more windows in a row reach full "
+                    "scale (lower the input gain)")
         return lane.model_error
 
     def _settle(self, lane: _Lane, at: datetime) -> str | None:
@@ -521,7 +540,7 @@ class Processor:
             self._last_drop_at = now
         elif self._last_drop_at is not None and now - self._last_drop_at > self.settings.window_s:
             self._last_drop_at = None
-        if self._disk_fault and now - self._last_disk_probe > self.settings.disk_check_s:
+        if self._disk_fault and now - self._last_disk_probe > self.settings.faults.disk_check_s:
             self._probe_disk()
         at = self._now()
         for lane in self._lanes:
@@ -622,7 +641,8 @@ class Processor:
                 "reason": d.reason,
                 "since": d.since.isoformat() if d.since else None,
                 "score": lane.last_score,
-                "threshold": det.threshold * self.settings.threshold_scale if det else None,
+                "threshold": (det.threshold * self.settings.decision.threshold_scale
+                              if det else None),
                 "model_version": det.model_version if det else None,
                 "bank_version": det.bank_version if det else None,
                 "learning_progress": lane.setup.learner.progress if lane.setup.learner else None,
@@ -655,7 +675,7 @@ class Processor:
     def _periodic(self) -> None:
         now = time.monotonic()
         self._update_snapshot()
-        if now - self._last_stats_log >= self.settings.stats_interval_s:
+        if now - self._last_stats_log >= self.settings.config.logging.stats_interval_s:
             self._last_stats_log = now
             self._log_stats()
 

@@ -7,13 +7,13 @@ from typing import Any
 
 import numpy as np
 
+from edge_monitor.config.sections import QualityGateConfig
 from edge_monitor.core.detector import Detector, Member
 from edge_monitor.core.embedders.logmel_stats import LogMelStatsEmbedder
 from edge_monitor.core.preprocess import PreprocessConfig, preprocess
 from edge_monitor.core.scoring import SOURCE, build_bank
 from edge_monitor.core.scoring_config import variant
 from edge_monitor.demo.synth import MachineSpec, synthesize, write_audio
-from edge_monitor.enrolment.quality_gate import QualityGateConfig
 
 RATE = 16000
 WINDOW_S = 1.0

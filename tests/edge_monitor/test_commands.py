@@ -10,12 +10,13 @@ import pytest
 
 from edge_monitor.core.errors import BadInputError, EdgeMonitorError
 from edge_monitor.mqtt.commands import (
+    COMMAND_FIELDS,
     MAX_PAYLOAD_BYTES,
     CommandError,
     CommandRouter,
     parse_command,
 )
-from edge_monitor.mqtt.topics import CommandReply
+from edge_monitor.mqtt.topics import COMMAND_NAMES, CommandReply
 
 WAIT_S = 15.0
 
@@ -132,9 +133,8 @@ def test_disabled_and_not_allowed_commands_are_refused(router):
     assert rec.calls == []
 
 
-def test_unknown_allow_list_entry_is_a_config_error():
-    with pytest.raises(BadInputError, match="enroll/begin"):
-        CommandRouter(allowed=("enroll/begin",))
+def test_every_command_of_the_topic_tree_has_its_fields_and_no_other():
+    assert list(COMMAND_FIELDS) == list(COMMAND_NAMES)
 
 
 def test_a_full_queue_answers_busy(router):

@@ -9,9 +9,8 @@ import pytest
 
 from edge_monitor import cli
 from edge_monitor.config.loader import load_config
-from edge_monitor.config.sections import Config
+from edge_monitor.config.sections import Config, QualityGateConfig
 from edge_monitor.core.errors import ConfigError
-from edge_monitor.enrolment.quality_gate import QualityGateConfig
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -128,10 +127,10 @@ def test_password_file_comes_from_the_systemd_credentials_directory(tmp_path, mo
     (creds / "mqtt_password").write_text("s3cret\n")
     monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
     config = load_config(write(tmp_path, "mqtt: {username: box, password_file: mqtt_password}\n"))
-    assert config.mqtt_settings().password() == "s3cret"
+    assert config.mqtt.password() == "s3cret"
     monkeypatch.setenv("EDGE_TEST_PW", "from-env")
     config = load_config(write(tmp_path, "mqtt: {username: box, password_env: EDGE_TEST_PW}\n"))
-    assert config.mqtt_settings().password() == "from-env"
+    assert config.mqtt.password() == "from-env"
 
 
 def test_yaml_syntax_errors_name_the_line(tmp_path):
@@ -155,6 +154,20 @@ def test_check_command_exits_2_naming_the_key_and_0_when_valid(tmp_path, capsys,
     assert f"learning from the next {amount}" in caplog.text  # the daemon says the same
     assert not (tmp_path / "state").exists()  # check writes nothing
     assert cli.main(["check", "-c", str(tmp_path / "absent.yaml")]) == 2
+
+
+def test_check_refuses_what_run_would_refuse(tmp_path, capsys):
+    # One validation path: a command name the daemon does not know, a password file that
+    # is a directory (unreadable at connect), both refused by `check` as by `run`.
+    unknown = write(tmp_path, f"state_dir: {tmp_path}\nmqtt:\n  commands_allowed: [format-disk]\n")
+    assert cli.main(["check", "-c", str(unknown)]) == 2
+    err = capsys.readouterr().err
+    assert "format-disk" in err and "mqtt.commands_allowed" in err
+    (tmp_path / "secret-dir").mkdir()
+    unreadable = write(tmp_path, f"state_dir: {tmp_path}\nmqtt:\n  username: box\n"
+                       f"  password_file: {tmp_path / 'secret-dir'}\n", "unreadable.yaml")
+    assert cli.main(["check", "-c", str(unreadable)]) == 2
+    assert "mqtt.password_file" in capsys.readouterr().err
 
 
 def test_enrolment_section_sets_the_gate_and_is_validated(tmp_path):

@@ -6,12 +6,12 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
+from edge_monitor.config.sections import DecisionSection
 from edge_monitor.pipeline.decision import (
     ANOMALY,
     FAULT,
     LEARNING,
     NORMAL,
-    DecisionConfig,
     DecisionMachine,
 )
 
@@ -30,7 +30,7 @@ def feed(machine: DecisionMachine, scores: list[float], start_s: float = 0.0, ho
 
 
 def test_k_of_n_starts_an_alarm_only_after_k_hot_windows():
-    machine = DecisionMachine(DecisionConfig(k=3, n=5, cooldown_s=0))
+    machine = DecisionMachine(DecisionSection(k=3, n=5, cooldown_s=0))
     statuses, transitions = feed(machine, [0.5, 2.0, 0.5, 2.0, 0.5, 2.0, 2.0])
     assert statuses == [NORMAL] * 5 + [ANOMALY, ANOMALY]
     assert [t.kind for t in transitions] == ["new"]
@@ -39,14 +39,14 @@ def test_k_of_n_starts_an_alarm_only_after_k_hot_windows():
 
 
 def test_isolated_spikes_never_alarm():
-    machine = DecisionMachine(DecisionConfig(k=2, n=3))
+    machine = DecisionMachine(DecisionSection(k=2, n=3))
     statuses, transitions = feed(machine, [5.0, 0.1, 0.1, 5.0, 0.1, 0.1, 5.0])
     assert set(statuses) == {NORMAL}
     assert transitions == []
 
 
 def test_hysteresis_keeps_the_alarm_while_scores_stay_above_the_clear_level():
-    machine = DecisionMachine(DecisionConfig(k=2, n=3, hysteresis_ratio=0.8, cooldown_s=0))
+    machine = DecisionMachine(DecisionSection(k=2, n=3, hysteresis_ratio=0.8, cooldown_s=0))
     # 0.9 is below the threshold but above 0.8 * threshold: the alarm stays on.
     statuses, transitions = feed(machine, [2.0, 2.0, 0.9, 0.9, 0.9, 0.5, 0.5])
     assert statuses == [NORMAL, ANOMALY, ANOMALY, ANOMALY, ANOMALY, ANOMALY, NORMAL]
@@ -59,7 +59,7 @@ def test_hysteresis_keeps_the_alarm_while_scores_stay_above_the_clear_level():
 
 
 def test_cooldown_suppresses_a_new_alarm_until_it_expires():
-    machine = DecisionMachine(DecisionConfig(k=1, n=1, cooldown_s=10.0))
+    machine = DecisionMachine(DecisionSection(k=1, n=1, cooldown_s=10.0))
     scores = [2.0, 0.1] + [2.0] * 12
     statuses, transitions = feed(machine, scores)
     assert [t.kind for t in transitions] == ["new", "end", "new"]
@@ -70,7 +70,7 @@ def test_cooldown_suppresses_a_new_alarm_until_it_expires():
 
 
 def test_update_is_sent_when_the_peak_rises_at_most_once_per_interval():
-    machine = DecisionMachine(DecisionConfig(k=1, n=1, update_interval_s=5.0))
+    machine = DecisionMachine(DecisionSection(k=1, n=1, update_interval_s=5.0))
     scores = [2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 2.0, 9.0, 2.0, 2.0, 2.0, 2.0]
     _, transitions = feed(machine, scores)
     kinds = [(t.kind, t.peak_score, t.at) for t in transitions]
@@ -83,7 +83,7 @@ def test_update_is_sent_when_the_peak_rises_at_most_once_per_interval():
 
 
 def test_median_smoothing_ignores_single_window_outliers():
-    machine = DecisionMachine(DecisionConfig(smoothing=3, k=1, n=1))
+    machine = DecisionMachine(DecisionSection(smoothing=3, k=1, n=1))
     statuses, _ = feed(machine, [0.1, 0.1, 9.0, 0.1, 0.1])
     assert set(statuses) == {NORMAL}
     statuses, _ = feed(machine, [9.0, 9.0], start_s=5)
@@ -91,7 +91,7 @@ def test_median_smoothing_ignores_single_window_outliers():
 
 
 def test_fault_ends_an_open_alarm_and_forgets_history():
-    machine = DecisionMachine(DecisionConfig(k=2, n=3, cooldown_s=0))
+    machine = DecisionMachine(DecisionSection(k=2, n=3, cooldown_s=0))
     feed(machine, [2.0, 2.0])
     assert machine.status == ANOMALY
     outcome = machine.suspend(FAULT, T0 + timedelta(seconds=2), "silence for 30 s")
@@ -107,7 +107,7 @@ def test_fault_ends_an_open_alarm_and_forgets_history():
 
 
 def test_learning_is_a_suspended_state_and_fault_needs_a_reason():
-    machine = DecisionMachine(DecisionConfig(), status=LEARNING)
+    machine = DecisionMachine(DecisionSection(), status=LEARNING)
     with pytest.raises(ValueError):
         machine.suspend(FAULT, T0)
     assert machine.resume(T0).status == NORMAL
@@ -115,4 +115,4 @@ def test_learning_is_a_suspended_state_and_fault_needs_a_reason():
 
 def test_rejects_k_above_n():
     with pytest.raises(ValueError):
-        DecisionConfig(k=4, n=3)
+        DecisionSection(k=4, n=3)

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from edge_monitor.mqtt.client import MqttClient, MqttSettings
+from edge_monitor.config.sections import MqttSection
+from edge_monitor.mqtt.client import MqttClient
 from edge_monitor.mqtt.topics import AlarmEvent, BundleStatus, new_id, utc_now
 
 WAIT_S = 15.0
@@ -25,8 +26,8 @@ def wait_until(condition, what: str) -> None:
         time.sleep(0.02)
 
 
-def start_client(settings: MqttSettings, started: list[MqttClient]) -> MqttClient:
-    client = MqttClient(settings, ["pump"])
+def start_client(settings: MqttSection, started: list[MqttClient], journal: Path) -> MqttClient:
+    client = MqttClient(settings, DEVICE, journal, ["pump"])
     client.start()
     started.append(client)
     return client
@@ -40,12 +41,11 @@ def started():
         client.stop(flush_timeout_s=0)
 
 
-def settings_for(broker, tmp_path: Path, port: int | None = None, **overrides) -> MqttSettings:
-    values = dict(device_id=DEVICE, journal_path=tmp_path / "j.sqlite3", host=broker.host,
-                  port=port or broker.port, reconnect_min_delay_s=0.2,
+def settings_for(broker, port: int | None = None, **overrides) -> MqttSection:
+    values = dict(host=broker.host, port=port or broker.port, reconnect_min_delay_s=0.2,
                   reconnect_max_delay_s=0.5, ha_discovery=False)
     values.update(overrides)
-    return MqttSettings(**values)
+    return MqttSection(**values)
 
 
 def password_file(tmp_path: Path, password: str) -> Path:
@@ -55,16 +55,16 @@ def password_file(tmp_path: Path, password: str) -> Path:
 
 
 def test_client_without_credentials_is_refused(mosquitto_auth, started, tmp_path):
-    client = start_client(settings_for(mosquitto_auth, tmp_path), started)
+    client = start_client(settings_for(mosquitto_auth), started, tmp_path / "j.sqlite3")
     wait_until(lambda: client.stats().last_error is not None, "the broker's refusal")
     assert "refused" in client.stats().last_error
     assert not client.connected
 
 
 def test_client_with_wrong_password_is_refused(mosquitto_auth, started, tmp_path):
-    settings = settings_for(mosquitto_auth, tmp_path, username=DEVICE,
+    settings = settings_for(mosquitto_auth, username=DEVICE,
                             password_file=password_file(tmp_path, "wrong"))
-    client = start_client(settings, started)
+    client = start_client(settings, started, tmp_path / "j.sqlite3")
     wait_until(lambda: client.stats().last_error is not None, "the broker's refusal")
     assert not client.connected
 
@@ -74,9 +74,9 @@ def test_client_with_credentials_is_accepted_and_ops_sees_its_alarm(
 ):
     ops = mqtt_recorder(mosquitto_auth, ["edge-monitor/#"], username="ops")
     password = mosquitto_auth.users[DEVICE]
-    settings = settings_for(mosquitto_auth, tmp_path, username=DEVICE,
+    settings = settings_for(mosquitto_auth, username=DEVICE,
                             password_file=password_file(tmp_path, password))
-    client = start_client(settings, started)
+    client = start_client(settings, started, tmp_path / "j.sqlite3")
     now = utc_now()
     client.publish_event(AlarmEvent("new", new_id(), "pump", now, now, 2.0, 1.0, "m1", "b1"))
     [event] = ops.wait_topic(f"{ROOT}/machines/pump/events")
@@ -94,9 +94,9 @@ def test_ops_command_reaches_the_device_and_the_reply_reaches_ops(
     mosquitto_auth, mqtt_recorder, started, tmp_path, monkeypatch
 ):
     monkeypatch.setenv("EDGE_MONITOR_MQTT_PASSWORD", mosquitto_auth.users[DEVICE])
-    settings = settings_for(mosquitto_auth, tmp_path, username=DEVICE,
+    settings = settings_for(mosquitto_auth, username=DEVICE,
                             password_env="EDGE_MONITOR_MQTT_PASSWORD")
-    client = MqttClient(settings, ["pump"])
+    client = MqttClient(settings, DEVICE, tmp_path / "j.sqlite3", ["pump"])
     client.commands.register("status", lambda command: {"machines": ["pump"]})
     client.start()
     started.append(client)
@@ -149,20 +149,20 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def test_tls_with_client_certificate(mosquitto_factory, mqtt_recorder, started, tmp_path, pki):
     broker = mosquitto_factory(tls_files=(pki["ca"], pki["server_cert"], pki["server_key"]))
     recorder = mqtt_recorder(broker, [f"{ROOT}/availability"])  # plain loopback listener
-    settings = settings_for(broker, tmp_path, port=broker.tls_port, tls=True,
+    settings = settings_for(broker, port=broker.tls_port, tls=True,
                             tls_ca_file=pki["ca"], tls_cert_file=pki["client_cert"],
                             tls_key_file=pki["client_key"])
-    client = start_client(settings, started)
+    client = start_client(settings, started, tmp_path / "j.sqlite3")
     recorder.wait_for(lambda ms: any(m.payload == b"online" for m in ms), "online over TLS")
     assert client.connected
 
 
 def test_tls_refuses_a_broker_signed_by_another_ca(mosquitto_factory, started, tmp_path, pki):
     broker = mosquitto_factory(tls_files=(pki["ca"], pki["server_cert"], pki["server_key"]))
-    settings = settings_for(broker, tmp_path, port=broker.tls_port, tls=True,
+    settings = settings_for(broker, port=broker.tls_port, tls=True,
                             tls_ca_file=pki["other_ca"], tls_cert_file=pki["client_cert"],
                             tls_key_file=pki["client_key"])
-    client = start_client(settings, started)
+    client = start_client(settings, started, tmp_path / "j.sqlite3")
     wait_until(lambda: client.stats().last_error is not None, "the failed TLS handshake")
     assert "TLS" in client.stats().last_error
     assert not client.connected

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from edge_monitor.mqtt.client import MqttClient, MqttSettings
+from edge_monitor.config.sections import MqttSection
+from edge_monitor.mqtt.client import MqttClient
 from edge_monitor.mqtt.topics import AlarmEvent, MachineState, ScoreSample, new_id, utc_now
 
 WAIT_S = 15.0
@@ -22,13 +23,13 @@ DEVICE = "box1"
 ROOT = f"edge-monitor/{DEVICE}"
 
 
-def settings_for(broker, journal_path: Path, **overrides) -> MqttSettings:
+def settings_for(broker, **overrides) -> MqttSection:
     values = dict(
-        device_id=DEVICE, journal_path=journal_path, host=broker.host, port=broker.port,
-        reconnect_min_delay_s=0.2, reconnect_max_delay_s=0.5, ha_discovery=False,
+        host=broker.host, port=broker.port, reconnect_min_delay_s=0.2,
+        reconnect_max_delay_s=0.5, ha_discovery=False,
     )
     values.update(overrides)
-    return MqttSettings(**values)
+    return MqttSection(**values)
 
 
 def alarm(kind: str, event_id: str, machine: str = "pump", peak: float = 1.5) -> AlarmEvent:
@@ -50,11 +51,11 @@ def wait_until(condition: Callable[[], bool], what: str) -> None:
 
 
 @pytest.fixture
-def clients() -> Iterator[Callable[[MqttSettings], MqttClient]]:
+def clients() -> Iterator[Callable[[MqttSection, Path], MqttClient]]:
     started: list[MqttClient] = []
 
-    def make(settings: MqttSettings, machines=("pump",)) -> MqttClient:
-        client = MqttClient(settings, machines)
+    def make(settings: MqttSection, journal: Path, machines=("pump",)) -> MqttClient:
+        client = MqttClient(settings, DEVICE, journal, machines)
         client.start()
         started.append(client)
         return client
@@ -75,7 +76,7 @@ def message_ids(recorder) -> list[str]:
 
 
 def test_state_and_availability_are_retained(mosquitto, mqtt_recorder, clients, tmp_path):
-    client = clients(settings_for(mosquitto, tmp_path / "j.sqlite3"))
+    client = clients(settings_for(mosquitto), tmp_path / "j.sqlite3")
     client.publish_state("pump", MachineState("normal", 0.2, 1.0, utc_now()))
     wait_until(lambda: client.connected, "connection")
     assert client.flush(WAIT_S)
@@ -92,7 +93,7 @@ def test_state_and_availability_are_retained(mosquitto, mqtt_recorder, clients, 
 
 def test_events_arrive_with_ids_qos1_not_retained(mosquitto, mqtt_recorder, clients, tmp_path):
     recorder = mqtt_recorder(mosquitto, [f"{ROOT}/machines/+/events", f"{ROOT}/machines/+/score"])
-    client = clients(settings_for(mosquitto, tmp_path / "j.sqlite3"))
+    client = clients(settings_for(mosquitto), tmp_path / "j.sqlite3")
     event_id = new_id()
     for kind in ("new", "update", "end"):
         client.publish_event(alarm(kind, event_id))
@@ -117,7 +118,7 @@ def test_broker_outage_loses_no_event_and_keeps_order(
 ):
     broker = mosquitto_factory(persistence=True)
     recorder = mqtt_recorder(broker, [f"{ROOT}/machines/+/events"], persistent=True)
-    client = clients(settings_for(broker, tmp_path / "j.sqlite3"))
+    client = clients(settings_for(broker), tmp_path / "j.sqlite3")
     sent = [alarm("new", new_id()), alarm("end", new_id())]
     for event in sent:
         client.publish_event(event)
@@ -143,7 +144,7 @@ def test_events_survive_a_client_restart(mosquitto_factory, mqtt_recorder, clien
     journal = tmp_path / "j.sqlite3"
     broker.stop()
 
-    first = MqttClient(settings_for(broker, journal), ["pump"])
+    first = MqttClient(settings_for(broker), DEVICE, journal, ["pump"])
     first.start()
     sent = [alarm(kind, new_id()) for kind in ("new", "update", "end")]
     for event in sent:
@@ -151,7 +152,7 @@ def test_events_survive_a_client_restart(mosquitto_factory, mqtt_recorder, clien
     first.stop(flush_timeout_s=0)  # the broker is away: all three stay in the journal
 
     broker.start()
-    clients(settings_for(broker, journal))  # a new process would do the same
+    clients(settings_for(broker), journal)  # a new process would do the same
     expected = [e.message_id for e in sent]
     recorder.wait_for(lambda ms: len(message_ids(recorder)) >= 3, "the journaled events")
     assert message_ids(recorder) == expected
@@ -161,12 +162,13 @@ CHILD = """
 import sys, time
 from pathlib import Path
 from datetime import timedelta
-from edge_monitor.mqtt.client import MqttClient, MqttSettings
+from edge_monitor.config.sections import MqttSection
+from edge_monitor.mqtt.client import MqttClient
 from edge_monitor.mqtt.topics import AlarmEvent, MachineState, utc_now
 
 port, journal, count = int(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
-client = MqttClient(MqttSettings(device_id="box1", journal_path=journal, host="127.0.0.1",
-                                 port=port, keepalive_s=5, ha_discovery=False), ["pump"])
+client = MqttClient(MqttSection(host="127.0.0.1", port=port, keepalive_s=5, ha_discovery=False),
+                    "box1", journal, ["pump"])
 client.start()
 client.publish_state("pump", MachineState("normal", 0.1, 1.0, utc_now()))
 for i in range(count):
@@ -220,7 +222,7 @@ def test_events_journaled_before_sigkill_are_delivered_after_restart(
     child.wait(WAIT_S)
 
     broker.start()
-    clients(settings_for(broker, journal))
+    clients(settings_for(broker), journal)
     expected = [f"child-msg-{i}" for i in range(5)]
     recorder.wait_for(lambda ms: len(message_ids(recorder)) >= 5, "the journaled events")
     assert message_ids(recorder) == expected
@@ -228,7 +230,7 @@ def test_events_journaled_before_sigkill_are_delivered_after_restart(
 
 def test_graceful_stop_says_offline(mosquitto, mqtt_recorder, tmp_path):
     recorder = mqtt_recorder(mosquitto, [f"{ROOT}/availability"])
-    client = MqttClient(settings_for(mosquitto, tmp_path / "j.sqlite3"), ["pump"])
+    client = MqttClient(settings_for(mosquitto), DEVICE, tmp_path / "j.sqlite3", ["pump"])
     client.start()
     recorder.wait_for(lambda ms: any(m.payload == b"online" for m in ms), "online")
     client.stop()

@@ -7,7 +7,8 @@ import time
 
 import pytest
 
-from edge_monitor.mqtt.client import MqttClient, MqttSettings
+from edge_monitor.config.sections import MqttSection
+from edge_monitor.mqtt.client import MqttClient
 from edge_monitor.mqtt.commands import MAX_PAYLOAD_BYTES
 
 WAIT_S = 15.0
@@ -16,9 +17,8 @@ RESULT = f"{ROOT}/cmd/result"
 
 
 def start(broker, tmp_path, handled: list, **overrides) -> MqttClient:
-    settings = MqttSettings(device_id="box1", journal_path=tmp_path / "j.sqlite3",
-                            host=broker.host, port=broker.port, ha_discovery=False, **overrides)
-    client = MqttClient(settings, ["pump"])
+    settings = MqttSection(host=broker.host, port=broker.port, ha_discovery=False, **overrides)
+    client = MqttClient(settings, "box1", tmp_path / "j.sqlite3", ["pump"])
     for name in ("reload", "status", "enroll/start", "enroll/commit", "enroll/cancel",
                  "enroll/rollback"):
         client.commands.register(name, lambda command: handled.append(command) or {"done": 1})

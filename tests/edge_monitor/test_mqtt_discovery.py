@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 
-from edge_monitor.mqtt.client import MqttClient, MqttSettings
+from edge_monitor.config.sections import MqttSection
+from edge_monitor.mqtt.client import MqttClient
 from edge_monitor.mqtt.topics import MachineState, utc_now
 
 CONFIG_TOPICS = {
@@ -17,9 +18,8 @@ CONFIG_TOPICS = {
 def test_discovery_is_published_and_republished(mosquitto, mqtt_recorder, tmp_path):
     recorder = mqtt_recorder(mosquitto, ["homeassistant/+/+/+/config"])
     states = mqtt_recorder(mosquitto, ["edge-monitor/box1/machines/+/state"])
-    settings = MqttSettings(device_id="box1", journal_path=tmp_path / "j.sqlite3",
-                            host=mosquitto.host, port=mosquitto.port, device_name="Line 1")
-    client = MqttClient(settings, ["pump", "fan"])
+    settings = MqttSection(host=mosquitto.host, port=mosquitto.port, device_name="Line 1")
+    client = MqttClient(settings, "box1", tmp_path / "j.sqlite3", ["pump", "fan"])
     client.start()
     client.publish_state("fan", MachineState("normal", 0.1, 1.0, utc_now()))
     try:

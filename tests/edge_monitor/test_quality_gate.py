@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from enroll_support import OLD_SPEC, RATE, machine_audio, windows
 
+from edge_monitor.config.sections import QualityGateConfig
 from edge_monitor.core.preprocess import preprocess
 from edge_monitor.enrolment.quality_gate import (
     QualityGate,
-    QualityGateConfig,
     QualityRejectedError,
     spectral_flatness,
     window_problem,
