@@ -98,6 +98,17 @@ def test_only_the_demo_harness_imports_the_demo() -> None:
     assert violations(outside, lambda m: not within(m, "edge_monitor.demo")) == []
 
 
+def test_one_resampler_for_every_path() -> None:
+    # Live audio, replayed files, enrolment, trainer banks and evaluation all convert rates
+    # through edge_monitor.core.audio_io, so no second resampler can creep in.
+    resamplers = ("soxr", "scipy.signal.resample_poly", "scipy.signal.resample",
+                  "librosa", "torchaudio.functional.resample", "torchaudio.transforms.Resample")
+    owner = REPO / "edge_monitor" / "core" / "audio_io.py"
+    paths = [p for p in files("edge_monitor") + files("trainer") + files("tools") if p != owner]
+
+    assert violations(paths, lambda m: not any(within(m, r) for r in resamplers)) == []
+
+
 # What `edge-monitor run -c CONF` has imported by the time the daemon would start.
 RUN_IMPORTS = """
 import json, sys

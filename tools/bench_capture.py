@@ -21,8 +21,8 @@ import soundfile as sf
 
 from edge_monitor.audio_in.capture import SoundDeviceSource
 from edge_monitor.audio_in.replay import ReplaySource
+from edge_monitor.core.windowing import Windower
 from edge_monitor.pipeline.clip_store import ClipStore
-from edge_monitor.pipeline.windowing import Windower
 
 RATE_HZ = 16000
 WINDOW_S = 10.0

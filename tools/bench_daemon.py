@@ -32,11 +32,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-import soxr
 import yaml
 from threadpoolctl import threadpool_limits
 
-from edge_monitor.core.audio_io import resample
+from edge_monitor.core.audio_io import StreamResampler, resample
 from edge_monitor.core.detector import Detector
 from edge_monitor.core.preprocess import PreprocessConfig, preprocess
 from edge_monitor.daemon import BLAS_THREADS
@@ -65,14 +64,14 @@ def stage_costs(detector: Detector, audio: np.ndarray, device_rate: int, hop_s: 
     n = int(detector.window_s * RATE)
     hop_in = int(hop_s * device_rate)
     device_audio = resample(audio, RATE, device_rate) if device_rate != RATE else audio
-    stream = soxr.ResampleStream(device_rate, detector.sample_rate_hz, 1, dtype="float32")
+    stream = StreamResampler(device_rate, detector.sample_rate_hz)
     times: dict[str, list[float]] = {"resample": [], "preprocess": [], "embed": [], "score": []}
     clock = time.process_time
     step = max(1, (len(audio) - n) // windows)
     for i, start in enumerate(range(0, step * windows, step)):
         x = audio[start:start + n]
         t0 = clock()
-        stream.resample_chunk(device_audio[i * hop_in:(i + 1) * hop_in])
+        stream.push(device_audio[i * hop_in:(i + 1) * hop_in])
         t1 = clock()
         conditioned = preprocess(x, detector.sample_rate_hz, detector.preprocess_config)
         t2 = clock()

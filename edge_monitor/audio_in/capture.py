@@ -22,7 +22,8 @@ live source (record several machines as channels of it, not as several sources).
 
 The sample rate is negotiated at open: the requested rate if the device accepts it, else the
 device's default rate (logged). `sample_rate_hz` and each `Chunk.sample_rate_hz` give the
-rate actually delivered; the consumer resamples (see `edge_monitor.core.audio_io.resample`).
+rate actually delivered; the processing loop converts it to the model's rate as it arrives
+(`edge_monitor.core.stream.ModelRateStream`).
 
 sounddevice (and so PortAudio) is imported lazily: importing this module has no side effect
 and works on a box without libportaudio2.

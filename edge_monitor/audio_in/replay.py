@@ -2,7 +2,8 @@
 
 `ReplaySource` implements `edge_monitor.audio_in.capture.AudioSource`. It reads WAV/FLAC files
 (directories are searched recursively; each list is sorted by path) a block at a time with
-soundfile, resampled to `sample_rate_hz` by a streaming soxr resampler, so memory stays flat
+soundfile, resampled to `sample_rate_hz` by the project's one resampler
+(`edge_monitor.core.audio_io.StreamResampler`, streamed), so memory stays flat
 however long the files, and emits `block_s` chunks:
 
 - `realtime=True`: paced like a live input (a block is emitted once its duration has
@@ -31,10 +32,9 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
-import soxr
 
 from edge_monitor.audio_in.capture import Chunk, ChunkQueue, SourceStats, check_positive
-from edge_monitor.core.audio_io import SUPPORTED_SUFFIXES
+from edge_monitor.core.audio_io import SUPPORTED_SUFFIXES, StreamResampler
 from edge_monitor.core.errors import AudioFileError, ConfigError
 
 log = logging.getLogger(__name__)
@@ -98,10 +98,7 @@ def stream_frames(path: Path, sample_rate_hz: int, channels: int) -> Iterator[np
                 f"{path}: has {handle.channels} channels, the replay source expects "
                 f"{channels}; set `channels` to match the recordings"
             )
-        resampler = None
-        if handle.samplerate != sample_rate_hz:
-            resampler = soxr.ResampleStream(handle.samplerate, sample_rate_hz, channels,
-                                            dtype="float32")
+        resampler = StreamResampler(handle.samplerate, sample_rate_hz, channels)
         decoded = 0
         while True:
             try:
@@ -121,8 +118,7 @@ def stream_frames(path: Path, sample_rate_hz: int, channels: int) -> Iterator[np
                 block = block.mean(axis=1, keepdims=True, dtype=np.float32)
             elif block.shape[1] == 1:
                 block = np.repeat(block, channels, axis=1)
-            if resampler is not None:
-                block = resampler.resample_chunk(block, last=last)
+            block = resampler.push(block, last=last)
             if block.shape[0]:
                 yield block
             if last:

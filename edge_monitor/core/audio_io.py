@@ -1,27 +1,53 @@
-"""Read audio files of any rate and channel count into mono float32 at the model's rate."""
+"""Audio files of any rate and channel count to mono float32 at the model's rate; the one
+resampler.
+
+Every rate conversion of the project goes through `StreamResampler` (soxr, high quality):
+live audio chunk by chunk in the daemon, whole files here (`read_audio`, so the trainer's
+banks and evaluation), enrolment windows. soxr's stream is exact whatever the chunking: a
+recording streamed in chunks and flushed gives the samples a whole-file conversion gives,
+so what is evaluated on the workstation is what the edge box hears.
+"""
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
-from scipy.signal import resample_poly
+import soxr
 
 from edge_monitor.core.errors import AudioFileError
 
 SUPPORTED_SUFFIXES = (".wav", ".flac")
 
 
+class StreamResampler:
+    """Converts a stream of chunks (frames, or frames x channels) from one rate to another.
+
+    A stream holds back a few milliseconds of filter delay until `push(..., last=True)`
+    flushes it; equal rates pass samples through unchanged.
+    """
+
+    def __init__(self, rate_in_hz: int, rate_out_hz: int, channels: int = 1) -> None:
+        self.rate_in_hz = int(rate_in_hz)
+        self.rate_out_hz = int(rate_out_hz)
+        self._stream = (
+            None if self.rate_in_hz == self.rate_out_hz
+            else soxr.ResampleStream(self.rate_in_hz, self.rate_out_hz, channels,
+                                     dtype="float32")
+        )
+
+    def push(self, audio: np.ndarray, last: bool = False) -> np.ndarray:
+        x = np.ascontiguousarray(audio, dtype=np.float32)
+        if self._stream is None:
+            return x
+        return np.asarray(self._stream.resample_chunk(x, last=last), dtype=np.float32)
+
+
 def resample(audio: np.ndarray, rate_in_hz: int, rate_out_hz: int) -> np.ndarray:
-    """Polyphase resampling (Kaiser-windowed FIR) between integer rates; exact ratio via gcd."""
-    if rate_in_hz == rate_out_hz:
-        return audio.astype(np.float32, copy=False)
-    g = math.gcd(int(rate_in_hz), int(rate_out_hz))
-    up, down = rate_out_hz // g, rate_in_hz // g
-    out = resample_poly(audio, up, down, axis=0, window=("kaiser", 8.0))
-    return out.astype(np.float32, copy=False)
+    """A whole signal (frames, or frames x channels) at another rate: one flushed stream."""
+    channels = 1 if np.ndim(audio) == 1 else int(np.shape(audio)[1])
+    return StreamResampler(rate_in_hz, rate_out_hz, channels).push(audio, last=True)
 
 
 def to_mono(audio: np.ndarray) -> np.ndarray:

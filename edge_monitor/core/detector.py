@@ -15,7 +15,7 @@ import numpy as np
 from edge_monitor.core.bank import Bank
 from edge_monitor.core.embedders.base import Embedder
 from edge_monitor.core.errors import BankError, ConfigError
-from edge_monitor.core.preprocess import PreprocessConfig, Preprocessed, preprocess
+from edge_monitor.core.preprocess import PreprocessConfig, preprocess
 from edge_monitor.core.scoring import BankScorer, threshold_for_false_alarm_rate
 
 
@@ -63,8 +63,7 @@ class Detection:
     """The outcome of scoring one window."""
 
     score: float
-    member_scores: dict[str, float]
-    conditioned: Preprocessed
+    embeddings: dict[str, np.ndarray]  # each member's embedding of the conditioned window
 
 
 def fuse(members: list[Member], raw: dict[str, np.ndarray]) -> np.ndarray:
@@ -126,19 +125,16 @@ class Detector:
     def bank_version(self) -> str:
         return "+".join(m.bank.version for m in self.members)
 
+    def embed(self, audio: np.ndarray) -> dict[str, np.ndarray]:
+        """Each member's embedding of one mono window at `sample_rate_hz`, conditioned first."""
+        conditioned = preprocess(audio, self.sample_rate_hz, self.preprocess_config)
+        return {m.name: m.embedder.embed(conditioned.audio) for m in self.members}
+
     def score(self, audio: np.ndarray) -> Detection:
         """Score one mono window at `sample_rate_hz`."""
-        conditioned = preprocess(audio, self.sample_rate_hz, self.preprocess_config)
-        raw = {}
-        for m in self.members:
-            vector = m.embedder.embed(conditioned.audio)
-            raw[m.name] = m.scorer.score(vector[None, :])
-        fused = float(fuse(self.members, raw)[0])
-        return Detection(
-            score=fused,
-            member_scores={name: float(v[0]) for name, v in raw.items()},
-            conditioned=conditioned,
-        )
+        vectors = self.embed(audio)
+        raw = {m.name: m.scorer.score(vectors[m.name][None, :]) for m in self.members}
+        return Detection(score=float(fuse(self.members, raw)[0]), embeddings=vectors)
 
     def with_banks(self, banks: dict[str, Bank], threshold: float | None = None) -> Detector:
         """A new detector with some members' banks replaced (enrolment, rollback).

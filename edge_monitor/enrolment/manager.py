@@ -39,6 +39,7 @@ from edge_monitor.core.detector import Detector
 from edge_monitor.core.errors import BadInputError, EdgeMonitorError
 from edge_monitor.core.preprocess import preprocess
 from edge_monitor.core.scoring import TARGET, TARGET_SYN, build_bank
+from edge_monitor.core.windowing import Windower
 from edge_monitor.enrolment.bank_store import (
     BankStore,
     EnrolmentBusyError,
@@ -47,7 +48,6 @@ from edge_monitor.enrolment.bank_store import (
     rebank,
 )
 from edge_monitor.enrolment.quality_gate import QualityGate, QualityReport
-from edge_monitor.pipeline.windowing import Windower
 
 log = logging.getLogger(__name__)
 

@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
-import soxr
 
 from edge_monitor.audio_in.capture import AudioSource, Chunk
 from edge_monitor.config.sections import (
@@ -43,6 +42,7 @@ from edge_monitor.config.sections import (
 from edge_monitor.core.atomic import atomic_write_text
 from edge_monitor.core.detector import Detection, Detector
 from edge_monitor.core.errors import EdgeMonitorError
+from edge_monitor.core.stream import WindowStream
 from edge_monitor.mqtt.topics import AlarmEvent, MachineState, ScoreSample
 from edge_monitor.pipeline.decision import (
     ENROLLING,
@@ -54,7 +54,6 @@ from edge_monitor.pipeline.decision import (
 )
 from edge_monitor.pipeline.learning import BankLearner, builtin_detector
 from edge_monitor.pipeline.service import Notifier
-from edge_monitor.pipeline.windowing import Windower
 
 log = logging.getLogger(__name__)
 
@@ -144,57 +143,15 @@ class Counters:
     max_lag_s: float = 0.0
 
 
-class _ModelRateStream:
-    """One channel converted to the model's rate as it arrives, with its own timeline.
-
-    Resampling each chunk once with a streaming (stateful) resampler costs a fraction of
-    resampling every overlapping window, and has no chunk-edge artefacts. Frames here count
-    model-rate samples; a hole in the source makes a jump, so the windower starts over.
-    """
-
-    def __init__(self, model_rate_hz: int) -> None:
-        self.model_rate_hz = model_rate_hz
-        self.in_rate_hz = 0
-        self.in_expected: int | None = None
-        self.out_next = 0  # model-rate frame of the next converted sample
-        self.chunk_start = 0  # model-rate frame where the chunk in hand (or the next) begins
-        self.anchor = 0.0  # wall time of model-rate frame 0
-        self._resampler: soxr.ResampleStream | None = None
-
-    def convert(self, mono: np.ndarray, chunk: Chunk) -> np.ndarray:
-        rate = chunk.sample_rate_hz
-        if rate != self.in_rate_hz or chunk.start_frame != self.in_expected:
-            if self.in_expected is not None:
-                lost = max(0, chunk.start_frame - self.in_expected)
-                self.out_next += 1 + round(lost * self.model_rate_hz / max(rate, 1))
-            self.in_rate_hz = rate
-            self._resampler = (
-                None if rate == self.model_rate_hz
-                else soxr.ResampleStream(rate, self.model_rate_hz, 1, dtype="float32")
-            )
-            reanchor = True
-        else:
-            reanchor = False
-        self.in_expected = chunk.end_frame
-        out = mono if self._resampler is None else self._resampler.resample_chunk(mono)
-        self.chunk_start = self.out_next
-        self.out_next += out.shape[0]
-        if reanchor:
-            self.anchor = chunk.captured_at - self.out_next / self.model_rate_hz
-        return np.asarray(out, dtype=np.float32)
-
-    def wall_time(self, frame: int) -> datetime:
-        return datetime.fromtimestamp(self.anchor + frame / self.model_rate_hz, timezone.utc)
-
-
 @dataclass
 class _Lane:
     """Runtime state of one machine."""
 
     setup: MachineSetup
     decision: DecisionMachine
-    stream: _ModelRateStream
-    windower: Windower
+    windows: WindowStream  # the machine's channel at the model's rate, cut into windows
+    anchor: float = 0.0  # wall time of model-rate frame 0
+    next_frame: int = 0  # model-rate frame of the chunk in hand (or the next one)
     silent_s: float = 0.0
     clipped_run: int = 0
     judge_from_frame: int = 0  # windows starting earlier overlap a fault: never judged
@@ -209,6 +166,10 @@ class _Lane:
     @property
     def name(self) -> str:
         return self.setup.name
+
+    def wall_time(self, frame: int) -> datetime:
+        rate = self.windows.stream.model_rate_hz
+        return datetime.fromtimestamp(self.anchor + frame / rate, timezone.utc)
 
 
 def _dbfs(x: np.ndarray) -> float:
@@ -383,12 +344,16 @@ class Processor:
                 lane.silent_s += mono.shape[0] / rate
             else:
                 lane.silent_s = 0.0
-            audio = lane.stream.convert(mono, chunk)
-            gaps = lane.windower.gaps
-            for window in lane.windower.push(audio, lane.stream.chunk_start):
+            gaps = lane.windows.gaps
+            windows = lane.windows.push(mono, rate, chunk.start_frame)
+            stream = lane.windows.stream
+            if stream.restarted:
+                lane.anchor = chunk.captured_at - stream.out_next / stream.model_rate_hz
+            lane.next_frame = stream.chunk_start
+            for window in windows:
                 self._on_window(lane, window.audio, window.start_frame, window.end_frame, chunk)
-            self.counters.windower_gaps += lane.windower.gaps - gaps
-            lane.stream.chunk_start = lane.stream.out_next
+            self.counters.windower_gaps += lane.windows.gaps - gaps
+            lane.next_frame = stream.out_next
 
     def _on_window(
         self, lane: _Lane, audio: np.ndarray, start_frame: int, end_frame: int, chunk: Chunk,
@@ -396,7 +361,7 @@ class Processor:
         """Judge one model-rate window (frames on the lane's model-rate timeline)."""
         s = self.settings
         self.counters.windows += 1
-        at = lane.stream.wall_time(end_frame)
+        at = lane.wall_time(end_frame)
         hits = int(np.count_nonzero(np.abs(audio) >= s.preprocess.clip_level))
         clipped = hits >= s.preprocess.clip_fraction * audio.size
         lane.clipped_run = lane.clipped_run + 1 if clipped else 0
@@ -518,14 +483,14 @@ class Processor:
         else:
             if decision.status == FAULT:
                 log.info("machine %s: fault cleared", lane.name)
-                lane.judge_from_frame = lane.stream.chunk_start
+                lane.judge_from_frame = lane.next_frame
             if decision.status in (FAULT, LEARNING, ENROLLING):
                 self._emit(lane, decision.resume(at), at, None)
             return None
         if decision.status != wanted or decision.reason != reason:
             if decision.status == FAULT and wanted != FAULT:
                 log.info("machine %s: fault cleared", lane.name)
-                lane.judge_from_frame = lane.stream.chunk_start
+                lane.judge_from_frame = lane.next_frame
             self._emit(lane, decision.suspend(wanted, at, reason), at, None)
         return wanted
 
@@ -716,8 +681,7 @@ class Processor:
         return _Lane(
             setup=setup,
             decision=DecisionMachine(settings.decision),
-            stream=_ModelRateStream(settings.model_rate_hz),
-            windower=Windower(settings.model_rate_hz, settings.window_s, settings.hop_s),
+            windows=WindowStream(settings.model_rate_hz, settings.window_s, settings.hop_s),
         )
 
     def _reconfigure(
@@ -746,7 +710,7 @@ class Processor:
                 lane.decision = DecisionMachine(settings.decision, old.decision.status)
             if same_windows and setup.channel == old.setup.channel and source is None:
                 # No audio lost across the reload: buffered samples and resampler state stay.
-                lane.windower, lane.stream = old.windower, old.stream
+                lane.windows, lane.anchor, lane.next_frame = old.windows, old.anchor, old.next_frame
             lanes.append(lane)
         for gone in old_lanes.values():
             for transition in gone.decision.close(at):

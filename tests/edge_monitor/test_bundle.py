@@ -249,4 +249,4 @@ def test_ensemble_bundle_fuses_like_acp(built: tuple[Path, Path], tmp_path: Path
         raw = BankScorer(bank).score(member.embedder.embed(conditioned)[None, :])[0]
         expected += weight * ScoreNorm.from_loo(bank.loo_scores).apply(raw)
     assert detector.score(audio).score == pytest.approx(expected, abs=1e-9)
-    assert set(detector.score(audio).member_scores) == {"logmel-stats", "tiny"}
+    assert set(detector.score(audio).embeddings) == {"logmel-stats", "tiny"}

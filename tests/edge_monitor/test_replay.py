@@ -15,7 +15,7 @@ from edge_monitor.audio_in import replay
 from edge_monitor.audio_in.capture import AudioSource, Chunk
 from edge_monitor.audio_in.replay import ReplaySource
 from edge_monitor.core.errors import AudioFileError, ConfigError
-from edge_monitor.pipeline.windowing import Windower
+from edge_monitor.core.windowing import Windower
 
 RATE_HZ = 8000
 

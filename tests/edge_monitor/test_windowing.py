@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from edge_monitor.core.errors import ConfigError
-from edge_monitor.pipeline.windowing import Windower
+from edge_monitor.core.windowing import Windower
 
 RATE_HZ = 1000
 

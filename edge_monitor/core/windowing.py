@@ -10,8 +10,8 @@ Memory is bounded: one ring buffer of `window_frames` samples, whatever the chun
 A `start_frame` that does not follow on from the previous chunk means audio was lost; the
 windower then starts over (counted in `gaps`), so no window ever splices audio across a hole.
 
-It runs at the source's rate; resample each finished window to the model's rate with
-`edge_monitor.core.audio_io.resample` (resampling a whole window avoids chunk-edge artefacts).
+It runs at whatever rate it is given: `edge_monitor.core.stream.WindowStream` feeds it audio
+already converted to the model's rate, chunk by chunk, by the one streaming resampler.
 """
 
 from __future__ import annotations
