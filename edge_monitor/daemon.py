@@ -54,8 +54,10 @@ from edge_monitor.pipeline.learning import (
     fingerprint,
     load_learned,
 )
-from edge_monitor.pipeline.processing import MachineSetup, ProcessingSettings, Processor
+from edge_monitor.pipeline.machine import MachineSetup
+from edge_monitor.pipeline.processing import Processor
 from edge_monitor.pipeline.service import Notifier
+from edge_monitor.pipeline.settings import ProcessingSettings
 
 log = logging.getLogger(__name__)
 
@@ -220,16 +222,6 @@ def prepare_state_dir(config: Config) -> None:
         ) from exc
 
 
-class _ClipAdapter:
-    """Bridges the processing loop's ClipSaver protocol to ClipStore."""
-
-    def __init__(self, store: ClipStore) -> None:
-        self.store = store
-
-    def save(self, machine: str, event_id: str, audio: Any, sample_rate_hz: int, at: Any) -> Path:
-        return self.store.save(machine, audio, sample_rate_hz, event_id, at.timestamp())
-
-
 class Daemon:
     """Owns the threads of one `edge-monitor run`; `run()` returns the exit code."""
 
@@ -297,7 +289,7 @@ class Daemon:
         store = build_clip_store(config)
         self.processor = Processor(
             self.source, plan.settings, plan.machines, self.mqtt,
-            _ClipAdapter(store) if store else None, self.notifier, self.stop_event,
+            store, self.notifier, self.stop_event,
         )
         self.processor.start()
         self.enrolment.start()
@@ -409,9 +401,7 @@ class Daemon:
             self.mqtt.set_machines([m.name for m in new.machines])
         if new.alarm_audio != old.alarm_audio or new.state_dir != old.state_dir:
             store = build_clip_store(new)
-            clips = _ClipAdapter(store) if store else None
-            self.processor.submit(lambda: setattr(self.processor, "clips", clips)).result(
-                RELOAD_TIMEOUT_S)
+            self.processor.set_clips(store).result(RELOAD_TIMEOUT_S)
         self.processor.reconfigure(plan.settings, plan.machines, source).result(RELOAD_TIMEOUT_S)
         if source is not None:
             assert self.source is not None
@@ -436,8 +426,7 @@ class Daemon:
         client = self._build_mqtt(config)
         if client is not None:
             client.prepare()  # a bad secret or TLS file fails here, the old client still up
-        self.processor.submit(lambda: setattr(self.processor, "publisher", client)).result(
-            RELOAD_TIMEOUT_S)
+        self.processor.set_publisher(client).result(RELOAD_TIMEOUT_S)
         old, self.mqtt = self.mqtt, client
         if old is not None:
             old.hand_over(client)

@@ -36,6 +36,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -56,6 +57,7 @@ from edge_monitor.demo.synth import (
 )
 from edge_monitor.mqtt.topics import AlarmEvent, MachineState, ScoreSample, TopicTree
 from edge_monitor.pipeline.learning import MIN_LEARNING_WINDOWS
+from edge_monitor.pipeline.processing import Processor
 
 SAMPLE_RATE_HZ = 16000
 DEVICE_ID = "demo-box"
@@ -520,12 +522,12 @@ class _DaemonThread:
     def start(self) -> None:
         self.thread.start()
 
-    def when_processing(self, fn: Callable[[], None]) -> None:
-        """Run `fn` on the processing thread as soon as it exists."""
+    def when_processing(self, fn: Callable[[Processor], Future[Any]]) -> None:
+        """Call `fn` with the processing loop as soon as it runs, and wait for what it asked."""
         while self.thread.is_alive():
             processor = self.daemon.processor
             if processor is not None and processor.alive:
-                processor.submit(fn).result(BROKER_WAIT_S)
+                fn(processor).result(BROKER_WAIT_S)
                 return
             time.sleep(0.01)
 
@@ -576,7 +578,7 @@ def run_demo(settings: DemoSettings, out: TextIO = sys.stdout) -> DemoResult:
         daemon.start()
         if broker is None:
             local = LocalPublisher(tree, inbox)
-            daemon.when_processing(lambda: setattr(daemon.daemon.processor, "publisher", local))
+            daemon.when_processing(lambda processor: processor.set_publisher(local))
         _pump(daemon, inbox, printer, broker is not None)
         printer.finish()
         if daemon.error is not None:

@@ -53,7 +53,7 @@ def logged_statuses(caplog) -> list[tuple[str, str | None]]:
     found = []
     for record in caplog.records:
         match = STATUS_LINE.match(record.getMessage())
-        if record.name == "edge_monitor.pipeline.processing" and match:
+        if record.name == "edge_monitor.pipeline.reporting" and match:
             found.append((match.group(1), match.group(3)))
     return found
 
@@ -61,7 +61,7 @@ def logged_statuses(caplog) -> list[tuple[str, str | None]]:
 def test_replay_fast_gives_the_expected_states_events_and_clip(
     tmp_path, mosquitto, mqtt_recorder, caplog
 ):
-    caplog.set_level(logging.INFO, logger="edge_monitor.pipeline.processing")
+    caplog.set_level(logging.INFO, logger="edge_monitor.pipeline.reporting")
     files = scenario(tmp_path)
     config = small_config(tmp_path, files, mqtt={"enabled": True, "host": mosquitto.host,
                                                  "port": mosquitto.port})

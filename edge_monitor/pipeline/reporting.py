@@ -1,0 +1,184 @@
+"""Where the processing loop's outcomes go: states, alarm events and scores to the publisher
+(the MQTT client), alarm audio to the clip store, the logs, and a snapshot for `status`.
+
+Runs on the processing thread; only `snapshot()` is called from other threads.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+
+from edge_monitor.core.errors import EdgeMonitorError
+from edge_monitor.mqtt.topics import AlarmEvent, MachineState, ScoreSample
+from edge_monitor.pipeline.decision import Outcome, Transition
+from edge_monitor.pipeline.health import InputHealth
+from edge_monitor.pipeline.settings import Counters
+
+if TYPE_CHECKING:
+    from edge_monitor.pipeline.machine import Machine
+
+log = logging.getLogger(__name__)
+
+
+class Publisher(Protocol):
+    """Where states, events and scores go (the MQTT client); calls must never block."""
+
+    def publish_state(self, machine: str, state: MachineState) -> None: ...
+
+    def publish_event(self, event: AlarmEvent) -> None: ...
+
+    def publish_score(self, machine: str, sample: ScoreSample) -> None: ...
+
+
+class ClipSaver(Protocol):
+    """Saves the audio of an alarm and returns where (edge_monitor.pipeline.clip_store)."""
+
+    def save(self, machine: str, audio: np.ndarray, sample_rate_hz: int, event_id: str,
+             started_at: float) -> Path: ...
+
+
+def utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Reporter:
+    """Publishes what changed, saves alarm clips and keeps the snapshot of every machine."""
+
+    def __init__(self, publisher: Publisher | None, clips: ClipSaver | None,
+                 health: InputHealth, counters: Counters) -> None:
+        self.publisher = publisher
+        self.clips = clips
+        self.health = health
+        self.counters = counters
+        self.machines: Sequence[Machine] = ()
+        self.score_telemetry = True
+        self.threshold_scale = 1.0
+        # The systemd status line is sent once per loop turn, after every machine settled.
+        self.status_changed = False
+        self._snapshot: dict[str, Any] = {}
+        self._snapshot_lock = threading.Lock()
+
+    # Publishing -----------------------------------------------------------------------
+
+    def emit(self, machine: Machine, outcome: Outcome, at: datetime,
+             audio: np.ndarray | None) -> None:
+        for transition in outcome.transitions:
+            self.publish_event(machine, transition, audio)
+        if outcome.status_changed:
+            self.publish_state(machine)
+            log.info("machine %s: %s%s", machine.name, outcome.status,
+                     f" ({machine.decision.reason})" if machine.decision.reason else "")
+            self.status_changed = True
+
+    def publish_score(self, machine: Machine, sample: ScoreSample) -> None:
+        if self.score_telemetry and self.publisher is not None:
+            self.publisher.publish_score(machine.name, sample)
+
+    def publish_event(self, machine: Machine, t: Transition, audio: np.ndarray | None) -> None:
+        detector = machine.setup.detector
+        clip_path = None
+        if t.kind == "new" and audio is not None and self.clips is not None:
+            try:
+                clip_path = str(self.clips.save(machine.name, audio, machine.model_rate_hz,
+                                                t.event_id, t.at.timestamp()))
+            except (OSError, EdgeMonitorError) as exc:
+                self.counters.clip_errors += 1
+                self.health.set_disk_fault(f"cannot save the alarm clip of {machine.name}: {exc}")
+        log.log(logging.WARNING if t.kind == "new" else logging.INFO,
+                "machine %s: alarm %s %s peak %.5f threshold %.5f%s", machine.name, t.kind,
+                t.event_id, t.peak_score, t.threshold, f" clip {clip_path}" if clip_path else "")
+        if self.publisher is None:
+            return
+        self.publisher.publish_event(AlarmEvent(
+            type=t.kind,
+            event_id=t.event_id,
+            machine=machine.name,
+            started_at=t.started_at,
+            updated_at=t.at,
+            peak_score=t.peak_score,
+            threshold=t.threshold,
+            model_version=detector.model_version if detector else "",
+            bank_version=detector.bank_version if detector else "",
+            clip_path=clip_path,
+            ended_at=t.ended_at,
+        ))
+
+    def publish_state(self, machine: Machine) -> None:
+        self.update_snapshot()
+        if self.publisher is not None:
+            d = machine.decision
+            self.publisher.publish_state(machine.name, MachineState(
+                d.status, machine.last_score, machine.last_threshold, d.since or utc_now(),
+                d.reason))
+
+    # Snapshot and logs ----------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        """A copy of the latest per-machine states and counters (any thread)."""
+        with self._snapshot_lock:
+            return dict(self._snapshot)
+
+    def status_line(self) -> str:
+        parts = []
+        for m in self.machines:
+            text = f"{m.name}: {m.decision.status}"
+            if m.setup.learner is not None:
+                text += f" {m.setup.learner.progress:.0%}"
+            parts.append(text)
+        return "; ".join(parts)
+
+    def update_snapshot(self) -> None:
+        source = self.health.source
+        stats = source.stats()
+        machines = {}
+        for m in self.machines:
+            d, det = m.decision, m.setup.detector
+            machines[m.name] = {
+                "status": d.status,
+                "reason": d.reason,
+                "since": d.since.isoformat() if d.since else None,
+                "score": m.last_score,
+                "threshold": det.threshold * self.threshold_scale if det else None,
+                "model_version": det.model_version if det else None,
+                "bank_version": det.bank_version if det else None,
+                "learning_progress": m.setup.learner.progress if m.setup.learner else None,
+                "alarm_event_id": d.alarm_event_id,
+                "scored_windows": m.scored,
+                "model_errors": m.model_errors,
+            }
+        c = self.counters
+        snapshot = {
+            "machines": machines,
+            "windows": c.windows,
+            "scored_windows": c.scored_windows,
+            "late_windows": c.late_windows,
+            "unjudged_windows": c.unjudged_windows,
+            "max_lag_s": round(c.max_lag_s, 3),
+            "windower_gaps": c.windower_gaps,
+            "clip_errors": c.clip_errors,
+            "source_rate_hz": source.sample_rate_hz,
+            "source_fault": source.fault,
+            "frames": stats.frames,
+            "processed_frames": c.frames,
+            "dropped_chunks": stats.dropped_chunks,
+            "overflows": stats.overflows,
+            "source_restarts": stats.restarts,
+            "skipped_files": stats.skipped_files,
+        }
+        with self._snapshot_lock:
+            self._snapshot = snapshot
+
+    def log_stats(self, final: bool = False) -> None:
+        snap = self.snapshot()
+        log.info("%s: %d windows (%d scored, %d late, max lag %.2f s), %d dropped chunks, "
+                 "%d overflows, %d gaps, %d frames; %s", "final stats" if final else "stats",
+                 snap["windows"], snap["scored_windows"], snap["late_windows"],
+                 snap["max_lag_s"], snap["dropped_chunks"], snap["overflows"],
+                 snap["windower_gaps"], snap["processed_frames"], self.status_line())
