@@ -34,7 +34,8 @@ from edge_monitor.core.detector import Detector
 from edge_monitor.core.errors import AudioFileError, BadInputError, ConfigError, EdgeMonitorError
 from edge_monitor.enrolment.bank_store import BankStore
 from edge_monitor.enrolment.control import daemon_running, request, socket_path
-from edge_monitor.enrolment.manager import RECORDING, EnrolmentManager
+from edge_monitor.enrolment.manager import EnrolmentManager
+from edge_monitor.enrolment.session import RECORDING
 
 log = logging.getLogger(__name__)
 

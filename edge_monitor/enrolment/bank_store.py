@@ -27,7 +27,7 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -340,3 +340,34 @@ class BankStore:
         pointer["history"] = pointer["history"][-MAX_HISTORY:]
         atomic_write_text(self.pointer_path, json.dumps(pointer, indent=2) + "\n")
         return pointer
+
+
+def install_banks(
+    store: BankStore, detector: Detector, banks: Mapping[str, Bank], meta: Mapping[str, Any],
+    swap: Callable[[Detector], Any],
+) -> tuple[dict[str, Any], Detector]:
+    """Write `banks` as the new current versions, then swap the rebuilt detector in; when the
+    swap fails the pointer goes back, so the store and the running detector agree."""
+    new_detector = rebank(detector, banks)
+    pointer = store.commit(banks, meta)
+    try:
+        swap(new_detector)
+    except BaseException:
+        store.rollback({"who": meta.get("who"), "reason": "swap failed"})
+        raise
+    return pointer, new_detector
+
+
+def restore_previous(
+    store: BankStore, detector: Detector, requester: str, swap: Callable[[Detector], Any],
+) -> tuple[dict[str, Any], Detector]:
+    """Serve the previous bank versions again; a failed swap restores the current ones."""
+    old = detector_versions(detector)
+    pointer = store.rollback({"who": requester})
+    new_detector = rebank(detector, store.load(pointer["current"]))
+    try:
+        swap(new_detector)
+    except BaseException:
+        store.commit(store.load(old), {"who": requester, "reason": "swap failed"})
+        raise
+    return pointer, new_detector

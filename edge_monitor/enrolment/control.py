@@ -29,7 +29,8 @@ from typing import Any
 
 from edge_monitor.config.sections import DEFAULT_KEEP, PENDING_TIMEOUT_S, QualityGateConfig
 from edge_monitor.core.errors import BadInputError, EdgeMonitorError
-from edge_monitor.enrolment.manager import MAX_SECONDS, EnrolmentManager
+from edge_monitor.enrolment.manager import EnrolmentManager
+from edge_monitor.enrolment.session import MAX_SECONDS
 from edge_monitor.mqtt.topics import check_segment
 
 log = logging.getLogger(__name__)

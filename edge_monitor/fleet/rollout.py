@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_monitor.core.errors import BadInputError, EdgeMonitorError
-from edge_monitor.enrolment.manager import AuditLog
+from edge_monitor.enrolment.audit import AuditLog
 from edge_monitor.fleet.download import DownloadError, download
 from edge_monitor.fleet.store import BundleStore
 from edge_monitor.mqtt.commands import Command

@@ -17,8 +17,9 @@ from enroll_support import (
 
 from edge_monitor.core.errors import BadInputError, EdgeMonitorError
 from edge_monitor.core.scoring import SOURCE, TARGET, TARGET_SYN
+from edge_monitor.enrolment.audit import AUDIT_NAME
 from edge_monitor.enrolment.bank_store import BankStore, EnrolmentBusyError, StoreLock
-from edge_monitor.enrolment.manager import AUDIT_NAME, EnrolmentManager
+from edge_monitor.enrolment.manager import EnrolmentManager
 from edge_monitor.enrolment.quality_gate import QualityRejectedError
 
 
