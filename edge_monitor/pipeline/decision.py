@@ -81,10 +81,6 @@ class DecisionMachine:
     def alarm_event_id(self) -> str | None:
         return self._alarm.event_id if self._alarm else None
 
-    @property
-    def alarm_started_at(self) -> datetime | None:
-        return self._alarm.started_at if self._alarm else None
-
     def observe(self, score: float, threshold: float, at: datetime) -> Outcome:
         """Feed one scored window ending at `at`; only valid outside the suspended states."""
         if self.status in SUSPENDED:
