@@ -16,9 +16,26 @@ BUILTIN: dict[str, Callable[[], Embedder]] = {LOGMEL_STATS: LogMelStatsEmbedder}
 CHECKPOINT_MODULE = "trainer.checkpoint_embedder"
 
 
-def _load_checkpoint(checkpoint: Path) -> Embedder:
+def _load_checkpoint(checkpoint: Path, pooling: str | None) -> Embedder:
     if not checkpoint.exists():
         raise ConfigError(f"--checkpoint {checkpoint}: no such file or run directory")
+    if checkpoint.is_file():
+        from trainer.pretrained_embedder import (
+            DEFAULT_POOLING,
+            is_release_file,
+            load_pretrained_embedder,
+        )
+
+        if not is_release_file(checkpoint):
+            raise ConfigError(
+                f"--checkpoint {checkpoint}: a file must be an EfficientAT release state dict "
+                "(mn<XX>_as*.pt); a fine-tuned model is its run directory (finetune --out)"
+            )
+        return load_pretrained_embedder(checkpoint, pooling or DEFAULT_POOLING)
+    if pooling is not None:
+        raise ConfigError(
+            f"--pooling applies to a pretrained release file, not to the run {checkpoint}"
+        )
     try:
         module = importlib.import_module(CHECKPOINT_MODULE)
     except ModuleNotFoundError as exc:
@@ -32,13 +49,17 @@ def _load_checkpoint(checkpoint: Path) -> Embedder:
     return module.load_checkpoint_embedder(checkpoint)
 
 
-def make_embedder(name: str | None = None, checkpoint: Path | None = None) -> Embedder:
-    """A built-in embedder by name, or the embedder a trained checkpoint rebuilds.
+def make_embedder(
+    name: str | None = None, checkpoint: Path | None = None, pooling: str | None = None
+) -> Embedder:
+    """A built-in embedder by name, or the embedder a checkpoint rebuilds.
 
-    With a checkpoint the checkpoint defines the model; `name`, if given, must match it.
+    A checkpoint is a fine-tuned run directory or a pretrained release file used frozen, with
+    `pooling` choosing its layers (trainer.pretrained_embedder). With a checkpoint the
+    checkpoint defines the model; `name`, if given, must match it.
     """
     if checkpoint is not None:
-        embedder = _load_checkpoint(Path(checkpoint))
+        embedder = _load_checkpoint(Path(checkpoint), pooling)
         if name is not None and name != embedder.name:
             raise ConfigError(
                 f"--embedder {name!r} does not match the checkpoint's embedder "

@@ -217,3 +217,48 @@ class LogMel(nn.Module):
 
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
         return torch.log(torch.clamp(self.spectrum(wave) @ self.mel_banks, min=self.floor))
+
+
+EFFICIENTAT_LOG_OFFSET = 1e-5
+EFFICIENTAT_SHIFT = 4.5
+EFFICIENTAT_SCALE = 5.0
+"""EfficientAT takes log(mel + 1e-5) and normalises it as (x + 4.5) / 5."""
+
+
+class EfficientATMel(nn.Module):
+    """EfficientAT's front end in eval mode: [B, T] at 32 kHz -> [B, frames, n_mels].
+
+    Pre-emphasis (y[n] = x[n+1] - 0.97 x[n]), a centred STFT (reflect padding) with a
+    symmetric Hann window of `win_length` inside an `n_fft` frame, power, Kaldi mel filters
+    from `low_hz` to `high_hz`, natural log of (mel + 1e-5), then (x + 4.5) / 5.
+    The window sits in the middle of its n_fft frame; a phase shift does not change the power,
+    so the DFT runs over the window's samples only, after padding by n_fft/2 minus the
+    window's offset in the frame: the same frames as torch.stft(center=True).
+    """
+
+    def __init__(
+        self,
+        sample_rate_hz: int = 32000,
+        n_fft: int = 1024,
+        win_length: int = 800,
+        hop: int = 320,
+        n_mels: int = 128,
+        low_hz: float = 0.0,
+        high_hz: float = 15000.0,
+        preemphasis: float = 0.97,
+    ) -> None:
+        super().__init__()
+        if win_length > n_fft:
+            raise ValueError(f"win_length {win_length} is longer than n_fft {n_fft}")
+        self.spectrum = ConvPowerSpectrum(window_samples("hanning", win_length), n_fft, hop)
+        self.padding = n_fft // 2 - (n_fft - win_length) // 2
+        banks = kaldi_mel_filterbank(n_mels, n_fft, sample_rate_hz, low_hz, high_hz)
+        self.register_buffer("mel_banks", torch.from_numpy(banks).float(), persistent=False)
+        self.preemphasis = preemphasis
+        self.n_mels = n_mels
+
+    def forward(self, wave: torch.Tensor) -> torch.Tensor:
+        emphasised = wave[:, 1:] - self.preemphasis * wave[:, :-1]
+        padded = F.pad(emphasised[:, None, :], (self.padding, self.padding), mode="reflect")
+        mel = self.spectrum(padded[:, 0, :]) @ self.mel_banks
+        return (torch.log(mel + EFFICIENTAT_LOG_OFFSET) + EFFICIENTAT_SHIFT) / EFFICIENTAT_SCALE

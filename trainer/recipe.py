@@ -30,7 +30,7 @@ class Section(BaseModel):
 class BackboneSection(Section):
     """Which backbone, at which size, from which (optional) pretrained checkpoint."""
 
-    name: Literal["beats", "eat", "sslam", "hubert", "resnet"] = "resnet"
+    name: Literal["beats", "eat", "sslam", "hubert", "resnet", "efficientat"] = "resnet"
     size: str | dict[str, Any] = Field(
         "base", description="a preset name ('tiny', 'base') or explicit config values"
     )

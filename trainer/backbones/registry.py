@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_monitor.core.errors import ConfigError
-from trainer.backbones import beats, eat, hubert, resnet
+from trainer.backbones import beats, eat, efficientat, hubert, resnet
 from trainer.backbones.base import Backbone
 
 BUILDERS: dict[str, Callable[[str | Mapping[str, Any], Path | None], Backbone]] = {
@@ -16,6 +16,7 @@ BUILDERS: dict[str, Callable[[str | Mapping[str, Any], Path | None], Backbone]] 
     "sslam": eat.build_sslam,
     "hubert": hubert.build,
     "resnet": resnet.build,
+    "efficientat": efficientat.build,
 }
 
 

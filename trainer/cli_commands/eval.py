@@ -50,7 +50,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--embedder", default=None,
                         help=f"built-in embedder {sorted(BUILTIN)} (default {DEFAULT_EMBEDDER})")
     parser.add_argument("--checkpoint", type=Path, default=None, metavar="RUN",
-                        help="a trained embedder checkpoint or run directory")
+                        help="a fine-tuned run directory, or a pretrained release file "
+                        "(EfficientAT mn<XX>_as*.pt) used frozen")
+    parser.add_argument("--pooling", default=None, metavar="LAYER:STAT,...",
+                        help="layers and statistics of a frozen release file's embedding "
+                        "(default 16:mean+max,12:mean)")
     parser.add_argument("--variants", default=",".join(VARIANTS),
                         help=f"comma-separated scoring variants (default: all of {list(VARIANTS)})")
     parser.add_argument("--k", type=int, default=None, help="neighbours per score (all variants)")
@@ -99,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--false-alarm-rate {args.false_alarm_rate}: must lie in (0, 1)")
     variants = selected_variants(args)
     clips = read_dataset(args.data)
-    embedder = make_embedder(args.embedder, args.checkpoint)
+    embedder = make_embedder(args.embedder, args.checkpoint, args.pooling)
     options = EmbedOptions(
         crop=args.crop, preprocess=PreprocessConfig(normalise_loudness=not args.no_loudness_norm)
     )

@@ -1,6 +1,7 @@
 """`edge-trainer export`: waveform-in ONNX fp32 / ONNX INT8 / TFLite, each checked on real clips.
 
-    edge-trainer export --out DIR (--embedder logmel-stats | --checkpoint RUN | --student FILE)
+    edge-trainer export --out DIR (--embedder logmel-stats | --checkpoint RUN|RELEASE.pt
+                        | --student FILE) [--pooling LAYER:STAT,...]
                         [--formats onnx,onnx-int8,tflite] [--int8 dynamic|static] --data ROOT
 
 writes DIR/<name>.onnx, <name>.int8.onnx, <name>.tflite and DIR/export.json (what
@@ -49,7 +50,10 @@ EXPORT_JSON = "export.json"
 def configure(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--embedder", help="a built-in embedder, e.g. logmel-stats")
-    source.add_argument("--checkpoint", type=Path, metavar="RUN", help="a fine-tuned run dir")
+    source.add_argument("--checkpoint", type=Path, metavar="RUN",
+                        help="a fine-tuned run dir, or a pretrained release file used frozen")
+    parser.add_argument("--pooling", default=None, metavar="LAYER:STAT,...",
+                        help="layers and statistics of a frozen release file's embedding")
     source.add_argument("--student", type=Path, metavar="FILE", help="a distilled student file")
     parser.add_argument("--out", type=Path, required=True, metavar="DIR")
     parser.add_argument("--name", default=None, help="model name in file names and bundles")
@@ -72,7 +76,7 @@ def load_torch_model(args: argparse.Namespace) -> TorchEmbedder:
         from trainer.student import load_student, student_embedder
 
         return student_embedder(load_student(args.student), args.name or "student")
-    embedder = torch_embedder_for(make_embedder(args.embedder, args.checkpoint))
+    embedder = torch_embedder_for(make_embedder(args.embedder, args.checkpoint, args.pooling))
     if args.name:
         embedder.name = args.name
     return embedder
