@@ -32,7 +32,7 @@ from edge_monitor.core.atomic import atomic_path, atomic_write_text
 from edge_monitor.core.audio_io import read_audio
 from edge_monitor.core.embedders.base import Embedder
 from edge_monitor.core.errors import ConfigError
-from edge_monitor.core.preprocess import PreprocessConfig, preprocess
+from edge_monitor.core.preprocess import PreprocessConfig, preprocess, trim_quiet_ends
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,7 @@ CROP_FULL, CROP_CENTER = "full", "center-10s"
 CROP_POLICIES = (CROP_FULL, CROP_CENTER)
 CENTER_CROP_S = 10.0  # the daemon's window length
 CACHE_FORMAT = 1
+DEFAULT_TRIM_QUIET_DB = 20.0
 
 
 @dataclass(frozen=True)
@@ -48,10 +49,14 @@ class EmbedOptions:
 
     crop: str = CROP_FULL
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    trim_quiet_db: float = DEFAULT_TRIM_QUIET_DB
+    """Trim a lead-in and tail this far under the clip's median level (0 = keep the clip)."""
 
     def __post_init__(self) -> None:
         if self.crop not in CROP_POLICIES:
             raise ConfigError(f"crop policy {self.crop!r} is unknown; choose from {CROP_POLICIES}")
+        if not self.trim_quiet_db >= 0:
+            raise ConfigError(f"trim_quiet_db {self.trim_quiet_db!r}: must be >= 0 (0 = off)")
 
 
 def embedder_identity(embedder: Embedder) -> dict[str, Any]:
@@ -85,6 +90,7 @@ def cache_key(embedder: Embedder, options: EmbedOptions) -> str:
             "embedder": embedder_identity(embedder),
             "preprocess": dataclasses.asdict(options.preprocess),
             "crop": options.crop,
+            "trim_quiet_db": options.trim_quiet_db,
         },
         sort_keys=True,
     )
@@ -105,7 +111,10 @@ def crop_audio(audio: np.ndarray, sample_rate_hz: int, policy: str) -> np.ndarra
 def embed_file(path: Path, embedder: Embedder, options: EmbedOptions) -> np.ndarray:
     """Read, crop, preprocess and embed one clip; returns a (dim,) float32 vector."""
     rate = int(embedder.sample_rate_hz)
-    audio = crop_audio(read_audio(path, rate), rate, options.crop)
+    audio = read_audio(path, rate)
+    if options.trim_quiet_db > 0:
+        audio = trim_quiet_ends(audio, rate, options.trim_quiet_db)
+    audio = crop_audio(audio, rate, options.crop)
     conditioned = preprocess(audio, rate, options.preprocess)
     vector = np.asarray(embedder.embed(conditioned.audio), dtype=np.float32)
     if vector.shape != (embedder.dim,) or not np.all(np.isfinite(vector)):

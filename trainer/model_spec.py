@@ -3,6 +3,7 @@
     [NAME=]logmel-stats           a builtin embedder
     [NAME=]runs/beats-lora        a fine-tuned run directory (trainer.checkpoint_embedder)
     [NAME=]student.pt             a distilled student file (trainer.student)
+    [NAME=]mn04_as_mAP_432.pt     a pretrained release file used frozen (default pooling)
     [NAME=]exports/export.json[:MODEL]   an exported model, run through its edge runtime
 
 NAME renames the model (the name that ACP weights and bundles refer to).
@@ -19,6 +20,7 @@ from edge_monitor.core.embedders.base import Embedder
 from edge_monitor.core.errors import ConfigError
 from trainer.bundle_builder import ModelEntry
 from trainer.embedder_factory import BUILTIN, make_embedder
+from trainer.pretrained_embedder import is_release_file, load_pretrained_embedder
 
 _NAMED = re.compile(r"^(?P<name>[A-Za-z0-9_.-]+)=(?P<spec>.+)$")
 
@@ -55,6 +57,8 @@ def load_embedder(spec: str) -> Embedder:
         embedder = make_embedder(body)
     elif body.split(":")[0].endswith(".json"):
         embedder = export_entry(body).embedder()
+    elif body.endswith((".pt", ".pth")) and is_release_file(Path(body)):
+        embedder = load_pretrained_embedder(Path(body))
     elif body.endswith(".pt"):
         from trainer.student import load_student, student_embedder
 

@@ -57,6 +57,12 @@ class DataSection(Section):
     attributes: list[str] | None = Field(
         None, description="attribute names combined into classes; None = all of them"
     )
+    trim_quiet_db: float = Field(
+        20.0,
+        ge=0,
+        description="trim a clip's lead-in and tail this far under its median level before "
+        "cropping (0 = off); evaluation trims the same way",
+    )
     embed_window_s: float = Field(
         0.0,
         ge=0,

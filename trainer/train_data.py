@@ -25,8 +25,9 @@ import torch
 from edge_monitor.core.atomic import atomic_path
 from edge_monitor.core.audio_io import read_audio
 from edge_monitor.core.errors import DatasetError
-from edge_monitor.core.preprocess import PreprocessConfig, preprocess
+from edge_monitor.core.preprocess import PreprocessConfig, preprocess, trim_quiet_ends
 from trainer.dcase_data import Clip, read_dataset
+from trainer.embed_cache import DEFAULT_TRIM_QUIET_DB
 
 log = logging.getLogger(__name__)
 
@@ -39,24 +40,34 @@ def default_cache_dir() -> Path:
     return Path(env) if env else Path.home() / ".cache" / "edge-trainer" / "waves"
 
 
-def _cache_key(path: Path, sample_rate_hz: int, config: PreprocessConfig) -> str:
+def _cache_key(path: Path, sample_rate_hz: int, config: PreprocessConfig, trim_db: float) -> str:
     stat = path.stat()
     token = (
         f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{sample_rate_hz}|"
-        f"{json.dumps(dataclasses.asdict(config), sort_keys=True)}"
+        f"{json.dumps(dataclasses.asdict(config), sort_keys=True)}|trim{trim_db:g}"
     )
     return hashlib.sha1(token.encode()).hexdigest()
 
 
 def load_wave(
-    path: Path, sample_rate_hz: int, cache_dir: Path, config: PreprocessConfig | None = None
+    path: Path,
+    sample_rate_hz: int,
+    cache_dir: Path,
+    config: PreprocessConfig | None = None,
+    trim_quiet_db: float = DEFAULT_TRIM_QUIET_DB,
 ) -> np.ndarray:
-    """The conditioned clip as float16 at `sample_rate_hz`, decoded once, then cached."""
+    """The conditioned clip as float16 at `sample_rate_hz`, decoded once, then cached.
+
+    Quiet ends are trimmed as in evaluation (trainer.embed_cache), so crops are machine sound.
+    """
     config = config or PreprocessConfig()
-    cached = cache_dir / f"{_cache_key(path, sample_rate_hz, config)}.npy"
+    cached = cache_dir / f"{_cache_key(path, sample_rate_hz, config, trim_quiet_db)}.npy"
     if cached.is_file():
         return np.load(cached)
-    audio = preprocess(read_audio(path, sample_rate_hz), sample_rate_hz, config).audio
+    audio = read_audio(path, sample_rate_hz)
+    if trim_quiet_db > 0:
+        audio = trim_quiet_ends(audio, sample_rate_hz, trim_quiet_db)
+    audio = preprocess(audio, sample_rate_hz, config).audio
     wave = audio.astype(np.float16)
     cache_dir.mkdir(parents=True, exist_ok=True)
     with atomic_path(cached) as tmp, open(tmp, "wb") as handle:
@@ -83,12 +94,18 @@ class WaveSet:
 
     @classmethod
     def from_paths(
-        cls, paths: Sequence[Path], targets: Sequence[int], sample_rate_hz: int, cache_dir: Path
+        cls,
+        paths: Sequence[Path],
+        targets: Sequence[int],
+        sample_rate_hz: int,
+        cache_dir: Path,
+        trim_quiet_db: float = DEFAULT_TRIM_QUIET_DB,
     ) -> WaveSet:
         if len(paths) != len(targets):
             raise ValueError(f"{len(paths)} paths but {len(targets)} targets")
         log.info("loading %d clips (cache %s)", len(paths), cache_dir)
-        waves = [load_wave(Path(p), sample_rate_hz, cache_dir) for p in paths]
+        waves = [load_wave(Path(p), sample_rate_hz, cache_dir, trim_quiet_db=trim_quiet_db)
+                 for p in paths]
         return cls(waves, np.asarray(targets, dtype=np.int64))
 
     def __len__(self) -> int:

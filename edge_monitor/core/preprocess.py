@@ -60,6 +60,34 @@ def loudness_lufs(audio: np.ndarray, sample_rate_hz: int) -> float:
     return value if np.isfinite(value) else -120.0
 
 
+TRIM_FRAME_S = 0.1
+TRIM_MIN_KEEP = 0.5
+"""Trimming never keeps less than half of a clip: a mostly quiet clip is what it is."""
+
+
+def trim_quiet_ends(audio: np.ndarray, sample_rate_hz: int, below_median_db: float) -> np.ndarray:
+    """Drop a quiet lead-in and tail: 0.1 s frames more than `below_median_db` under the clip's
+    median frame energy, at either end.
+
+    A recording that starts before the machine runs, or ends after it stopped, is not the
+    machine's sound; as a bank entry it becomes a normal clip unlike any other, and as a test
+    clip it outscores faults (the low-FPR end of the ROC). Used on whole recordings (training,
+    banks, DCASE evaluation), never on the daemon's fixed-length windows.
+    """
+    frame = max(1, round(TRIM_FRAME_S * sample_rate_hz))
+    count = audio.shape[0] // frame
+    if count < 3:
+        return audio
+    energy = np.square(audio[: count * frame].astype(np.float64)).reshape(count, frame).mean(1)
+    level = 10.0 * np.log10(energy + 1e-20)
+    loud = np.flatnonzero(level >= np.median(level) - below_median_db)
+    first, last = int(loud[0]), int(loud[-1]) + 1
+    if (last - first) < TRIM_MIN_KEEP * count:
+        return audio
+    end = audio.shape[0] if last == count else last * frame
+    return audio[first * frame : end]
+
+
 def preprocess(
     audio: np.ndarray, sample_rate_hz: int, config: PreprocessConfig | None = None
 ) -> Preprocessed:

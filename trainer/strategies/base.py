@@ -62,7 +62,8 @@ class Strategy:
         self.clips = self.labelled_clips()
         self.classes, targets = self.class_targets(self.clips)
         self.data = WaveSet.from_paths(
-            [c.path for c in self.clips], targets, self.sample_rate_hz, context.cache_dir
+            [c.path for c in self.clips], targets, self.sample_rate_hz, context.cache_dir,
+            recipe.data.trim_quiet_db,
         )
         self.augmenter = Augmenter(recipe.augment, self.noise_bank())
         self.modules = nn.ModuleDict(

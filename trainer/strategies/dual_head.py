@@ -43,6 +43,7 @@ class DualHead(Strategy):
             [-1] * len(all_clips),
             self.sample_rate_hz,
             context.cache_dir,
+            self.recipe.data.trim_quiet_db,
         )
         clusters = min(section.clusters, len(all_clips))
         self.modules["pseudo_head"] = self.new_head(self.backbone.dim)
