@@ -35,6 +35,11 @@ class BackboneSection(Section):
         "base", description="a preset name ('tiny', 'base') or explicit config values"
     )
     checkpoint: Path | None = Field(None, description="local pretrained checkpoint; None = scratch")
+    freeze: list[str] = Field(
+        default_factory=list,
+        description="module name prefixes kept as pretrained (weights and batch-norm "
+        "statistics), e.g. ['features.0.', 'features.1.'] for the early EfficientAT blocks",
+    )
 
 
 class HeadSection(Section):

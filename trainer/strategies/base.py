@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from edge_monitor.core.errors import ConfigError
 from trainer.augment import Augmenter, MixedBatch
 from trainer.backbones import Backbone, build_backbone
 from trainer.dcase_data import Clip
@@ -25,6 +26,27 @@ from trainer.recipe import Recipe
 from trainer.train_data import WaveSet, training_clips
 
 log = logging.getLogger(__name__)
+
+
+def freeze(backbone: nn.Module, prefixes: list[str]) -> list[nn.Module]:
+    """Stop training the backbone modules whose names start with a prefix; return them so
+    `train()` keeps them in eval mode (their batch-norm statistics stay pretrained)."""
+    if not prefixes:
+        return []
+    names = [name for name, _ in backbone.named_modules() if name]
+    unused = [p for p in prefixes if not any(f"{n}.".startswith(p) or n.startswith(p)
+                                             for n in names)]
+    if unused:
+        raise ConfigError(
+            f"backbone.freeze: {unused} match no module of the backbone; use prefixes of "
+            f"its module names such as {names[:3]}"
+        )
+    frozen = [m for n, m in backbone.named_modules()
+              if n and any(f"{n}.".startswith(p) for p in prefixes)]
+    for module in frozen:
+        for parameter in module.parameters():
+            parameter.requires_grad_(False)
+    return frozen
 
 
 @dataclass
@@ -73,6 +95,7 @@ class Strategy:
                 "loss": self.new_margin_loss(len(self.classes)),
             }
         )
+        self.frozen_modules = freeze(backbone, recipe.backbone.freeze)
         log.info(
             "%s: %d clips, %d classes, backbone %s (%.2f M params)",
             type(self).__name__,
@@ -115,6 +138,8 @@ class Strategy:
 
     def train(self, mode: bool = True) -> None:
         self.modules.train(mode)
+        for module in self.frozen_modules:
+            module.eval()
 
     def draw(
         self, rng: np.random.Generator, data: WaveSet | None = None
