@@ -32,7 +32,6 @@ from edge_monitor.core.bank import MANIFEST_NAME as BANK_MANIFEST_NAME
 from edge_monitor.core.bank import save_bank, sha256_file
 from edge_monitor.core.bundle import (
     BANKS_DIR,
-    BUILTIN_EMBEDDERS,
     BUNDLE_FORMAT_VERSION,
     MANIFEST_NAME,
     MODELS_DIR,
@@ -40,6 +39,7 @@ from edge_monitor.core.bundle import (
 )
 from edge_monitor.core.detector import Member, ScoreNorm, fused_loo_scores
 from edge_monitor.core.embedders.base import Embedder
+from edge_monitor.core.embedders.runtimes import load_embedder
 from edge_monitor.core.errors import BundleError, ConfigError
 from edge_monitor.core.preprocess import PreprocessConfig
 from edge_monitor.core.scoring import build_bank, threshold_for_false_alarm_rate
@@ -69,33 +69,9 @@ class ModelEntry:
 
     def embedder(self, file: Path | None = None, threads: int | None = None) -> Embedder:
         """The runtime embedder the daemon will build for this model."""
-        path = file or self.file
-        if self.runtime == "builtin":
-            if self.builtin not in BUILTIN_EMBEDDERS:
-                raise ConfigError(
-                    f"model {self.name!r}: builtin {self.builtin!r} is unknown; use one of "
-                    f"{sorted(BUILTIN_EMBEDDERS)}"
-                )
-            embedder = BUILTIN_EMBEDDERS[self.builtin](
-                sample_rate_hz=self.sample_rate_hz, window_s=self.window_s, **self.params
-            )
-            embedder.name = self.name
-            return embedder
-        if path is None or not Path(path).is_file():
-            raise ConfigError(f"model {self.name!r}: file {path} not found")
-        if self.runtime == "onnx":
-            from edge_monitor.core.embedders.onnx_model import OnnxEmbedder
-
-            return OnnxEmbedder(path, self.name, self.sample_rate_hz, self.window_s, self.dim,
-                                threads=threads)
-        if self.runtime == "tflite":
-            from edge_monitor.core.embedders.tflite_model import TfliteEmbedder
-
-            return TfliteEmbedder(path, self.name, self.sample_rate_hz, self.window_s, self.dim,
-                                  threads=threads)
-        raise ConfigError(
-            f"model {self.name!r}: runtime {self.runtime!r} is not onnx, tflite or builtin"
-        )
+        return load_embedder(self.runtime, self.name, self.sample_rate_hz, self.window_s,
+                             self.dim, path=file or self.file, builtin=self.builtin,
+                             params=self.params, threads=threads)
 
 
 def machine_ids(clips: Sequence[Clip]) -> dict[tuple[str, str], str]:

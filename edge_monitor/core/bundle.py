@@ -37,8 +37,7 @@ from edge_monitor.core.bank import MANIFEST_NAME as BANK_MANIFEST_NAME
 from edge_monitor.core.bank import Bank, load_bank, sha256_file
 from edge_monitor.core.detector import Detector, Member, ScoreNorm
 from edge_monitor.core.embedders.base import Embedder
-from edge_monitor.core.embedders.logmel_stats import NAME as LOGMEL_STATS
-from edge_monitor.core.embedders.logmel_stats import LogMelStatsEmbedder
+from edge_monitor.core.embedders.runtimes import BUILTIN_EMBEDDERS, RUNTIMES, load_embedder
 from edge_monitor.core.errors import BankError, BundleError, ConfigError
 from edge_monitor.core.preprocess import PreprocessConfig
 from edge_monitor.core.signing import Signer, TrustPolicy, verify_signature
@@ -49,9 +48,6 @@ BUNDLE_FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.yaml"
 MODELS_DIR = "models"
 BANKS_DIR = "banks"
-BUILTIN_EMBEDDERS = {LOGMEL_STATS: LogMelStatsEmbedder}
-
-Runtime = Literal["onnx", "tflite", "builtin"]
 Precision = Literal["fp32", "fp16", "int8", "int8-weights"]
 ScoreNormMode = Literal["bank-loo", "none"]
 
@@ -63,7 +59,7 @@ class _Strict(BaseModel):
 class ModelSpec(_Strict):
     """One embedding model of the ensemble."""
 
-    runtime: Runtime
+    runtime: str = Field(description=f"one of {', '.join(RUNTIMES)}")
     file: str | None = Field(None, description="path inside the bundle; none for builtin")
     sha256: str | None = Field(None, min_length=64, max_length=64)
     builtin: str | None = Field(None, description="builtin embedder name (runtime builtin)")
@@ -79,6 +75,8 @@ class ModelSpec(_Strict):
 
     @model_validator(mode="after")
     def _file_or_builtin(self) -> ModelSpec:
+        if self.runtime not in RUNTIMES:
+            raise ValueError(f"runtime {self.runtime!r} is unknown: use one of {list(RUNTIMES)}")
         if self.runtime == "builtin":
             if self.builtin not in BUILTIN_EMBEDDERS:
                 raise ValueError(
@@ -319,30 +317,14 @@ class Bundle:
         """The runtime embedder of model `name`; its output dim is checked against the manifest."""
         spec = self.manifest.models[name]
         path = self.model_paths[name]
-        embedder: Embedder
-        if spec.runtime == "builtin":
-            factory = BUILTIN_EMBEDDERS[str(spec.builtin)]
-            try:
-                embedder = factory(
-                    sample_rate_hz=spec.sample_rate_hz, window_s=spec.window_s, **spec.params
-                )
-            except TypeError as exc:
-                raise BundleError(
-                    f"{self.root / MANIFEST_NAME}: models.{name}.params {spec.params}: {exc}"
-                ) from exc
-            embedder.name = name
-        elif spec.runtime == "onnx":
-            from edge_monitor.core.embedders.onnx_model import OnnxEmbedder
-
-            embedder = OnnxEmbedder(
-                path, name, spec.sample_rate_hz, spec.window_s, spec.dim, providers, threads
-            )
-        else:
-            from edge_monitor.core.embedders.tflite_model import TfliteEmbedder
-
-            embedder = TfliteEmbedder(
-                path, name, spec.sample_rate_hz, spec.window_s, spec.dim, threads
-            )
+        try:
+            embedder = load_embedder(
+                spec.runtime, name, spec.sample_rate_hz, spec.window_s, spec.dim, path=path,
+                builtin=spec.builtin, params=spec.params, providers=providers, threads=threads)
+        except TypeError as exc:
+            raise BundleError(
+                f"{self.root / MANIFEST_NAME}: models.{name}.params {spec.params}: {exc}"
+            ) from exc
         if embedder.dim != spec.dim:
             raise BundleError(
                 f"{self.root / MANIFEST_NAME}: models.{name}.dim is {spec.dim}, the model gives "

@@ -18,7 +18,7 @@ import json
 import logging
 from pathlib import Path
 
-from edge_monitor.core.bundle import BUILTIN_EMBEDDERS
+from edge_monitor.core.embedders.runtimes import BUILTIN_EMBEDDERS
 from edge_monitor.core.errors import ConfigError
 from edge_monitor.core.scoring_config import VARIANTS, variant
 from edge_monitor.core.signing import key_id, load_private_key

@@ -23,7 +23,7 @@ from edge_monitor.core.atomic import atomic_write_text
 from edge_monitor.core.audio_io import read_audio
 from edge_monitor.core.bank import sha256_file
 from edge_monitor.core.embedders.base import Embedder
-from edge_monitor.core.embedders.onnx_model import OnnxEmbedder
+from edge_monitor.core.embedders.runtimes import load_embedder
 from edge_monitor.core.errors import ConfigError
 from edge_monitor.core.preprocess import PreprocessConfig, preprocess
 from trainer.dcase_data import Clip, read_dataset
@@ -157,8 +157,5 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _runtime_embedder(path: Path, runtime: str, name: str, model: TorchEmbedder) -> Embedder:
-    if runtime == "onnx":
-        return OnnxEmbedder(path, name, model.sample_rate_hz, model.window_s, model.dim)
-    from edge_monitor.core.embedders.tflite_model import TfliteEmbedder
-
-    return TfliteEmbedder(path, name, model.sample_rate_hz, model.window_s, model.dim)
+    return load_embedder(runtime, name, model.sample_rate_hz, model.window_s, model.dim,
+                         path=path)
