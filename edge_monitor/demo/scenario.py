@@ -55,7 +55,7 @@ from edge_monitor.demo.synth import (
     write_audio,
     write_schedule_csv,
 )
-from edge_monitor.mqtt.topics import AlarmEvent, MachineState, ScoreSample, TopicTree
+from edge_monitor.mqtt.topics import Message, TopicTree
 from edge_monitor.pipeline.learning import MIN_LEARNING_WINDOWS
 from edge_monitor.pipeline.processing import Processor
 
@@ -192,17 +192,8 @@ class LocalPublisher:
         self.topics = topics
         self._inbox = inbox
 
-    def publish_state(self, machine: str, state: MachineState) -> None:
-        m = self.topics.state_message(machine, state)
-        self._inbox.put(Received(m.topic, m.payload))
-
-    def publish_event(self, event: AlarmEvent) -> None:
-        m = self.topics.event_message(event)
-        self._inbox.put(Received(m.topic, m.payload))
-
-    def publish_score(self, machine: str, sample: ScoreSample) -> None:
-        m = self.topics.score_message(machine, sample)
-        self._inbox.put(Received(m.topic, m.payload))
+    def send(self, message: Message, kind: str | None, label: str) -> None:
+        self._inbox.put(Received(message.topic, message.payload))
 
 
 # Results ---------------------------------------------------------------------------------

@@ -173,23 +173,30 @@ class MqttClient:
 
     # Publishing (any thread; never blocks on the network) ---------------------------
 
-    def publish_event(self, event: AlarmEvent) -> None:
-        label = f"{event.type} {event.event_id} ({event.message_id})"
-        self.outbox.enqueue(self.topics.event_message(event), KIND_EVENT, label)
-
-    def publish_state(self, machine: str, state: MachineState) -> None:
-        self.outbox.enqueue(self.topics.state_message(machine, state), KIND_STATE, machine)
-
-    def publish_bundle(self, status: BundleStatus) -> None:
-        """The retained `bundle` topic: through the journal, like state."""
-        self.outbox.enqueue(self.topics.bundle_message(status), KIND_STATE, "bundle")
-
-    def publish_score(self, machine: str, sample: ScoreSample) -> None:
-        """Telemetry is dropped while disconnected: the next window brings a fresh one."""
-        message = self.topics.score_message(machine, sample)
+    def send(self, message: Message, kind: str | None, label: str) -> None:
+        """Any message of the topic tree: `kind` KIND_EVENT or KIND_STATE goes through the
+        journal (events are never lost; a state replaces the one queued before it); None is
+        telemetry, dropped while disconnected (the next window brings a fresh one)."""
+        if kind is not None:
+            self.outbox.enqueue(message, kind, label)
+            return
         client = self._paho
         if client is not None and self._connected.is_set():
             client.publish(message.topic, message.payload, message.qos, message.retain)
+
+    def publish_event(self, event: AlarmEvent) -> None:
+        label = f"{event.type} {event.event_id} ({event.message_id})"
+        self.send(self.topics.event_message(event), KIND_EVENT, label)
+
+    def publish_state(self, machine: str, state: MachineState) -> None:
+        self.send(self.topics.state_message(machine, state), KIND_STATE, machine)
+
+    def publish_bundle(self, status: BundleStatus) -> None:
+        """The retained `bundle` topic: through the journal, like state."""
+        self.send(self.topics.bundle_message(status), KIND_STATE, "bundle")
+
+    def publish_score(self, machine: str, sample: ScoreSample) -> None:
+        self.send(self.topics.score_message(machine, sample), None, machine)
 
     def set_machines(self, machines: Iterable[str]) -> None:
         """Change the monitored machines (after a reload): clear the retained state of

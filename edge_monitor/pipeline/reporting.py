@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from edge_monitor.core.errors import EdgeMonitorError
-from edge_monitor.mqtt.topics import AlarmEvent, MachineState, ScoreSample
+from edge_monitor.mqtt.journal import KIND_EVENT, KIND_STATE
+from edge_monitor.mqtt.topics import AlarmEvent, MachineState, Message, ScoreSample, TopicTree
 from edge_monitor.pipeline.decision import Outcome, Transition
 from edge_monitor.pipeline.health import InputHealth
 from edge_monitor.pipeline.settings import Counters
@@ -28,13 +29,16 @@ log = logging.getLogger(__name__)
 
 
 class Publisher(Protocol):
-    """Where states, events and scores go (the MQTT client); calls must never block."""
+    """Where messages go (the MQTT client, the demo's local printer); must never block.
 
-    def publish_state(self, machine: str, state: MachineState) -> None: ...
+    The loop builds every message with the publisher's own topic tree, so a new topic is
+    its builder in edge_monitor.mqtt.topics and its call here, nothing else.
+    """
 
-    def publish_event(self, event: AlarmEvent) -> None: ...
+    topics: TopicTree
 
-    def publish_score(self, machine: str, sample: ScoreSample) -> None: ...
+    def send(self, message: Message, kind: str | None, label: str) -> None:
+        """`kind`: KIND_EVENT or KIND_STATE (durable), None (telemetry)."""
 
 
 class ClipSaver(Protocol):
@@ -79,7 +83,8 @@ class Reporter:
 
     def publish_score(self, machine: Machine, sample: ScoreSample) -> None:
         if self.score_telemetry and self.publisher is not None:
-            self.publisher.publish_score(machine.name, sample)
+            p = self.publisher
+            p.send(p.topics.score_message(machine.name, sample), None, machine.name)
 
     def publish_event(self, machine: Machine, t: Transition, audio: np.ndarray | None) -> None:
         detector = machine.setup.detector
@@ -96,7 +101,7 @@ class Reporter:
                 t.event_id, t.peak_score, t.threshold, f" clip {clip_path}" if clip_path else "")
         if self.publisher is None:
             return
-        self.publisher.publish_event(AlarmEvent(
+        event = AlarmEvent(
             type=t.kind,
             event_id=t.event_id,
             machine=machine.name,
@@ -108,15 +113,18 @@ class Reporter:
             bank_version=detector.bank_version if detector else "",
             clip_path=clip_path,
             ended_at=t.ended_at,
-        ))
+        )
+        self.publisher.send(self.publisher.topics.event_message(event), KIND_EVENT,
+                            f"{t.kind} {t.event_id} ({event.message_id})")
 
     def publish_state(self, machine: Machine) -> None:
         self.update_snapshot()
         if self.publisher is not None:
             d = machine.decision
-            self.publisher.publish_state(machine.name, MachineState(
-                d.status, machine.last_score, machine.last_threshold, d.since or utc_now(),
-                d.reason))
+            state = MachineState(d.status, machine.last_score, machine.last_threshold,
+                                 d.since or utc_now(), d.reason)
+            message = self.publisher.topics.state_message(machine.name, state)
+            self.publisher.send(message, KIND_STATE, machine.name)
 
     # Snapshot and logs ----------------------------------------------------------------
 
