@@ -37,7 +37,9 @@ from edge_monitor.config.loader import load_config
 from edge_monitor.config.sections import Config
 from edge_monitor.core.bundle import Bundle, load_bundle
 from edge_monitor.core.detector import Detector
+from edge_monitor.core.embedders.base import Embedder
 from edge_monitor.core.errors import BadInputError, ConfigError, EdgeMonitorError
+from edge_monitor.core.preprocess import PreprocessConfig
 from edge_monitor.core.signing import Signer, TrustPolicy
 from edge_monitor.enrolment.bank_store import BankStore
 from edge_monitor.enrolment.control import EnrolmentService
@@ -49,9 +51,9 @@ from edge_monitor.mqtt.topics import BundleStatus
 from edge_monitor.pipeline.clip_store import ClipStore
 from edge_monitor.pipeline.learning import (
     BankLearner,
-    builtin_detector,
+    LearnedModel,
     builtin_embedder,
-    fingerprint,
+    bundle_model,
     load_learned,
 )
 from edge_monitor.pipeline.machine import MachineSetup
@@ -100,13 +102,17 @@ def trust_policy(config: Config) -> TrustPolicy:
     return TrustPolicy.from_files(config.model.trusted_keys, config.model.require_signature)
 
 
-def _bundle_detectors(config: Config, path: Path) -> tuple[dict[str, Detector], Bundle]:
+def _bundle_detectors(
+    config: Config, path: Path
+) -> tuple[dict[str, Detector], Bundle, dict[str, Embedder]]:
     """Load and verify the bundle; a .tar is unpacked into a temporary directory that is
-    removed once the runtime sessions hold the models, so restarts leave nothing behind."""
+    removed once the runtime sessions hold the models, so restarts leave nothing behind.
+    The embedders are the detectors' own, for machines that learn their bank on site."""
     providers = [p.lower() for p in config.model.providers]
     with tempfile.TemporaryDirectory(prefix="edge-monitor-bundle-") as unpacked:
         bundle = load_bundle(path, unpacked, trust_policy(config))
-        return bundle.detectors(providers), bundle
+        embedders = bundle.embedders(providers)
+        return bundle.detectors(providers, embedders=embedders), bundle, embedders
 
 
 def learning_amount(learner: BankLearner) -> str:
@@ -114,6 +120,34 @@ def learning_amount(learner: BankLearner) -> str:
     window_s = learner.embedder.window_s
     return (f"{learner.target_windows * window_s:g} s of usable audio "
             f"({learner.target_windows} windows of {window_s:g} s)")
+
+
+def _banked(config: Config, name: str, channel: int, detector: Detector,
+            origin: str) -> MachineSetup:
+    """A machine with a detector, its enrolled banks applied when it has some."""
+    applied = BankStore(config.state_dir, name).apply(detector)
+    origin = origin if applied is detector else "enrolled on site"
+    return MachineSetup(name, channel, detector=applied, bank_origin=origin)
+
+
+def learned_setup(
+    config: Config, name: str, channel: int, embedder: Embedder,
+    preprocess_config: PreprocessConfig, model: LearnedModel | None = None,
+) -> MachineSetup:
+    """A machine whose bank is learned on site: its saved bank when it still fits the model
+    and settings (with enrolled banks applied), else a learner. `model` defaults to the
+    built-in one."""
+    learner = BankLearner(name, embedder, config.state_dir, config.learning.seconds,
+                          config.learning.scoring, preprocess_config, model)
+    bank = load_learned(config.state_dir, name, learner.fingerprint)
+    if bank is not None:
+        log.info("machine %s: using the learned bank %s", name, bank.version)
+        return _banked(config, name, channel,
+                       learner.detector(bank, config.decision.false_alarm_rate),
+                       "learned on site")
+    log.info("machine %s: no learned bank of model %s yet; learning from the next %s",
+             name, learner.model.name, learning_amount(learner))
+    return MachineSetup(name, channel, learner=learner)
 
 
 def plan_machines(config: Config, bundle_path: Path | None = None) -> Plan:
@@ -132,19 +166,24 @@ def plan_machines(config: Config, bundle_path: Path | None = None) -> Plan:
         bundle_path, origin = config.model.bundle, "config"
     serving = Serving("builtin")
     if bundle_path is not None:
-        detectors, bundle = _bundle_detectors(config, bundle_path)
+        detectors, bundle, embedders = _bundle_detectors(config, bundle_path)
         serving = Serving(origin, bundle.version, bundle.signer)
+        manifest = bundle.manifest
         for m in config.machines:
             key = m.bundle_machine or m.name
-            if key not in detectors:
+            if key in detectors:
+                setups.append(_banked(config, m.name, m.channel, detectors[key],
+                                      "from the bundle"))
+            elif manifest.learns(key):
+                model, spec = next(iter(manifest.models.items()))
+                setups.append(learned_setup(config, m.name, m.channel, embedders[model],
+                                            bundle.preprocess, bundle_model(model, spec)))
+            else:
                 raise ConfigError(
                     f"machines: {m.name!r} looks for {key!r} in the bundle, which has "
-                    f"{sorted(detectors)}; set machines[].bundle_machine to one of them"
+                    f"{sorted(manifest.machines)}; set machines[].bundle_machine to one of them"
                 )
-            detector = BankStore(config.state_dir, m.name).apply(detectors[key])
-            setups.append(MachineSetup(m.name, m.channel, detector=detector))
-        first = setups[0].detector
-        assert first is not None
+        first = next(iter(embedders.values()))
         model_rate, window_s = first.sample_rate_hz, first.window_s
         if config.windows.window_s is not None and config.windows.window_s != window_s:
             raise ConfigError(
@@ -155,22 +194,8 @@ def plan_machines(config: Config, bundle_path: Path | None = None) -> Plan:
         model_rate = config.model.sample_rate_hz
         window_s = config.windows.window_s or BUILTIN_WINDOW_S
         for m in config.machines:
-            embedder = builtin_embedder(model_rate, window_s)
-            expected = fingerprint(embedder, config.learning.scoring, preprocess_config)
-            bank = load_learned(config.state_dir, m.name, expected)
-            if bank is not None:
-                detector = BankStore(config.state_dir, m.name).apply(builtin_detector(
-                    m.name, embedder, bank, config.decision.false_alarm_rate, preprocess_config
-                ))
-                log.info("machine %s: using the learned bank %s", m.name, bank.version)
-                setups.append(MachineSetup(m.name, m.channel, detector=detector))
-            else:
-                learner = BankLearner(m.name, embedder, config.state_dir,
-                                      config.learning.seconds, config.learning.scoring,
-                                      preprocess_config)
-                log.info("machine %s: no learned bank yet; learning from the next %s",
-                         m.name, learning_amount(learner))
-                setups.append(MachineSetup(m.name, m.channel, learner=learner))
+            setups.append(learned_setup(config, m.name, m.channel,
+                                        builtin_embedder(model_rate, window_s), preprocess_config))
     if config.windows.hop_s > window_s:
         raise ConfigError(
             f"windows.hop_s = {config.windows.hop_s} is longer than the {window_s} s window: "

@@ -40,7 +40,7 @@ from edge_monitor.core.detector import Detector
 from edge_monitor.core.preprocess import PreprocessConfig, preprocess
 from edge_monitor.daemon import BLAS_THREADS
 from edge_monitor.demo.synth import MachineSpec, demo_timeline, synthesize, write_audio
-from edge_monitor.pipeline.learning import BankLearner, builtin_detector, builtin_embedder
+from edge_monitor.pipeline.learning import BankLearner, builtin_embedder, learned_detector
 
 RATE = 16000
 LEARN_S = 300.0
@@ -217,7 +217,7 @@ def main() -> int:
     n = int(WINDOW_S * RATE)
     for start in range(0, int(LEARN_S * RATE), n):
         learner.add(audio[start:start + n], start, start + n)
-    detector = builtin_detector("machine", embedder, learner.build(), 0.01, PreprocessConfig())
+    detector = learned_detector("machine", embedder, learner.build(), 0.01, PreprocessConfig())
     judged = audio[int(LEARN_S * RATE):]
     stage_costs(detector, judged, args.device_rate, args.hop_s, args.windows)
     bundle_machine = None

@@ -4,8 +4,9 @@ For every model the training clips are embedded through the *runtime* embedder t
 will run (onnxruntime, TFLite or the builtin), after the same read_audio + preprocess, so a
 bank holds exactly the vectors the edge would compute. One bank per model and machine
 section is built with edge_monitor.core.scoring.build_bank; the threshold for the requested false
-alarm rate comes from the (fused) leave-one-out scores. Everything is written into a staging
-directory that is renamed into place only when complete.
+alarm rate comes from the (fused) leave-one-out scores. Without training clips the bundle is
+model-only: one model and no machines, and each box learns its machine's bank on site.
+Everything is written into a staging directory that is renamed into place only when complete.
 """
 
 from __future__ import annotations
@@ -124,10 +125,25 @@ def _model_manifest(entry: ModelEntry, stored: Path | None, root: Path) -> dict[
     return spec
 
 
+def check_runs(embedder: Embedder) -> None:
+    """Run the model once on a window of noise at its rate: a model-only bundle has no bank
+    whose building would have run it, and a box should not be the first to find it broken."""
+    samples = round(embedder.sample_rate_hz * embedder.window_s)
+    noise = np.random.default_rng(0).normal(0.0, 0.1, samples).astype(np.float32)
+    vector = np.asarray(embedder.embed(noise))
+    if vector.shape != (embedder.dim,) or not np.all(np.isfinite(vector)):
+        raise BundleError(
+            f"model {embedder.name!r} gives shape {vector.shape} "
+            f"({'finite' if np.all(np.isfinite(vector)) else 'not finite'}) for a "
+            f"{embedder.window_s:g} s window at {embedder.sample_rate_hz} Hz, expected "
+            f"({embedder.dim},) finite values; export it again"
+        )
+
+
 def build_bundle(
     out: Path,
     models: Sequence[ModelEntry],
-    train_clips: Sequence[Clip],
+    train_clips: Sequence[Clip] | None,
     scoring: ScoringConfig,
     false_alarm_rate: float = 0.01,
     preprocess: PreprocessConfig | None = None,
@@ -136,7 +152,8 @@ def build_bundle(
     sign_key: Ed25519PrivateKey | None = None,
 ) -> Path:
     """Write a verified bundle directory at `out` (which must not exist yet); with
-    `sign_key` its manifest is signed (edge_monitor.core.signing) before it is published."""
+    `sign_key` its manifest is signed (edge_monitor.core.signing) before it is published.
+    `train_clips` None makes a model-only bundle (one model, no machines)."""
     out = Path(out)
     if out.exists():
         raise BundleError(f"{out}: already exists; bundles are immutable, pick a new path")
@@ -145,8 +162,13 @@ def build_bundle(
     names = [m.name for m in models]
     if len(set(names)) != len(names):
         raise ConfigError(f"model names {names} repeat; each model needs its own name")
-    clips = [c for c in train_clips if c.split == "train" and c.domain is not None]
-    if not clips:
+    model_only = train_clips is None
+    if model_only and len(models) != 1:
+        raise ConfigError(
+            f"a model-only bundle holds one model (a box learns its bank with it); got {names}"
+        )
+    clips = [c for c in train_clips or [] if c.split == "train" and c.domain is not None]
+    if not clips and not model_only:
         raise ConfigError("no training clips with a domain to build banks from")
     preprocess = preprocess or PreprocessConfig()
     options = EmbedOptions(preprocess=preprocess)
@@ -163,6 +185,8 @@ def build_bundle(
                 stored.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(str(entry.file), stored)
             embedders[entry.name] = entry.embedder(stored)
+            if model_only:
+                check_runs(embedders[entry.name])
             manifest_models[entry.name] = _model_manifest(entry, stored, staging)
         machines: dict[str, Any] = {}
         groups: dict[tuple[str, str], list[int]] = {}
@@ -171,7 +195,7 @@ def build_bundle(
         vectors = {
             name: _embed(embedder, clips, options, cache_dir)
             for name, embedder in embedders.items()
-        }
+        } if clips else {}
         for (machine, section), rows in sorted(groups.items()):
             machine_id = ids[(machine, section)]
             members, refs = [], {}

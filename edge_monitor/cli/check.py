@@ -54,9 +54,10 @@ def run(args: argparse.Namespace) -> int:
     for setup in plan.machines:
         if setup.detector is not None:
             d = setup.detector
-            what = f"bank {d.bank_version}, threshold {d.threshold:.5f}"
+            what = f"bank {d.bank_version} {setup.bank_origin}, threshold {d.threshold:.5f}"
         else:
             assert setup.learner is not None
-            what = f"no learned bank yet; learns from the next {learning_amount(setup.learner)}"
+            what = (f"no bank yet; learns from the next {learning_amount(setup.learner)} with "
+                    f"model {setup.learner.model.name}")
         print(f"  machine {setup.name} (channel {setup.channel}): {what}")
     return 0

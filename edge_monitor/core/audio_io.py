@@ -62,6 +62,15 @@ def read_audio(path: str | Path, sample_rate_hz: int) -> np.ndarray:
 
     A missing, undecodable, truncated or empty file raises AudioFileError naming the file.
     """
+    audio, rate = decode_audio(path)
+    return resample(audio, rate, int(sample_rate_hz))
+
+
+def decode_audio(path: str | Path) -> tuple[np.ndarray, int]:
+    """Decode a WAV/FLAC file to mono float32 at its own rate; returns (audio, rate).
+
+    A missing, undecodable, truncated or empty file raises AudioFileError naming the file.
+    """
     path = Path(path)
     if not path.is_file():
         raise AudioFileError(f"{path}: no such audio file; check the path")
@@ -81,4 +90,4 @@ def read_audio(path: str | Path, sample_rate_hz: int) -> np.ndarray:
         )
     if not np.all(np.isfinite(audio)):
         raise AudioFileError(f"{path}: the file holds NaN or infinite samples")
-    return resample(to_mono(audio), int(rate), int(sample_rate_hz))
+    return to_mono(audio), int(rate)

@@ -12,6 +12,11 @@ it, each model's file, sha256, runtime (onnx | tflite | builtin), input rate and
 embedding dim, precision, ensemble weight and score normalisation, the preprocessing every
 window gets, and per machine (and DCASE section) its banks and decision settings.
 
+A model-only bundle has models and no banks: no machines at all, or machines listed with
+`banks: {}`. The daemon then learns each such machine's bank on site with the bundle's
+model, as it does with the built-in model (edge_monitor.pipeline.learning). Learning uses
+one model, so such a bundle holds exactly one.
+
 Loading verifies everything before a detector is built: format and runtime versions, every
 checksum (models and each bank's `bank.json`, which in turn checksums its own files), dims of
 banks against models and of models against what they output. A failure names the file and
@@ -95,13 +100,26 @@ class BankRef(_Strict):
 
 
 class MachineSpec(_Strict):
-    """One monitored machine: its banks (one per model) and decision settings."""
+    """One monitored machine: its banks (one per model, or none: learned on site) and
+    decision settings."""
 
     machine_type: str | None = None
     section: str | None = None
-    banks: dict[str, BankRef] = Field(min_length=1)
+    banks: dict[str, BankRef] = Field(
+        default_factory=dict, description="one per model; empty: the bank is learned on site"
+    )
     false_alarm_rate: float = Field(0.01, gt=0, lt=1)
     threshold: float | None = Field(None, description="fixed threshold; default from LOO scores")
+
+    @model_validator(mode="after")
+    def _no_decision_without_banks(self) -> MachineSpec:
+        given = sorted({"false_alarm_rate", "threshold"} & self.model_fields_set)
+        if not self.banks and given:
+            raise ValueError(
+                f"{given} given for a machine without banks; its bank is learned on site and "
+                "its threshold comes from the daemon's decision.false_alarm_rate: remove them"
+            )
+        return self
 
 
 class Manifest(_Strict):
@@ -114,17 +132,36 @@ class Manifest(_Strict):
     created_at: str | None = None
     preprocess: dict[str, Any] = Field(default_factory=dict)
     models: dict[str, ModelSpec] = Field(min_length=1)
-    machines: dict[str, MachineSpec] = Field(min_length=1)
+    machines: dict[str, MachineSpec] = Field(
+        default_factory=dict, description="none: a model-only bundle, every machine learns"
+    )
 
     @model_validator(mode="after")
     def _every_machine_has_every_model(self) -> Manifest:
         for machine, spec in self.machines.items():
-            if set(spec.banks) != set(self.models):
+            if spec.banks and set(spec.banks) != set(self.models):
                 raise ValueError(
                     f"machines.{machine}.banks names models {sorted(spec.banks)}, but the "
                     f"bundle's models are {sorted(self.models)}; give one bank per model"
                 )
+        if self.learning_machines() and len(self.models) != 1:
+            raise ValueError(
+                f"machines {self.learning_machines()} have no banks, so they learn on site, "
+                f"which takes one model; the bundle has {sorted(self.models)}: give them banks "
+                "or ship one model"
+            )
         return self
+
+    def learning_machines(self) -> list[str]:
+        """Machines whose banks are learned on site (['*'] for a bundle with no machines)."""
+        if not self.machines:
+            return ["*"]
+        return [name for name, spec in self.machines.items() if not spec.banks]
+
+    def learns(self, machine: str) -> bool:
+        """True when the daemon learns `machine`'s bank on site with the bundle's model."""
+        spec = self.machines.get(machine)
+        return not self.machines or (spec is not None and not spec.banks)
 
 
 def version_tuple(text: str) -> tuple[int, ...]:
@@ -332,14 +369,25 @@ class Bundle:
             )
         return embedder
 
-    def detectors(
+    def embedders(
         self, providers: Sequence[str] = ("cpu",), threads: int | None = None
+    ) -> dict[str, Embedder]:
+        """Every model's runtime embedder, by model name."""
+        return {name: self.embedder(name, providers, threads) for name in self.manifest.models}
+
+    def detectors(
+        self, providers: Sequence[str] = ("cpu",), threads: int | None = None,
+        embedders: Mapping[str, Embedder] | None = None,
     ) -> dict[str, Detector]:
-        """One Detector per machine; each model's runtime session is shared by all machines."""
-        embedders = {name: self.embedder(name, providers, threads) for name in self.manifest.models}
+        """One Detector per machine with banks; each model's runtime session (`embedders`,
+        built here when not given) is shared by all machines."""
+        if embedders is None:
+            embedders = self.embedders(providers, threads)
         preprocess = self.preprocess
         out = {}
         for machine, spec in self.manifest.machines.items():
+            if not spec.banks:
+                continue
             members = []
             for name, model in self.manifest.models.items():
                 bank = self.banks[machine][name]
@@ -401,9 +449,11 @@ def load_bundle(
             for model, ref in spec.banks.items()
         }
         for machine, spec in manifest.machines.items()
+        if spec.banks
     }
     log.info(
-        "bundle %s (version %s): %d model(s), %d machine(s)",
-        root, manifest.version, len(manifest.models), len(manifest.machines),
+        "bundle %s (version %s): %d model(s), %d machine(s) with banks, learning on site: %s",
+        root, manifest.version, len(manifest.models), len(banks),
+        manifest.learning_machines() or "none",
     )
     return Bundle(root, manifest, model_paths, banks, signer)

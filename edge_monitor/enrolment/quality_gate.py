@@ -28,6 +28,9 @@ STUCK_REPEAT_FRACTION = 0.5
 # a pure tone with a little noise is below 1e-4.
 TONAL_FLATNESS = 1e-4
 FLATNESS_FFT = 1024
+# Of an upsampled window's band, the part below the capture's Nyquist that the resampler's
+# anti-imaging filter leaves untouched.
+PASSBAND = 0.95
 
 
 class QualityRejectedError(BadInputError):
@@ -58,14 +61,18 @@ class QualityReport:
         }
 
 
-def spectral_flatness(audio: np.ndarray) -> float:
-    """Median over frames of geometric / arithmetic mean power: ~0 for a tone, 1 for white noise."""
+def spectral_flatness(audio: np.ndarray, band: float = 1.0) -> float:
+    """Median over frames of geometric / arithmetic mean power: ~0 for a tone, 1 for white noise.
+
+    Only the lowest `band` fraction of the spectrum is measured (the part the audio can hold).
+    """
     x = np.asarray(audio, dtype=np.float64)
     if x.size < FLATNESS_FFT:
         return 1.0
     x = x - x.mean()
     frames = np.lib.stride_tricks.sliding_window_view(x, FLATNESS_FFT)[:: FLATNESS_FFT // 2]
     power = np.abs(np.fft.rfft(frames * np.hanning(FLATNESS_FFT), axis=1)) ** 2 + 1e-20
+    power = power[:, : max(2, int(power.shape[1] * band))]
     flatness = np.exp(np.mean(np.log(power), axis=1)) / np.mean(power, axis=1)
     return float(np.median(flatness))
 
@@ -76,6 +83,8 @@ def window_problem(raw: np.ndarray, conditioned: Preprocessed) -> str | None:
     `raw` is the window as captured (a stuck input repeats exact sample values, which
     resampling would blur); `conditioned` is the same window at the model's rate, as the
     model sees it (a microphone rate above the model's would make any sound look tonal).
+    A microphone rate below the model's (16 kHz capture, a 32 kHz model) leaves the top of
+    the conditioned spectrum empty, so flatness is measured below the capture's Nyquist.
     """
     if conditioned.silent:
         return SILENT
@@ -84,7 +93,9 @@ def window_problem(raw: np.ndarray, conditioned: Preprocessed) -> str | None:
     x = np.asarray(raw)
     if x.size > 1 and np.count_nonzero(x[1:] == x[:-1]) >= STUCK_REPEAT_FRACTION * (x.size - 1):
         return STUCK
-    if spectral_flatness(conditioned.audio) < TONAL_FLATNESS:
+    ratio = x.size / max(conditioned.audio.size, 1)  # capture rate / model rate
+    band = 1.0 if ratio >= 1.0 else ratio * PASSBAND
+    if spectral_flatness(conditioned.audio, band) < TONAL_FLATNESS:
         return TONAL
     return None
 

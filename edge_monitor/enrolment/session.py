@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from edge_monitor.config.sections import QualityGateConfig
-from edge_monitor.core.audio_io import read_audio, resample
+from edge_monitor.core.audio_io import decode_audio, resample
 from edge_monitor.core.bank import Bank
 from edge_monitor.core.detector import Detector
 from edge_monitor.core.errors import BadInputError, EdgeMonitorError
@@ -128,10 +128,10 @@ class Enrolment:
                 return
 
     def add_file(self, path: str | Path) -> None:
-        """Add one file: whole when about one window long, else cut into windows."""
+        """Add one file: whole when about one window long, else cut into windows. Windows
+        are judged at the file's own rate, as live audio at the capture's."""
         path = Path(path)
-        rate = self.detector.sample_rate_hz
-        audio = read_audio(path, rate)
+        audio, rate = decode_audio(path)
         window = round(self.detector.window_s * rate)
         pieces = (
             [audio] if len(audio) <= WHOLE_FILE_WINDOWS * window

@@ -1,10 +1,13 @@
-"""The built-in default: learn a machine's normal sound from its first minutes of audio.
+"""Learning a machine's normal sound on site, from its first minutes of audio.
 
 With no bundle configured, each machine gets the weight-free `logmel-stats` embedder and a
-bank learned on site: the first `learning.seconds` of audio (state `learning`) are embedded
-window by window, built into a bank with the scoring contract's `build_bank`, and saved
-under the state directory. A restart reuses the saved bank instead of learning again, unless
-the settings that shaped it (rate, window, embedder, scoring, preprocessing) changed.
+bank learned on site; with a model-only bundle (models, no bank for the machine), the
+bundle's model is the embedder instead (`bundle_model`). Either way the first
+`learning.seconds` of audio (state `learning`) are embedded window by window, built into a
+bank with the scoring contract's `build_bank`, and saved under the state directory. A
+restart reuses the saved bank instead of learning again, unless what shaped it changed:
+the model (the builtin's settings, or the bundle model's sha256), rate, window, scoring or
+preprocessing.
 
 Learned windows do not overlap: a live window is never scored against audio it shares
 samples with, so the bank's leave-one-out scores (and the threshold drawn from them) must
@@ -18,7 +21,8 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import asdict
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +30,9 @@ import numpy as np
 
 from edge_monitor.core.atomic import atomic_write_text
 from edge_monitor.core.bank import Bank, load_bank, save_bank
+from edge_monitor.core.bundle import ModelSpec
 from edge_monitor.core.detector import Detector, Member
+from edge_monitor.core.embedders.base import Embedder
 from edge_monitor.core.embedders.logmel_stats import LogMelStatsEmbedder
 from edge_monitor.core.errors import BankError
 from edge_monitor.core.preprocess import PreprocessConfig, preprocess
@@ -47,17 +53,47 @@ def builtin_embedder(sample_rate_hz: int, window_s: float) -> LogMelStatsEmbedde
     return LogMelStatsEmbedder(sample_rate_hz=sample_rate_hz, window_s=window_s)
 
 
+@dataclass(frozen=True)
+class LearnedModel:
+    """The model a bank is learned with: the member name and model version its detector
+    reports (alarms carry the version), and what identifies the model in the fingerprint."""
+
+    name: str
+    version: str
+    identity: Mapping[str, Any] = field(default_factory=dict)
+
+
+def builtin_model(embedder: LogMelStatsEmbedder) -> LearnedModel:
+    identity = {"embedder": embedder.name, "n_fft": embedder.n_fft, "hop": embedder.hop,
+                "n_mels": embedder.n_mels}
+    return LearnedModel(MEMBER_NAME, MODEL_VERSION, identity)
+
+
+def bundle_model(name: str, spec: ModelSpec) -> LearnedModel:
+    """A bundle's model: identified by its file's sha256 (a builtin by name and settings),
+    so a bundle with another model learns again, and one with the same model does not."""
+    if spec.sha256 is not None:
+        identity: dict[str, Any] = {"embedder": name, "runtime": spec.runtime,
+                                    "model_sha256": spec.sha256, "dim": spec.dim}
+        return LearnedModel(name, f"{name}-{spec.sha256[:16]}", identity)
+    identity = {"embedder": name, "runtime": spec.runtime, "builtin": spec.builtin,
+                "params": dict(spec.params), "dim": spec.dim}
+    return LearnedModel(name, f"{name}-builtin", identity)
+
+
 def fingerprint(
-    embedder: LogMelStatsEmbedder, scoring: str, preprocess_config: PreprocessConfig
+    embedder: Embedder, scoring: str, preprocess_config: PreprocessConfig,
+    model: LearnedModel | None = None,
 ) -> dict[str, Any]:
-    """What a learned bank depends on; a saved bank with another fingerprint is relearned."""
+    """What a learned bank depends on; a saved bank with another fingerprint is relearned.
+    `model` defaults to the builtin `embedder`'s own settings."""
+    if model is None:
+        assert isinstance(embedder, LogMelStatsEmbedder)
+        model = builtin_model(embedder)
     return {
-        "embedder": embedder.name,
+        **model.identity,
         "sample_rate_hz": embedder.sample_rate_hz,
         "window_s": embedder.window_s,
-        "n_fft": embedder.n_fft,
-        "hop": embedder.hop,
-        "n_mels": embedder.n_mels,
         "scoring": scoring,
         "preprocess": asdict(preprocess_config),
     }
@@ -88,15 +124,20 @@ def load_learned(state_dir: Path, machine: str, expected: dict[str, Any]) -> Ban
     return bank
 
 
-def builtin_detector(
+def learned_detector(
     machine: str,
-    embedder: LogMelStatsEmbedder,
+    embedder: Embedder,
     bank: Bank,
     false_alarm_rate: float,
     preprocess_config: PreprocessConfig,
+    model: LearnedModel | None = None,
 ) -> Detector:
-    member = Member(MEMBER_NAME, embedder, bank)
-    return Detector(machine, [member], false_alarm_rate, preprocess_config, MODEL_VERSION)
+    """The detector of a learned bank; `model` defaults to the builtin one."""
+    if model is None:
+        assert isinstance(embedder, LogMelStatsEmbedder)
+        model = builtin_model(embedder)
+    member = Member(model.name, embedder, bank)
+    return Detector(machine, [member], false_alarm_rate, preprocess_config, model.version)
 
 
 class BankLearner:
@@ -105,14 +146,19 @@ class BankLearner:
     def __init__(
         self,
         machine: str,
-        embedder: LogMelStatsEmbedder,
+        embedder: Embedder,
         state_dir: Path,
         seconds: float,
         scoring: str,
         preprocess_config: PreprocessConfig,
+        model: LearnedModel | None = None,
     ) -> None:
         self.machine = machine
         self.embedder = embedder
+        if model is None:
+            assert isinstance(embedder, LogMelStatsEmbedder)
+            model = builtin_model(embedder)
+        self.model = model
         self.state_dir = Path(state_dir)
         self.scoring = scoring
         self.preprocess_config = preprocess_config
@@ -129,6 +175,15 @@ class BankLearner:
     @property
     def done(self) -> bool:
         return len(self._vectors) >= self.target_windows
+
+    @property
+    def fingerprint(self) -> dict[str, Any]:
+        return fingerprint(self.embedder, self.scoring, self.preprocess_config, self.model)
+
+    def detector(self, bank: Bank, false_alarm_rate: float) -> Detector:
+        """The detector of the bank this learner built."""
+        return learned_detector(self.machine, self.embedder, bank, false_alarm_rate,
+                                self.preprocess_config, self.model)
 
     def add(self, audio: np.ndarray, start_frame: int, end_frame: int) -> bool:
         """Offer one model-rate window (frames in the source's timeline); True when done.
@@ -158,7 +213,8 @@ class BankLearner:
         info = {
             "machine": self.machine,
             "origin": "learned on site",
-            "fingerprint": fingerprint(self.embedder, self.scoring, self.preprocess_config),
+            "embedder": self.model.name,
+            "fingerprint": self.fingerprint,
         }
         bank = build_bank(
             np.vstack(self._vectors), [SOURCE] * len(self._vectors), self._ids,

@@ -4,8 +4,9 @@ Each chunk's channel goes to the audio taps (an enrolment recording), is measure
 silence, and is converted and cut into model-rate windows (`edge_monitor.core.stream`). A
 window is judged only when the input can be trusted: not during a fault or an enrolment,
 not when it overlaps audio from before a fault, not when it is silent or clipped (that
-says nothing about the machine until it lasts long enough to be a fault). Then the built-in
-learner learns it, or the detector scores it and the decision machine decides.
+says nothing about the machine until it lasts long enough to be a fault). Then the
+learner (built-in or bundle model) learns it, or the detector scores it and the decision
+machine decides.
 
 The machine's own faults, after the shared ones (`edge_monitor.pipeline.health`): silence,
 clipping, a model that fails to score.
@@ -29,7 +30,7 @@ from edge_monitor.core.stream import WindowStream
 from edge_monitor.mqtt.topics import ScoreSample
 from edge_monitor.pipeline.decision import ENROLLING, FAULT, LEARNING, DecisionMachine
 from edge_monitor.pipeline.health import InputHealth
-from edge_monitor.pipeline.learning import BankLearner, builtin_detector
+from edge_monitor.pipeline.learning import BankLearner
 from edge_monitor.pipeline.reporting import Reporter
 from edge_monitor.pipeline.settings import Counters, ProcessingSettings
 
@@ -44,12 +45,15 @@ class AudioTap(Protocol):
 
 @dataclass
 class MachineSetup:
-    """One machine as configured: its channel and either a detector or a learner."""
+    """One machine as configured: its channel and either a detector or a learner, and where
+    the detector's bank came from ('from the bundle', 'learned on site', 'enrolled on site';
+    `edge-monitor check` prints it)."""
 
     name: str
     channel: int
     detector: Detector | None = None
     learner: BankLearner | None = None
+    bank_origin: str | None = None
 
 
 def dbfs(x: np.ndarray) -> float:
@@ -191,10 +195,7 @@ class Machine:
         except (OSError, EdgeMonitorError) as exc:
             self.health.set_disk_fault(f"cannot save the learned bank of {self.name}: {exc}")
             return
-        self.setup.detector = builtin_detector(
-            self.name, learner.embedder, bank, self.settings.decision.false_alarm_rate,
-            learner.preprocess_config,
-        )
+        self.setup.detector = learner.detector(bank, self.settings.decision.false_alarm_rate)
         self.setup.learner = None
         log.info("machine %s: learning done; threshold %.5f", self.name,
                  self.setup.detector.threshold)
@@ -251,8 +252,11 @@ class Machine:
 
     def carry_over(self, old: Machine, same_windows: bool, source_kept: bool) -> None:
         """Take what a reload keeps from this machine's previous incarnation."""
-        if self.setup.learner is not None and old.setup.learner is not None:
-            self.setup.learner = old.setup.learner  # keep what was learned so far
+        learner, old_learner = self.setup.learner, old.setup.learner
+        if learner is not None and old_learner is not None and (
+            learner.fingerprint == old_learner.fingerprint
+        ):
+            self.setup.learner = old_learner  # keep what was learned so far, with this model
         self.taps, self.enrolling = old.taps, old.enrolling
         self.last_score, self.last_threshold = old.last_score, old.last_threshold
         self.silent_s = old.silent_s

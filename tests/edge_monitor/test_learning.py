@@ -10,9 +10,9 @@ from edge_monitor.core.preprocess import PreprocessConfig
 from edge_monitor.demo.synth import FaultSegment, MachineSpec, synthesize
 from edge_monitor.pipeline.learning import (
     BankLearner,
-    builtin_detector,
     builtin_embedder,
     fingerprint,
+    learned_detector,
     load_learned,
     machine_dir,
 )
@@ -49,7 +49,7 @@ def test_learns_non_overlapping_windows_skips_silence_and_scores_faults_higher(t
     assert start == 5 * N
     bank = lrn.build()
     assert len(bank) == 5 and set(bank.domains) == {"source"}
-    detector = builtin_detector("pump", lrn.embedder, bank, 0.01, PreprocessConfig())
+    detector = learned_detector("pump", lrn.embedder, bank, 0.01, PreprocessConfig())
     normal = [detector.score(audio[s:s + N]).score for s in range(7 * N, 11 * N, N)]
     faulty = [detector.score(audio[s:s + N]).score for s in range(12 * N, 16 * N, N)]
     assert max(normal) < min(faulty)

@@ -7,8 +7,10 @@ import pytest
 from enroll_support import OLD_SPEC, RATE, machine_audio, windows
 
 from edge_monitor.config.sections import QualityGateConfig
+from edge_monitor.core.audio_io import resample
 from edge_monitor.core.preprocess import preprocess
 from edge_monitor.enrolment.quality_gate import (
+    TONAL,
     QualityGate,
     QualityRejectedError,
     spectral_flatness,
@@ -81,6 +83,16 @@ def test_window_checks_on_their_own(normal):
     assert spectral_flatness(w) > 1e-2
     tone = np.sin(2 * np.pi * 1000 * np.arange(RATE) / RATE).astype(np.float32)
     assert spectral_flatness(tone) < 1e-6
+
+
+def test_upsampled_capture_is_judged_below_its_nyquist(normal):
+    """A 16 kHz microphone feeding a 32 kHz model: noise stays noise, a tone stays a tone."""
+    w = normal[0]
+    up = resample(w, RATE, 2 * RATE)
+    assert spectral_flatness(up) < 1e-4  # the empty top half alone would look tonal
+    assert window_problem(w, preprocess(up, 2 * RATE)) is None
+    tone = 0.1 * np.sin(2 * np.pi * 1000 * np.arange(RATE) / RATE).astype(np.float32)
+    assert window_problem(tone, preprocess(resample(tone, RATE, 2 * RATE), 2 * RATE)) == TONAL
 
 
 def test_config_is_checked():

@@ -13,6 +13,7 @@ import soundfile as sf
 import torch
 
 from edge_monitor.cli import main as monitor_main
+from edge_monitor.core.bundle import load_bundle
 from edge_monitor.core.embedders.logmel_stats import LogMelStatsEmbedder
 from edge_monitor.core.embedders.onnx_model import OnnxEmbedder
 from trainer.cli import main as trainer_main
@@ -127,3 +128,15 @@ def test_export_and_bundle_cli_end_to_end(tmp_path: Path, capsys) -> None:
     with open(scores) as handle:
         rows = list(csv.reader(handle))[1:]
     assert len(rows) == 12 and all(np.isfinite(float(s)) for _, s in rows)
+    # The same export as a model-only bundle: no banks, a box learns its own.
+    model_only = tmp_path / "model-only"
+    spec = f"{out / 'export.json'}:student-onnx-int8"
+    capsys.readouterr()
+    assert trainer_main(["bundle", "--model-only", "--data", str(data), "--out",
+                         str(model_only), "--model", spec]) == 2
+    assert "['--data'] shape banks, and --model-only builds none" in capsys.readouterr().err
+    assert trainer_main(["bundle", "--model-only", "--out", str(model_only), "--model",
+                         spec]) == 0
+    loaded = load_bundle(model_only)
+    assert loaded.banks == {} and loaded.manifest.learns("pump")
+    assert loaded.manifest.models["student-onnx-int8"].precision == "int8"

@@ -3,11 +3,13 @@
     edge-trainer bundle --data ROOT --out BUNDLE --model logmel-stats \
         --model exports/student/export.json:student-onnx-int8 [--weights acp.json] [--tar] \
         [--sign keys/ops.key]
+    edge-trainer bundle --model-only --out BUNDLE --model exports/mn04/export.json:NAME [--tar]
 
 A model is a builtin embedder name or `EXPORT_JSON:NAME` (an entry written by
 `edge-trainer export`; `:NAME` may be left out when the file holds one model). Banks are
 built from the training clips under ROOT, one per machine section, through the runtime
-embedders the daemon will run. `--sign` signs the manifest with a key from
+embedders the daemon will run. `--model-only` writes one model and no banks: each box learns
+its machine's bank on site with it (docs/bundle.md). `--sign` signs the manifest with a key from
 `edge-trainer keygen`, so boxes that trust its public key accept the bundle.
 """
 
@@ -32,17 +34,20 @@ log = logging.getLogger(__name__)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", type=Path, required=True, metavar="ROOT",
+    parser.add_argument("--data", type=Path, default=None, metavar="ROOT",
                         help="DCASE tree whose training clips fill the banks")
+    parser.add_argument("--model-only", action="store_true",
+                        help="one model, no banks: each box learns its machine's bank on site")
     parser.add_argument("--out", type=Path, required=True, metavar="BUNDLE",
                         help="bundle directory to create")
     parser.add_argument("--model", action="append", required=True, metavar="SPEC",
                         help=f"builtin {sorted(BUILTIN_EMBEDDERS)} or EXPORT_JSON[:NAME]; repeat")
     parser.add_argument("--weights", type=Path, default=None,
                         help="JSON with {'weights': {model: weight}} (from edge-trainer acp)")
-    parser.add_argument("--variant", default="knn", help=f"scoring variant {sorted(VARIANTS)}")
+    parser.add_argument("--variant", default=None,
+                        help=f"scoring variant {sorted(VARIANTS)} (default knn)")
     parser.add_argument("--k", type=int, default=None, help="neighbours per score")
-    parser.add_argument("--false-alarm-rate", type=float, default=0.01)
+    parser.add_argument("--false-alarm-rate", type=float, default=None, help="default 0.01")
     parser.add_argument("--cache", type=Path, default=None, help="embedding cache directory")
     parser.add_argument("--tar", action="store_true", help="also write BUNDLE.tar")
     parser.add_argument("--sign", type=Path, default=None, metavar="KEYFILE",
@@ -68,7 +73,29 @@ def read_weights(path: Path) -> dict[str, float]:
         ) from exc
 
 
+BANK_OPTIONS = ("data", "weights", "variant", "k", "false_alarm_rate", "cache")
+
+
+def check_mode(args: argparse.Namespace) -> None:
+    """--data for a bundle with banks; none of the bank options with --model-only."""
+    if not args.model_only:
+        if args.data is None:
+            raise ConfigError("--data ROOT is required to build banks; or give --model-only "
+                              "for a bundle whose boxes learn their banks on site")
+        return
+    given = [f"--{name.replace('_', '-')}" for name in BANK_OPTIONS
+             if getattr(args, name) is not None]
+    if given:
+        raise ConfigError(f"{given} shape banks, and --model-only builds none: remove them (a "
+                          "box learns with its config's learning.scoring and "
+                          "decision.false_alarm_rate)")
+    if len(args.model) != 1:
+        raise ConfigError(f"--model-only takes one --model (a box learns with one), got "
+                          f"{len(args.model)}")
+
+
 def run(args: argparse.Namespace) -> int:
+    check_mode(args)
     entries = [model_entry(spec) for spec in args.model]
     if args.weights is not None:
         weights = read_weights(args.weights)
@@ -76,17 +103,19 @@ def run(args: argparse.Namespace) -> int:
         if missing:
             raise ConfigError(f"--weights {args.weights}: no weight for model(s) {missing}")
         entries = [ModelEntry(**{**e.__dict__, "weight": weights[e.name]}) for e in entries]
-    scoring = variant(args.variant)
+    scoring = variant(args.variant or "knn")
     if args.k is not None:
         scoring = scoring.replace(k=args.k)
-    if not 0.0 < args.false_alarm_rate < 1.0:
-        raise ConfigError(f"--false-alarm-rate {args.false_alarm_rate}: must lie in (0, 1)")
+    false_alarm_rate = 0.01 if args.false_alarm_rate is None else args.false_alarm_rate
+    if not 0.0 < false_alarm_rate < 1.0:
+        raise ConfigError(f"--false-alarm-rate {false_alarm_rate}: must lie in (0, 1)")
     sign_key = load_private_key(args.sign) if args.sign is not None else None
-    clips = read_dataset(args.data)
-    out = build_bundle(args.out, entries, clips, scoring, args.false_alarm_rate,
+    clips = None if args.model_only else read_dataset(args.data)
+    out = build_bundle(args.out, entries, clips, scoring, false_alarm_rate,
                        cache_dir=args.cache, sign_key=sign_key)
     if args.tar:
         write_tar(out, out.with_name(out.name + ".tar"))
     signed = f", signed by key id {key_id(sign_key.public_key())}" if sign_key else ""
-    print(f"bundle written to {out}{signed}")
+    kind = " (model-only: boxes learn their banks on site)" if args.model_only else ""
+    print(f"bundle written to {out}{kind}{signed}")
     return 0

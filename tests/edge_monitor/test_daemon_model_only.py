@@ -1,0 +1,153 @@
+"""A model-only bundle (one exported ONNX model at 32 kHz, no banks): the daemon learns the
+machine's bank on site with that model, from 16 kHz audio it resamples, over a real broker;
+the learned bank survives a restart only with the same model; enrolment and rollback work
+on it; a damaged bundle is refused with one clear line."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+
+import pytest
+import yaml
+from daemon_support import RATE, DaemonThread, dedupe, small_config, synth, write_config, write_flac
+from test_bundle import make_onnx
+from test_daemon import logged_statuses
+
+from edge_monitor import cli
+from edge_monitor.config.loader import load_config
+from edge_monitor.core.bundle import MANIFEST_NAME, load_bundle
+from edge_monitor.core.errors import BundleError
+from edge_monitor.daemon import plan_machines
+from trainer.cli import main as trainer_main
+
+MODEL_RATE = 32000
+
+
+def model_only_bundle(tmp_path, name="bundle", dim=12):
+    """`edge-trainer bundle --model-only` on an export.json naming a 32 kHz ONNX model."""
+    exports = tmp_path / f"exports-{name}"
+    exports.mkdir()
+    make_onnx(exports / "tiny.onnx", dim=dim)
+    listing = {"models": [{"name": "tiny", "runtime": "onnx", "file": "tiny.onnx",
+                           "sample_rate_hz": MODEL_RATE, "window_s": 1.0, "dim": dim,
+                           "precision": "fp32"}]}
+    (exports / "export.json").write_text(json.dumps(listing))
+    out = tmp_path / name
+    assert trainer_main(["bundle", "--model-only", "--out", str(out), "--model",
+                         f"{exports / 'export.json'}:tiny", "--tar"]) == 0
+    return out
+
+
+def config_for(tmp_path, bundle, paths, **overrides):
+    return small_config(
+        tmp_path, paths, model={"bundle": str(bundle)},
+        source={"sample_rate_hz": RATE},  # the daemon resamples 16 kHz capture to 32 kHz
+        windows={"window_s": None, "hop_s": 0.5}, **overrides,
+    )
+
+
+def test_model_only_bundle_verifies_and_holds_no_banks(tmp_path, capsys):
+    out = model_only_bundle(tmp_path)
+    assert "model-only" in capsys.readouterr().out
+    manifest = yaml.safe_load((out / MANIFEST_NAME).read_text())
+    assert manifest["machines"] == {} and list(manifest["models"]) == ["tiny"]
+    assert manifest["models"]["tiny"]["sample_rate_hz"] == MODEL_RATE
+    assert not (out / "banks").exists()
+    bundle = load_bundle(str(out) + ".tar")
+    assert bundle.banks == {} and bundle.manifest.learns("pump")
+    assert bundle.detectors() == {}
+    # Machines may be listed without banks: those learn, others are not in the bundle.
+    manifest["machines"] = {"fan": {"machine_type": "fan"}}
+    (out / MANIFEST_NAME).write_text(yaml.safe_dump(manifest))
+    listed = load_bundle(out).manifest
+    assert listed.learns("fan") and not listed.learns("pump")
+
+
+def test_daemon_learns_with_the_bundle_model_then_judges(
+    tmp_path, mosquitto, mqtt_recorder, caplog, capsys
+):
+    caplog.set_level(logging.INFO, logger="edge_monitor.pipeline.reporting")
+    tar = str(model_only_bundle(tmp_path)) + ".tar"
+    audio = synth(20.0, seed=5)
+    clip = write_flac(tmp_path / "machine.flac", audio)
+    config = config_for(tmp_path, tar, [clip],
+                        mqtt={"enabled": True, "host": mosquitto.host, "port": mosquitto.port})
+    path = write_config(tmp_path, config)
+    capsys.readouterr()
+    assert cli.main(["check", "-c", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "at 32000 Hz" in out
+    assert "machine pump (channel 0): no bank yet; learns from the next 10 s of usable " \
+           "audio (10 windows of 1 s) with model tiny" in out
+    recorder = mqtt_recorder(mosquitto, ["edge-monitor/#"])
+    daemon = DaemonThread(path)
+    assert daemon.wait(60) == 0
+    assert dedupe([status for status, _ in logged_statuses(caplog)]) == ["learning", "normal"]
+    root = "edge-monitor/test-box"
+    recorder.wait_topic(f"{root}/availability", 2)
+    states = [json.loads(m.payload) for m in recorder.on(f"{root}/machines/pump/state")]
+    assert states[0]["status"] == "learning" and states[-1]["status"] == "normal"
+    scores = [json.loads(m.payload) for m in recorder.on(f"{root}/machines/pump/score")]
+    assert scores, "no window was scored after learning"
+    threshold = scores[-1]["threshold"]
+    assert math.isfinite(threshold) and threshold > 0
+    assert all(math.isfinite(s["score"]) for s in scores)
+    snap = daemon.daemon.processor.snapshot()
+    assert snap["scored_windows"] > 0
+    # A restart with the same model reuses the learned bank and judges at once.
+    plan = plan_machines(load_config(path))
+    setup = plan.machines[0]
+    assert setup.learner is None and setup.bank_origin == "learned on site"
+    assert plan.model_rate_hz == MODEL_RATE and setup.detector.sample_rate_hz == MODEL_RATE
+    sha = load_bundle(tar).manifest.models["tiny"].sha256
+    assert setup.detector.model_version == f"tiny-{sha[:16]}"
+    assert math.isclose(setup.detector.threshold * 1.5, threshold, rel_tol=1e-6)
+    capsys.readouterr()
+    assert cli.main(["check", "-c", str(path)]) == 0
+    assert f"bank {setup.detector.bank_version} learned on site" in capsys.readouterr().out
+    # Enrolment and rollback work on the learned bank.
+    new_sound = write_flac(tmp_path / "new.flac", synth(24.0, seed=9))
+    assert cli.main(["enroll", "-c", str(path), "--machine", "pump", str(new_sound)]) == 0
+    enrolled = plan_machines(load_config(path)).machines[0]
+    assert enrolled.bank_origin == "enrolled on site"
+    assert enrolled.detector.bank_version != setup.detector.bank_version
+    assert cli.main(["enroll", "-c", str(path), "--machine", "pump", "--rollback"]) == 0
+    back = plan_machines(load_config(path)).machines[0]
+    assert back.detector.bank_version == setup.detector.bank_version
+    # Another model (another sha256): the box learns again.
+    other = str(model_only_bundle(tmp_path, "bundle-2", dim=10)) + ".tar"
+    config["model"]["bundle"] = other
+    relearn = plan_machines(load_config(write_config(tmp_path, config)))
+    assert relearn.machines[0].learner is not None and relearn.machines[0].detector is None
+
+
+def test_damaged_model_only_bundle_is_refused(tmp_path, capsys):
+    out = model_only_bundle(tmp_path)
+    damaged = tmp_path / "damaged"
+    shutil.copytree(out, damaged)
+    model = damaged / "models" / "tiny.onnx"
+    data = bytearray(model.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    model.write_bytes(bytes(data))
+    clip = write_flac(tmp_path / "machine.flac", synth(2.0))
+    path = write_config(tmp_path, config_for(tmp_path, damaged, [clip]))
+    capsys.readouterr()
+    assert cli.main(["check", "-c", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "tiny.onnx: checksum mismatch for model 'tiny'" in err
+    assert "copy the bundle again" in err
+    # Two models and no banks: nothing to learn with, refused by name.
+    manifest = yaml.safe_load((out / MANIFEST_NAME).read_text())
+    manifest["models"]["second"] = manifest["models"]["tiny"]
+    (damaged / MANIFEST_NAME).write_text(yaml.safe_dump(manifest))
+    with pytest.raises(BundleError, match="learn on site, which takes one model"):
+        load_bundle(damaged)
+    # A threshold for a machine without banks would do nothing: refused.
+    manifest = yaml.safe_load((out / MANIFEST_NAME).read_text())
+    manifest["machines"] = {"pump": {"threshold": 0.2}}
+    (damaged / MANIFEST_NAME).write_text(yaml.safe_dump(manifest))
+    with pytest.raises(BundleError, match=r"machines\.pump: .*given for a machine without banks"):
+        load_bundle(damaged)
