@@ -57,7 +57,12 @@ def run(args: argparse.Namespace) -> int:
 
 def _score(args: argparse.Namespace, scratch: Path) -> int:
     bundle = load_bundle(args.bundle, extract_to=scratch)
-    machines = list(bundle.manifest.machines)
+    machines = list(bundle.banks)
+    if not machines:
+        raise ConfigError(
+            f"{args.bundle}: a model-only bundle has no banks to score against (a box learns "
+            "them on site); score with a bundle built with --data, or let the daemon learn"
+        )
     machine = args.machine
     if machine is None:
         if len(machines) > 1:

@@ -59,6 +59,10 @@ def test_model_only_bundle_verifies_and_holds_no_banks(tmp_path, capsys):
     bundle = load_bundle(str(out) + ".tar")
     assert bundle.banks == {} and bundle.manifest.learns("pump")
     assert bundle.detectors() == {}
+    capsys.readouterr()
+    assert cli.main(["score", "--bundle", str(out), "--out", str(tmp_path / "s.csv"),
+                     str(tmp_path)]) == 2
+    assert "a model-only bundle has no banks to score against" in capsys.readouterr().err
     # Machines may be listed without banks: those learn, others are not in the bundle.
     manifest["machines"] = {"fan": {"machine_type": "fan"}}
     (out / MANIFEST_NAME).write_text(yaml.safe_dump(manifest))
@@ -97,6 +101,7 @@ def test_daemon_learns_with_the_bundle_model_then_judges(
     assert all(math.isfinite(s["score"]) for s in scores)
     snap = daemon.daemon.processor.snapshot()
     assert snap["scored_windows"] > 0
+    assert daemon.daemon.source.sample_rate_hz == RATE  # captured at 16 kHz, judged at 32 kHz
     # A restart with the same model reuses the learned bank and judges at once.
     plan = plan_machines(load_config(path))
     setup = plan.machines[0]
