@@ -34,7 +34,7 @@ from edge_monitor.core.bundle import ModelSpec
 from edge_monitor.core.detector import Detector, Member
 from edge_monitor.core.embedders.base import Embedder
 from edge_monitor.core.embedders.logmel_stats import LogMelStatsEmbedder
-from edge_monitor.core.errors import BankError
+from edge_monitor.core.errors import BankError, EdgeMonitorError
 from edge_monitor.core.preprocess import PreprocessConfig, preprocess
 from edge_monitor.core.scoring import SOURCE, build_bank
 from edge_monitor.core.scoring_config import variant
@@ -189,7 +189,8 @@ class BankLearner:
         """Offer one model-rate window (frames in the source's timeline); True when done.
 
         Windows overlapping the last learned one are ignored; silent or clipped ones are
-        skipped and counted.
+        skipped and counted. A model that fails or gives non-finite values raises, and the
+        window is not learned.
         """
         overlaps = self._next_start_frame is not None and start_frame < self._next_start_frame
         if self.done or overlaps:
@@ -198,8 +199,11 @@ class BankLearner:
         if conditioned.silent or conditioned.clipped:
             self.skipped += 1
             return False
+        vector = self.embedder.embed(conditioned.audio)
+        if not np.all(np.isfinite(vector)):
+            raise EdgeMonitorError("the model gave a non-finite embedding; nothing was learned")
         self._next_start_frame = end_frame
-        self._vectors.append(self.embedder.embed(conditioned.audio))
+        self._vectors.append(vector)
         self._ids.append(f"{self.machine}-learned-{start_frame}")
         return self.done
 

@@ -143,8 +143,7 @@ class Machine:
             self.counters.unjudged_windows += 1
             return
         if self.setup.learner is not None:
-            if self.setup.learner.add(audio, start_frame, end_frame):
-                self._finish_learning(at)
+            self._learn(self.setup.learner, audio, start_frame, end_frame, at)
             return
         detector = self.setup.detector
         assert detector is not None
@@ -174,18 +173,36 @@ class Machine:
             if not math.isfinite(detection.score):
                 raise EdgeMonitorError(f"the model gave a non-finite score ({detection.score})")
         except Exception as exc:  # any runtime failure of a model, whatever its library
-            self.model_errors += 1
-            if self.model_error is None:
-                log.error("machine %s: scoring failed with model %s: %s", self.name,
-                          detector.model_version, exc)
-            self.model_error = f"model error: {exc}"[:300]
-            self.settle(at)
+            self._model_failed(detector.model_version, exc, at)
             return None
+        self._model_ok(at)
+        return detection
+
+    def _learn(self, learner: BankLearner, audio: np.ndarray, start_frame: int, end_frame: int,
+               at: datetime) -> None:
+        """Offer a window to the learner; a bundle model that fails while learning faults the
+        machine as in scoring, and learning goes on once it embeds again."""
+        try:
+            done = learner.add(audio, start_frame, end_frame)
+        except Exception as exc:  # any runtime failure of a model, whatever its library
+            self._model_failed(learner.model.version, exc, at)
+            return
+        self._model_ok(at)
+        if done:
+            self._finish_learning(at)
+
+    def _model_failed(self, model_version: str, exc: Exception, at: datetime) -> None:
+        self.model_errors += 1
+        if self.model_error is None:
+            log.error("machine %s: model %s failed: %s", self.name, model_version, exc)
+        self.model_error = f"model error: {exc}"[:300]
+        self.settle(at)
+
+    def _model_ok(self, at: datetime) -> None:
         if self.model_error is not None:
-            log.info("machine %s: the model scores again", self.name)
+            log.info("machine %s: the model works again", self.name)
             self.model_error = None
             self.settle(at)
-        return detection
 
     def _finish_learning(self, at: datetime) -> None:
         learner = self.setup.learner

@@ -13,6 +13,7 @@ import shutil
 import pytest
 import yaml
 from daemon_support import RATE, DaemonThread, dedupe, small_config, synth, write_config, write_flac
+from fleet_support import DIM, make_model
 from test_bundle import make_onnx
 from test_daemon import logged_statuses
 
@@ -20,7 +21,10 @@ from edge_monitor import cli
 from edge_monitor.config.loader import load_config
 from edge_monitor.core.bundle import MANIFEST_NAME, load_bundle
 from edge_monitor.core.errors import BundleError
+from edge_monitor.core.preprocess import PreprocessConfig
+from edge_monitor.core.scoring_config import ScoringConfig
 from edge_monitor.daemon import plan_machines
+from trainer.bundle_builder import ModelEntry, build_bundle
 from trainer.cli import main as trainer_main
 
 MODEL_RATE = 32000
@@ -156,3 +160,31 @@ def test_damaged_model_only_bundle_is_refused(tmp_path, capsys):
     (damaged / MANIFEST_NAME).write_text(yaml.safe_dump(manifest))
     with pytest.raises(BundleError, match=r"machines\.pump: .*given for a machine without banks"):
         load_bundle(damaged)
+
+
+def test_a_model_failing_while_learning_faults_the_machine_and_learning_resumes(
+    tmp_path, caplog
+):
+    """A bundle model that gives NaN on loud windows (fleet_support's breaking model): while
+    it fails the machine is in fault with the model's error, nothing is learned from those
+    windows, and learning goes on once the model embeds again."""
+    caplog.set_level(logging.INFO, logger="edge_monitor.pipeline.reporting")
+    model = make_model(tmp_path / "breaking.onnx", nan_above=0.02)
+    entry = ModelEntry("tiny", "onnx", RATE, 1.0, DIM, file=model)
+    bundle = build_bundle(tmp_path / "bundle", [entry], None, ScoringConfig(),
+                          preprocess=PreprocessConfig(normalise_loudness=False))
+    quiet = synth(24.0, seed=5)  # window power 0.0025: the model embeds it
+    audio = quiet.copy()
+    audio[4 * RATE:8 * RATE] *= 4.0  # power 0.04: NaN
+    clip = write_flac(tmp_path / "machine.flac", audio)
+    config = small_config(tmp_path, [clip], model={"bundle": str(bundle)},
+                          windows={"window_s": None, "hop_s": 0.5})
+    daemon = DaemonThread(write_config(tmp_path, config))
+    assert daemon.wait(60) == 0
+    logged = logged_statuses(caplog)
+    assert dedupe([status for status, _ in logged]) == ["learning", "fault", "learning",
+                                                        "normal"]
+    reason = next(reason for status, reason in logged if status == "fault")
+    assert reason.startswith("model error: ") and "NaN or infinite values" in reason
+    bank = plan_machines(load_config(write_config(tmp_path, config))).machines[0].detector
+    assert bank is not None and math.isfinite(bank.threshold) and bank.threshold > 0
