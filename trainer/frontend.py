@@ -122,6 +122,86 @@ class ConvPowerSpectrum(nn.Module):
         return (real * real + imag * imag).transpose(1, 2)
 
 
+class FactorizedPowerSpectrum(nn.Module):
+    """|DFT(window * frame)|^2 in two small matmul stages (Cooley-Tukey, n_fft = a * b).
+
+    The same output as ConvPowerSpectrum for a window zero-padded to n_fft, at about a sixth
+    of the multiply-adds for n_fft 1024 (about 125 k instead of 820 k per frame), built only
+    from slicing, MatMul and elementwise ops, so it exports to ONNX and TFLite alike. Frames
+    are gathered from blocks of gcd(hop, window) samples by strided slices (no unfold).
+    Output [B, frames, a * ceil(bins / b)] in the order of `output_bins`; `bin_matrix` turns
+    a per-bin matrix (the mel filters) into that order.
+    """
+
+    def __init__(self, window: np.ndarray, n_fft: int, hop: int) -> None:
+        super().__init__()
+        length = window.shape[0]
+        if n_fft & (n_fft - 1) or length > n_fft:
+            raise ValueError(f"n_fft {n_fft} must be a power of two and >= the window {length}")
+        self.block = int(np.gcd(hop, length))
+        self.hop_blocks, self.frame_blocks = hop // self.block, length // self.block
+        self.frame_length, self.hop = length, hop
+        a = 1 << (int(np.log2(n_fft)) // 2)  # outer factor: n = b * n1 + n2, k = k1 + a * k2
+        b = n_fft // a
+        self.rows = -(-length // b)  # n1 values that hold window samples
+        n1 = np.arange(self.rows)[:, None]
+        k1 = np.arange(b)[None, :]
+        stage1 = 2.0 * np.pi * n1 * k1 / b  # [n1, k1]
+        n2 = np.arange(b)[:, None]
+        twiddle = 2.0 * np.pi * n2 * k1 / n_fft  # [n2, k1]
+        bins = n_fft // 2 + 1
+        k2_count = -(-bins // b)
+        stage2 = 2.0 * np.pi * n2 * np.arange(k2_count)[None, :] / a  # [n2, k2]
+        padded = np.zeros(self.rows * b)
+        padded[:length] = window
+        self.b, self.k2_count, self.bins = b, k2_count, bins
+        buffers = {
+            "window": padded.reshape(self.rows, b),
+            "cos1": np.cos(stage1), "sin1": np.sin(stage1),
+            "cos_tw": np.cos(twiddle), "sin_tw": np.sin(twiddle),
+            "cos2": np.cos(stage2), "sin2": np.sin(stage2),
+        }
+        for name, value in buffers.items():
+            self.register_buffer(name, torch.from_numpy(value).float(), persistent=False)
+        # the DFT bin of each output position: k = k1 + b * k2 sits at k1 * k2_count + k2
+        self.output_bins = (np.arange(b)[:, None] + b * np.arange(k2_count)[None, :]).reshape(-1)
+
+    def num_frames(self, num_samples: int) -> int:
+        return max(0, 1 + (num_samples - self.frame_length) // self.hop)
+
+    def forward(self, wave: torch.Tensor) -> torch.Tensor:
+        frames = self.num_frames(wave.shape[1])
+        if frames < 1:
+            raise ValueError(
+                f"waveform has {wave.shape[1]} samples, fewer than one frame "
+                f"({self.frame_length}); pass a longer clip"
+            )
+        count = self.hop_blocks * (frames - 1) + self.frame_blocks
+        blocks = wave[:, : count * self.block].reshape(wave.shape[0], count, self.block)
+        last = self.hop_blocks * (frames - 1) + 1
+        pieces = [blocks[:, j : j + last : self.hop_blocks] for j in range(self.frame_blocks)]
+        x = torch.stack(pieces, dim=2).reshape(wave.shape[0], frames, self.frame_length)
+        if self.rows * self.b > self.frame_length:
+            x = F.pad(x, (0, self.rows * self.b - self.frame_length))
+        x = x.reshape(wave.shape[0], frames, self.rows, self.b) * self.window
+        xt = x.transpose(2, 3)  # [B, F, n2, n1]
+        real1, imag1 = xt @ self.cos1, -(xt @ self.sin1)  # [B, F, n2, k1]
+        real = real1 * self.cos_tw + imag1 * self.sin_tw
+        imag = imag1 * self.cos_tw - real1 * self.sin_tw
+        real, imag = real.transpose(2, 3), imag.transpose(2, 3)  # [B, F, k1, n2]
+        real2 = real @ self.cos2 + imag @ self.sin2
+        imag2 = imag @ self.cos2 - real @ self.sin2  # [B, F, k1, k2]
+        return (real2 * real2 + imag2 * imag2).reshape(wave.shape[0], frames, -1)
+
+    def bin_matrix(self, per_bin: np.ndarray) -> np.ndarray:
+        """Rows of a (bins, n) matrix rearranged to this module's output order (0 past bins),
+        so a mel projection needs no reordering of the power spectrum."""
+        out = np.zeros((self.output_bins.shape[0], per_bin.shape[1]), per_bin.dtype)
+        valid = self.output_bins < self.bins
+        out[valid] = per_bin[self.output_bins[valid]]
+        return out
+
+
 class KaldiFbank(nn.Module):
     """Kaldi-compatible log-mel filterbank (torchaudio.compliance.kaldi.fbank), normalised.
 
@@ -233,7 +313,8 @@ class EfficientATMel(nn.Module):
     from `low_hz` to `high_hz`, natural log of (mel + 1e-5), then (x + 4.5) / 5.
     The window sits in the middle of its n_fft frame; a phase shift does not change the power,
     so the DFT runs over the window's samples only, after padding by n_fft/2 minus the
-    window's offset in the frame: the same frames as torch.stft(center=True).
+    window's offset in the frame: the same frames as torch.stft(center=True). The DFT is the
+    factorised one (FactorizedPowerSpectrum): it is most of the cost of a window otherwise.
     """
 
     def __init__(
@@ -250,9 +331,11 @@ class EfficientATMel(nn.Module):
         super().__init__()
         if win_length > n_fft:
             raise ValueError(f"win_length {win_length} is longer than n_fft {n_fft}")
-        self.spectrum = ConvPowerSpectrum(window_samples("hanning", win_length), n_fft, hop)
+        self.spectrum = FactorizedPowerSpectrum(window_samples("hanning", win_length), n_fft, hop)
         self.padding = n_fft // 2 - (n_fft - win_length) // 2
-        banks = kaldi_mel_filterbank(n_mels, n_fft, sample_rate_hz, low_hz, high_hz)
+        banks = self.spectrum.bin_matrix(
+            kaldi_mel_filterbank(n_mels, n_fft, sample_rate_hz, low_hz, high_hz)
+        )
         self.register_buffer("mel_banks", torch.from_numpy(banks).float(), persistent=False)
         self.preemphasis = preemphasis
         self.n_mels = n_mels

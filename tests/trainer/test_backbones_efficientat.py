@@ -17,7 +17,13 @@ import torch
 from trainer.backbones import build_backbone
 from trainer.backbones.efficientat import PRESETS, EfficientATConfig, block_channels
 from trainer.errors import CheckpointError
-from trainer.frontend import EfficientATMel, kaldi_mel_filterbank, window_samples
+from trainer.frontend import (
+    ConvPowerSpectrum,
+    EfficientATMel,
+    FactorizedPowerSpectrum,
+    kaldi_mel_filterbank,
+    window_samples,
+)
 
 WEIGHTS = Path(__file__).resolve().parents[3] / "shared" / "weights" / "efficientat"
 CHECKPOINT = WEIGHTS / "mn04_as_mAP_432.pt"
@@ -129,3 +135,17 @@ def test_loader_names_missing_unexpected_and_misshaped_keys(tmp_path: Path) -> N
 def test_a_release_file_of_another_width_is_refused_with_the_fix() -> None:
     with pytest.raises(CheckpointError, match="size 'mn04'"):
         build_backbone("efficientat", "mn10", CHECKPOINT)
+
+
+@pytest.mark.parametrize("length", [800, 801, 32000, 32000 * 3 + 17])
+def test_factorised_dft_is_the_direct_dft(length: int) -> None:
+    window = window_samples("hanning", 800)
+    wave = torch.randn(2, length, dtype=torch.float64)
+    direct = ConvPowerSpectrum(window, 1024, 320).double()(wave)
+    fast = FactorizedPowerSpectrum(window, 1024, 320).double()
+    ours = fast(wave)
+    valid = fast.output_bins < fast.bins
+    reordered = torch.zeros_like(direct)
+    reordered[:, :, torch.from_numpy(fast.output_bins[valid])] = ours[:, :, torch.from_numpy(valid)]
+    assert ours.shape[1] == direct.shape[1] == fast.num_frames(length)
+    torch.testing.assert_close(reordered, direct, rtol=1e-4, atol=1e-6)
