@@ -10,6 +10,7 @@ import soundfile as sf
 import torch
 from finetune_fixtures import RATE, make_tree, tiny_recipe, tone
 
+from edge_monitor.core.errors import ConfigError
 from trainer.lora import LoRALinear
 from trainer.recipe import Recipe
 from trainer.strategies import Strategy, StrategyContext, build_strategy
@@ -168,3 +169,31 @@ def test_span_mask_ratio_and_wave_masking() -> None:
     frame_mask[0, 2] = True
     masked = mask_waves(waves, frame_mask)
     assert torch.all(masked[0, 20:30] == 0) and masked.sum() == 90
+
+
+EFFICIENTAT_TINY = {"name": "efficientat", "size": "tiny", "freeze": ["features.0.", "features.1."]}
+
+
+@pytest.mark.parametrize("name", ["full", "extra_classes", "dual_head", "tats"])
+def test_every_cnn_strategy_trains_efficientat_with_frozen_early_blocks(
+    name, tree, cache, tmp_path
+) -> None:
+    overrides: dict = {"backbone": EFFICIENTAT_TINY}
+    if name == "extra_classes":
+        (tmp_path / "noise").mkdir()
+        sf.write(tmp_path / "noise" / "noise.wav", tone(1.0, 50.0, 7, 0.5), RATE)
+        overrides["extra_classes"] = {"noise_dirs": [str(tmp_path / "noise")], "clean_dirs": []}
+    strategy = _build(tiny_recipe(name, **overrides), [tree], cache)
+    before = _snapshot(strategy.modules)
+    _train(strategy, strategy.recipe, tmp_path / "run")
+    changed = _changed(before, strategy.modules)
+    frozen = {k for k in before if k.startswith(("backbone.features.0.", "backbone.features.1."))}
+    assert frozen and not frozen & changed, "frozen blocks (weights and BN statistics) moved"
+    assert any(k.startswith("backbone.features.15.") for k in changed)
+    assert strategy.sample_rate_hz == 32000
+
+
+def test_freeze_prefix_that_matches_nothing_is_refused(tree, cache) -> None:
+    recipe = tiny_recipe("full", backbone={**EFFICIENTAT_TINY, "freeze": ["feature.0."]})
+    with pytest.raises(ConfigError, match="feature.0.*match no module"):
+        _build(recipe, [tree], cache)

@@ -81,7 +81,7 @@ class DualHead(Strategy):
             waves, _, _ = self.pool.crop_batch(rng, len(indices), self.crop_samples, indices)
             embedded = self.embed(waves.to(self.device), None)
             vectors.append(torch.nn.functional.normalize(embedded.float(), dim=1).cpu().numpy())
-        self.modules.train(was_training)
+        self.train(was_training)
         kmeans = KMeans(self.clusters, n_init=4, random_state=self.recipe.optim.seed)
         return kmeans.fit_predict(np.concatenate(vectors)).astype(np.int64)
 

@@ -46,5 +46,5 @@ class TeacherStrategy(Strategy):
         return self
 
     def train(self, mode: bool = True) -> None:
-        self.modules.train(mode)
+        super().train(mode)
         self.teacher.eval()
