@@ -195,5 +195,5 @@ def test_every_cnn_strategy_trains_efficientat_with_frozen_early_blocks(
 
 def test_freeze_prefix_that_matches_nothing_is_refused(tree, cache) -> None:
     recipe = tiny_recipe("full", backbone={**EFFICIENTAT_TINY, "freeze": ["feature.0."]})
-    with pytest.raises(ConfigError, match="feature.0.*match no module"):
+    with pytest.raises(ConfigError, match=r"feature\.0\..*match no module"):
         _build(recipe, [tree], cache)
