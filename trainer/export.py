@@ -12,9 +12,11 @@ cosine of the embeddings, and the change of AUC/pAUC/hmean when the same clips a
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from edge_monitor.core.atomic import atomic_path
 from edge_monitor.core.embedders.base import Embedder, l2_normalise
@@ -134,7 +137,7 @@ def export_onnx(embedder: TorchEmbedder, path: Path) -> Path:
         "samples", min=MIN_EXPORT_SAMPLES, max=int(MAX_EXPORT_S * embedder.sample_rate_hz)
     )
     path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
+    with atomic_path(path) as tmp, quiet_exporters():
         program = torch.onnx.export(
             embedder.module.eval(),
             (example,),
@@ -203,15 +206,40 @@ class ExportCheck:
     def describe(self) -> str:
         return (
             f"cosine to torch over {self.clips} clips: mean {self.cosine_mean:.6f}, "
-            f"min {self.cosine_min:.6f}; hmean {self.hmean_torch:.4f} -> {self.hmean_export:.4f} "
-            f"({self.hmean_change:+.4f}); AUC source {self.auc_source_change:+.4f}, "
-            f"AUC target {self.auc_target_change:+.4f}, pAUC {self.pauc_change:+.4f}"
+            f"min {self.cosine_min:.6f}; hmean {100 * self.hmean_torch:.2f}% -> "
+            f"{100 * self.hmean_export:.2f}% ({100 * self.hmean_change:+.2f} points); AUC source "
+            f"{100 * self.auc_source_change:+.2f}, AUC target {100 * self.auc_target_change:+.2f}, "
+            f"pAUC {100 * self.pauc_change:+.2f} points"
         )
 
 
 def embed_clips(embedder: Embedder, clips: Sequence[Clip], options: EmbedOptions) -> np.ndarray:
     """Embeddings of clips through read_audio + preprocess + embedder, as eval and daemon do."""
-    return np.stack([embed_file(c.path, embedder, options) for c in clips])
+    bar = tqdm(clips, desc=f"embedding ({embedder.name})", unit="clip", leave=False)
+    return np.stack([embed_file(c.path, embedder, options) for c in bar])
+
+
+THIRD_PARTY_LOGGERS = ("torch.onnx", "torch._dynamo", "torch.export", "onnxscript", "onnx_ir")
+
+
+@contextlib.contextmanager
+def quiet_exporters() -> Iterator[None]:
+    """Keep the exporters' and quantiser's chatter (per-pass INFO lines, missing torchvision
+    ops, deprecation notices) out of the output; their warnings about our graph still show."""
+    loggers = [logging.getLogger(name) for name in THIRD_PARTY_LOGGERS]
+    root = logging.getLogger()
+    levels = [(lg, lg.level) for lg in [*loggers, root]]
+    try:
+        for lg in loggers:
+            lg.setLevel(logging.ERROR)
+        root.setLevel(max(root.level, logging.WARNING))  # onnxruntime.quantization logs to root
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            yield
+    finally:
+        for lg, level in levels:
+            lg.setLevel(level)
 
 
 def check_export(

@@ -35,6 +35,7 @@ from trainer.export import (
     embed_clips,
     export_onnx,
     export_tflite,
+    quiet_exporters,
     torch_embedder_for,
     window_samples,
 )
@@ -138,12 +139,14 @@ def run(args: argparse.Namespace) -> int:
                                     args.calibration)
                 if args.int8 == "static" else None
             )
-            quantize_onnx(onnx_path, path, args.int8, calibration)
+            with quiet_exporters():
+                quantize_onnx(onnx_path, path, args.int8, calibration)
         else:
             int8 = not args.no_tflite_int8
             path, runtime = out / f"{model.name}.tflite", "tflite"
             precision = "int8-weights" if int8 else "fp32"
-            export_tflite(model, path, int8_weights=int8)
+            with quiet_exporters():
+                export_tflite(model, path, int8_weights=int8)
         name = model.name if fmt == "onnx" else f"{model.name}-{fmt}"
         exported = _runtime_embedder(path, runtime, name, model)
         check = check_export(model, exported, train, test, options, reference_embeddings=reference)
