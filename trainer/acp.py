@@ -20,7 +20,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edge_monitor.core.detector import ScoreNorm
 from edge_monitor.core.metrics import overall_metrics, section_metrics
 
 log = logging.getLogger(__name__)
@@ -68,14 +67,6 @@ def project_to_simplex(weights: np.ndarray) -> np.ndarray:
     if not np.isfinite(total) or total <= 1e-12:
         return np.full(len(w), 1.0 / len(w))
     return w / total
-
-
-def standardise(raw: np.ndarray, loo: Sequence[np.ndarray]) -> np.ndarray:
-    """(M, N) raw scores of M models -> standardised by each model's bank LOO statistics."""
-    out = np.empty_like(raw, dtype=np.float64)
-    for i, model_loo in enumerate(loo):
-        out[i] = ScoreNorm.from_loo(model_loo).apply(raw[i])
-    return out
 
 
 def acp_search(

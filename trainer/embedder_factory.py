@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import importlib
-from collections.abc import Callable
 from pathlib import Path
 
 from edge_monitor.core.embedders.base import Embedder
 from edge_monitor.core.embedders.logmel_stats import NAME as LOGMEL_STATS
-from edge_monitor.core.embedders.logmel_stats import LogMelStatsEmbedder
+from edge_monitor.core.embedders.runtimes import BUILTIN_EMBEDDERS
 from edge_monitor.core.errors import ConfigError
 
 DEFAULT_EMBEDDER = LOGMEL_STATS
-BUILTIN: dict[str, Callable[[], Embedder]] = {LOGMEL_STATS: LogMelStatsEmbedder}
-CHECKPOINT_MODULE = "trainer.checkpoint_embedder"
+BUILTIN = BUILTIN_EMBEDDERS
+"""The runtime's registry of built-in embedders: one list for the daemon and the trainer."""
 
 
 def _load_checkpoint(checkpoint: Path, pooling: str | None) -> Embedder:
@@ -36,17 +34,9 @@ def _load_checkpoint(checkpoint: Path, pooling: str | None) -> Embedder:
         raise ConfigError(
             f"--pooling applies to a pretrained release file, not to the run {checkpoint}"
         )
-    try:
-        module = importlib.import_module(CHECKPOINT_MODULE)
-    except ModuleNotFoundError as exc:
-        if exc.name != CHECKPOINT_MODULE:
-            raise
-        raise ConfigError(
-            f"--checkpoint {checkpoint}: this installation has no {CHECKPOINT_MODULE} to load "
-            "trained embedders; evaluate with a built-in embedder "
-            f"({', '.join(sorted(BUILTIN))}) or update the trainer"
-        ) from exc
-    return module.load_checkpoint_embedder(checkpoint)
+    from trainer.checkpoint_embedder import load_checkpoint_embedder
+
+    return load_checkpoint_embedder(checkpoint)
 
 
 def make_embedder(

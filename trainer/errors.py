@@ -5,11 +5,7 @@ A message says what failed, the offending file or value, and how to fix it.
 
 from __future__ import annotations
 
-from edge_monitor.core.errors import BadInputError, EdgeMonitorError
-
-
-class TrainerError(EdgeMonitorError):
-    """Base of every trainer failure that is not the user's input."""
+from edge_monitor.core.errors import BadInputError
 
 
 class CheckpointError(BadInputError):

@@ -50,17 +50,6 @@ def unit(x: torch.Tensor) -> torch.Tensor:
     return x / torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min(1e-12)
 
 
-class PooledEmbedding(nn.Module):
-    """A frame-feature backbone [B, T] -> [B, F, D] turned into a unit embedding [B, D]."""
-
-    def __init__(self, backbone: nn.Module) -> None:
-        super().__init__()
-        self.backbone = backbone
-
-    def forward(self, wave: torch.Tensor) -> torch.Tensor:
-        return unit(self.backbone(wave).mean(dim=1))
-
-
 class HeadsEmbedding(nn.Module):
     """A fine-tuned run (trainer.checkpoint_embedder): backbone, heads, per-head unit vectors
     concatenated and normalised again."""

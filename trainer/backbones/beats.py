@@ -256,11 +256,6 @@ class BEATsBackbone(Backbone):
         return x.view(batch, time_patches, freq_patches, self.dim).mean(dim=2)
 
 
-def save_beats(model: BEATsBackbone, path: Path) -> None:
-    """Write the official format `{"cfg": ..., "model": state_dict}`."""
-    torch.save({"cfg": model.config.model_dump(), "model": model.state_dict()}, path)
-
-
 def build(size: str | Mapping[str, Any], checkpoint: Path | None) -> BEATsBackbone:
     """A BEATs of `size`, or the model an official BEATs .pt checkpoint describes."""
     if checkpoint is None:

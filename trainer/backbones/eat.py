@@ -9,7 +9,6 @@ Frames: patch tokens (CLS dropped) averaged over frequency patches, one per 160 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -17,7 +16,6 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from pydantic import Field
-from safetensors.torch import save_file
 from torch import Tensor, nn
 from torch.nn import functional as F
 
@@ -233,16 +231,6 @@ class EATBackbone(Backbone):
         batch, count, dim = tokens.shape
         freq_patches = self.config.mel_bins // patch
         return tokens.view(batch, count // freq_patches, freq_patches, dim).mean(dim=2)
-
-
-def save_eat(model: EATBackbone, directory: Path, model_type: str = "eat") -> None:
-    """Write a Hugging Face style directory: config.json and model.safetensors."""
-    directory.mkdir(parents=True, exist_ok=True)
-    config = {"model_type": model_type, "architectures": ["EATModel"],
-              **model.config.model_dump(mode="json")}  # fmt: skip
-    (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2), encoding="utf-8")
-    state = {k: v.contiguous() for k, v in model.state_dict().items()}
-    save_file(state, directory / WEIGHTS_FILE)
 
 
 def load_directory(directory: Path, family: str) -> EATBackbone:

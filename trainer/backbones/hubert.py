@@ -14,7 +14,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-import torch
 from pydantic import Field
 from torch import Tensor, nn
 from torch.nn import functional as F
@@ -349,11 +348,6 @@ def config_from_hugging_face(values: Mapping[str, Any], source: Path) -> HuBERTC
             "pass the config.json saved with the model"
         ) from exc
     return parse_config(HuBERTConfig, mapped, str(source), CheckpointError)
-
-
-def save_hubert(model: HuBERTBackbone, path: Path) -> None:
-    """Write a torchaudio-style state dict (torch.save of model.state_dict())."""
-    torch.save(model.state_dict(), path)
 
 
 def _read_state(path: Path) -> dict[str, Tensor]:
