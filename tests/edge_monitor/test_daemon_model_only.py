@@ -12,10 +12,20 @@ import shutil
 
 import pytest
 import yaml
-from daemon_support import RATE, DaemonThread, dedupe, small_config, synth, write_config, write_flac
-from fleet_support import DIM, make_model
+from daemon_support import (
+    RATE,
+    DaemonThread,
+    dedupe,
+    mqtt_command,
+    small_config,
+    synth,
+    write_config,
+    write_flac,
+)
+from fleet_support import DIM, install_args, make_model
 from test_bundle import make_onnx
 from test_daemon import logged_statuses
+from test_rollout import ROOT, fleet_box  # noqa: F401 (a fixture)
 
 from edge_monitor import cli
 from edge_monitor.config.loader import load_config
@@ -23,8 +33,9 @@ from edge_monitor.core.bundle import MANIFEST_NAME, load_bundle
 from edge_monitor.core.errors import BundleError
 from edge_monitor.core.preprocess import PreprocessConfig
 from edge_monitor.core.scoring_config import ScoringConfig
+from edge_monitor.core.signing import load_private_key
 from edge_monitor.daemon import plan_machines
-from trainer.bundle_builder import ModelEntry, build_bundle
+from trainer.bundle_builder import ModelEntry, build_bundle, write_tar
 from trainer.cli import main as trainer_main
 
 MODEL_RATE = 32000
@@ -188,3 +199,23 @@ def test_a_model_failing_while_learning_faults_the_machine_and_learning_resumes(
     assert reason.startswith("model error: ") and "NaN or infinite values" in reason
     bank = plan_machines(load_config(write_config(tmp_path, config))).machines[0].detector
     assert bank is not None and math.isfinite(bank.threshold) and bank.threshold > 0
+
+
+def test_model_only_bundle_rolls_out_and_the_box_learns_with_it(fleet_box, tmp_path):  # noqa: F811
+    """bundle/install of a signed model-only bundle on a running box: the machine learns with
+    the new model, then its first judged windows are watched and the install stays."""
+    daemon, recorder = fleet_box["daemon"], fleet_box["recorder"]
+    ops = load_private_key(tmp_path / "keys" / "ops.key")
+    model = make_model(tmp_path / "work" / "fleet-model.onnx", seed=6)
+    entry = ModelEntry("tiny", "onnx", RATE, 1.0, DIM, file=model)
+    bundle = build_bundle(tmp_path / "work" / "model-only", [entry], None, ScoringConfig(),
+                          sign_key=ops)
+    tar = write_tar(bundle, tmp_path / "work" / "model-only.tar")
+    reply = mqtt_command(recorder, ROOT, "bundle/install", "i-mo", **install_args(tar))
+    assert reply["ok"], reply
+    assert reply["result"]["watched_windows"] == 3
+    sha = load_bundle(tar).manifest.models["tiny"].sha256
+    pump = daemon.daemon.processor.snapshot()["machines"]["pump"]
+    assert pump["model_version"] == f"tiny-{sha[:16]}" and pump["status"] != "learning"
+    learned = tmp_path / "state" / "learned" / "pump" / "current"
+    assert learned.is_file()
