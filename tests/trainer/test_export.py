@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -120,8 +121,11 @@ def test_export_and_bundle_cli_end_to_end(tmp_path: Path, capsys) -> None:
     assert [m["name"] for m in listed] == ["student", "student-onnx-int8"]
     assert listed[0]["check"]["cosine_min"] > 0.9999
     bundle = tmp_path / "bundle"
+    capsys.readouterr()
     assert trainer_main(["bundle", "--data", str(data), "--out", str(bundle), "--model",
                          f"{out / 'export.json'}:student", "--k", "2", "--tar"]) == 0
+    figures = capsys.readouterr().out
+    assert re.search(r"test clips \(12\): hmean \d+\.\d \[\d+\.\d, \d+\.\d\] %", figures), figures
     scores = tmp_path / "scores.csv"
     assert monitor_main(["score", "--bundle", str(bundle) + ".tar", "--out", str(scores),
                          str(data / "pump" / "test")]) == 0
