@@ -17,6 +17,16 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from edge_monitor.core.errors import ConfigError
 
 StrategyName = Literal["full", "extra-classes", "lora", "dual-head", "tats", "masked-consistency"]
+STRATEGY_CLASSES: dict[str, str] = {
+    "full": "trainer.strategies.full:FullFineTuning",
+    "extra-classes": "trainer.strategies.extra_classes:ExtraClasses",
+    "lora": "trainer.strategies.lora:LoraFineTuning",
+    "dual-head": "trainer.strategies.dual_head:DualHead",
+    "tats": "trainer.strategies.tats:TeacherStudent",
+    "masked-consistency": "trainer.strategies.masked_consistency:MaskedConsistency",
+}
+"""The class of each strategy, beside its name and recipe section: a new strategy is its own
+module plus its entries here."""
 MAX_SHOWN_VALUE = 80
 STRATEGIES: tuple[str, ...] = StrategyName.__args__  # type: ignore[attr-defined]
 

@@ -93,3 +93,9 @@ def test_relative_paths_are_taken_from_the_recipe_folder(tmp_path, monkeypatch):
     loaded = load_recipe(recipe)
     assert loaded.backbone.checkpoint == folder / "../ckpt/model.pt"
     assert loaded.tats.extra_roots == [folder / "data/a", Path("/abs/b")]
+
+
+def test_every_strategy_name_has_a_class() -> None:
+    from trainer.recipe import STRATEGY_CLASSES
+
+    assert set(STRATEGY_CLASSES) == set(STRATEGIES)

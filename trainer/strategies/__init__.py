@@ -4,16 +4,10 @@ from __future__ import annotations
 
 import importlib
 
+from trainer.recipe import STRATEGY_CLASSES
 from trainer.strategies.base import EmbeddingModel, Strategy, StrategyContext
 
-REGISTRY: dict[str, str] = {
-    "full": "trainer.strategies.full:FullFineTuning",
-    "extra-classes": "trainer.strategies.extra_classes:ExtraClasses",
-    "lora": "trainer.strategies.lora:LoraFineTuning",
-    "dual-head": "trainer.strategies.dual_head:DualHead",
-    "tats": "trainer.strategies.tats:TeacherStudent",
-    "masked-consistency": "trainer.strategies.masked_consistency:MaskedConsistency",
-}
+REGISTRY = STRATEGY_CLASSES
 
 
 def build_strategy(context: StrategyContext) -> Strategy:
