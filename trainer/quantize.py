@@ -4,9 +4,10 @@ Quantising the DFT kernels or the mel matrix would spread quantisation noise ove
 band before the log amplifies it in quiet bands, so the front end is excluded:
 
 - ONNX (onnxruntime.quantization): the front end is every node the first `Log` depends on
-  (framing convolutions, power, mel MatMul, clamp, log); the rest is quantised dynamically
-  (int8 weights, activations quantised at run time) or statically (QDQ, activation ranges
-  calibrated on real windows).
+  (framing convolutions, power, mel MatMul, clamp, log); it, the first convolution after it and
+  depthwise convolutions stay float (`float_nodes`), and the other Conv/Gemm/MatMul ops are
+  quantised dynamically (int8 weights, activations quantised at run time) or statically (QDQ,
+  activation ranges calibrated on real windows).
 - TFLite (ai-edge-quantizer): ops whose output tensor is named after a `trainer.frontend`
   module stay float; convolution and fully connected weights elsewhere become int8.
 """
@@ -53,6 +54,27 @@ def front_end_nodes(model: onnx.ModelProto) -> list[str]:
     return list(keep)
 
 
+QUANTISED_OPS = ["Conv", "Gemm", "MatMul"]
+"""Only weight-bearing ops become int8; elementwise ops (activations, squeeze-excitation gates,
+pooling, normalisation) stay float: quantising them cost the EfficientAT export most."""
+
+
+def _group(node: onnx.NodeProto) -> int:
+    return next((a.i for a in node.attribute if a.name == "group"), 1)
+
+
+def float_nodes(model: onnx.ModelProto) -> list[str]:
+    """Nodes kept in float: the front end, the first convolution after it (it sees the log-mel
+    range, where int8 steps are coarsest) and depthwise convolutions (one filter per channel:
+    per-channel int8 weights there cost far more than they save)."""
+    front = set(front_end_nodes(model))
+    convs = [n for n in model.graph.node if n.op_type == "Conv" and n.name not in front]
+    keep = [n.name for n in convs if _group(n) > 1]
+    if convs:
+        keep.append(convs[0].name)
+    return sorted(front) + keep
+
+
 class _WindowReader:
     """onnxruntime CalibrationDataReader over waveform windows."""
 
@@ -83,16 +105,16 @@ def quantize_onnx(
 
     if mode not in ONNX_INT8_MODES:
         raise ConfigError(f"INT8 mode {mode!r} is unknown; use one of {ONNX_INT8_MODES}")
-    model = onnx.load(str(source))
-    excluded = front_end_nodes(model)
-    log.info("quantising %s (%s), keeping %d front-end nodes in float", source, mode, len(excluded))
     with tempfile.TemporaryDirectory() as scratch, atomic_path(target) as tmp:
         prepared = Path(scratch) / "prepared.onnx"
         q.quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
+        model = onnx.load(str(prepared))
+        excluded = float_nodes(model)
+        log.info("quantising %s (%s), keeping %d nodes in float", source, mode, len(excluded))
         if mode == "dynamic":
             q.quantize_dynamic(
                 str(prepared), str(tmp), weight_type=q.QuantType.QInt8,
-                nodes_to_exclude=excluded, per_channel=True,
+                nodes_to_exclude=excluded, per_channel=True, op_types_to_quantize=QUANTISED_OPS,
             )
         else:
             if not calibration:
@@ -104,7 +126,7 @@ def quantize_onnx(
                 str(prepared), str(tmp), _WindowReader(input_name, calibration),
                 quant_format=q.QuantFormat.QDQ, per_channel=True,
                 activation_type=q.QuantType.QInt8, weight_type=q.QuantType.QInt8,
-                nodes_to_exclude=excluded,
+                nodes_to_exclude=excluded, op_types_to_quantize=QUANTISED_OPS,
                 calibrate_method=q.CalibrationMethod.MinMax,
             )
     return target

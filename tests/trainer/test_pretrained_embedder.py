@@ -68,3 +68,24 @@ def test_make_embedder_takes_a_release_file_and_refuses_other_files(
         make_embedder(checkpoint=other)
     with pytest.raises(ConfigError, match="--pooling applies to a pretrained release file"):
         make_embedder(checkpoint=tmp_path, pooling="16:mean")
+
+
+def test_int8_keeps_front_end_stem_and_depthwise_convolutions_float(
+    release_file: Path, tmp_path: Path
+) -> None:
+    import onnx
+
+    from trainer.quantize import float_nodes, front_end_nodes, quantize_onnx
+
+    embedder = load_pretrained_embedder(release_file, "16:mean")
+    source = export_onnx(embedder, tmp_path / "frozen.onnx")
+    model = onnx.load(str(source))
+    kept = set(float_nodes(model))
+    convs = [n for n in model.graph.node if n.op_type == "Conv"]
+    depthwise = {n.name for n in convs if any(a.name == "group" and a.i > 1 for a in n.attribute)}
+    assert len(depthwise) == 15 and depthwise <= kept
+    assert convs[0].name in kept and set(front_end_nodes(model)) <= kept
+    target = quantize_onnx(source, tmp_path / "frozen.int8.onnx", "dynamic")
+    runtime = OnnxEmbedder(target, "int8", 32000, 10.0, embedder.dim)
+    wave = (np.random.default_rng(3).standard_normal(32000 * 10) * 0.1).astype(np.float32)
+    assert float(runtime.embed(wave) @ embedder.embed(wave)) > 0.95
