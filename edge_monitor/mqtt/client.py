@@ -8,11 +8,12 @@ to the command router (edge_monitor.mqtt.commands), replies to `cmd/result`.
 
 from __future__ import annotations
 
+import functools
 import logging
 import ssl
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -109,12 +110,27 @@ class MqttClient:
             client.username_pw_set(s.username, s.password())
         if s.tls:
             self._configure_tls(client)
-        client.on_connect = self._on_connect
-        client.on_connect_fail = self._on_connect_fail
-        client.on_disconnect = self._on_disconnect
-        client.on_publish = self._on_publish
-        client.on_message = self._on_message
+        client.on_connect = self._isolated(self._on_connect)
+        client.on_connect_fail = self._isolated(self._on_connect_fail)
+        client.on_disconnect = self._isolated(self._on_disconnect)
+        client.on_publish = self._isolated(self._on_publish)
+        client.on_message = self._isolated(self._on_message)
         return client
+
+    def _isolated(self, callback: Callable[..., None]) -> Callable[..., None]:
+        """Wrap a paho callback so no exception reaches paho's network thread: one there
+        ends the loop thread, and with it every acknowledgement and command, while the
+        process looks alive."""
+        @functools.wraps(callback)
+        def guarded(*args: object) -> None:
+            try:
+                callback(*args)
+            except Exception as exc:
+                self._last_error = (f"internal error in MQTT {callback.__name__}: "
+                                    f"{type(exc).__name__}: {exc}")
+                log.exception("MQTT callback %s failed; the connection carries on",
+                              callback.__name__)
+        return guarded
 
     def _configure_tls(self, client: paho.Client) -> None:
         s = self.settings

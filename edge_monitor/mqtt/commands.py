@@ -25,6 +25,9 @@ from edge_monitor.mqtt.topics import COMMAND_NAMES, CommandReply, check_segment
 log = logging.getLogger(__name__)
 
 MAX_PAYLOAD_BYTES = 4096
+# A command is a flat object; allow a little nesting for future fields, never enough for
+# json's recursive parser to exhaust the stack (RecursionError on paho's network thread).
+MAX_NESTING = 8
 MAX_REQUEST_ID_CHARS = 128
 ENROLL_SECONDS_MIN = 5.0
 ENROLL_SECONDS_MAX = 3600.0
@@ -120,6 +123,29 @@ def _request_id(body: Mapping[str, Any]) -> str | None:
     return None
 
 
+def nesting_depth(text: str) -> int:
+    """The deepest bracket nesting of JSON `text`, brackets inside strings not counted;
+    measured before parsing so a deep payload is refused without recursing into it."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for char in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in "]}":
+            depth -= 1
+    return deepest
+
+
 def parse_command(name: str, payload: bytes) -> Command:
     """Validate a command payload; raise CommandError saying what is wrong and how to fix it."""
     shown = name[:64]
@@ -129,8 +155,20 @@ def parse_command(name: str, payload: bytes) -> Command:
             command=shown,
         )
     try:
-        body = json.loads(payload.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        text = payload.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise CommandError(f"payload is not JSON (not UTF-8: {exc}): send an object like "
+                           "{\"request_id\": \"r1\"}", command=shown) from exc
+    depth = nesting_depth(text)
+    if depth > MAX_NESTING:
+        raise CommandError(
+            f"payload nests {depth} levels deep, over the limit of {MAX_NESTING}: send a flat "
+            "JSON object like {\"request_id\": \"r1\"}",
+            command=shown,
+        )
+    try:
+        body = json.loads(text)
+    except ValueError as exc:  # JSONDecodeError, and int strings over Python's digit limit
         raise CommandError(
             f"payload is not JSON ({exc}): send an object like {{\"request_id\": \"r1\"}}",
             command=shown,
@@ -224,6 +262,12 @@ class CommandRouter:
         except CommandError as exc:
             log.warning("rejected MQTT command %r: %s", name[:64], exc)
             reply(CommandReply(exc.request_id, exc.command, False, error=str(exc)))
+            return
+        except Exception as exc:  # a validation bug: refuse the command, keep the thread
+            log.exception("MQTT command %r could not be validated", name[:64])
+            reply(CommandReply(None, name[:64], False,
+                               error=f"internal error validating the command: "
+                                     f"{type(exc).__name__}"))
             return
         try:
             self._jobs.put_nowait(_Job(command, self._handlers[command.name], reply))

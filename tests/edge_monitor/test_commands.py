@@ -14,6 +14,7 @@ from edge_monitor.mqtt.commands import (
     MAX_PAYLOAD_BYTES,
     CommandError,
     CommandRouter,
+    nesting_depth,
     parse_command,
 )
 from edge_monitor.mqtt.topics import COMMAND_NAMES, CommandReply
@@ -50,6 +51,8 @@ def test_valid_enroll_start_is_parsed():
         ("enroll/commit", body(request_id="r8", machine="a/b"), "r8", "machine"),
         ("enroll/cancel", body(request_id="r9", machine=3), "r9", "machine"),
         ("enroll/status", body(request_id="r10", machine="pump"), "r10", "unknown field"),
+        ("status", b"[" * 1500 + b"]" * 1500, None, "nests 1500 levels"),
+        ("status", b'{"request_id": "r11", "a": ' + b"{" * 9 + b"}" * 10, None, "nests 10"),
     ],
 )
 def test_bad_payloads_name_the_problem(name, payload, request_id, fragment):
@@ -175,3 +178,9 @@ def test_a_stopping_router_finishes_the_running_handler_and_refuses_new_commands
         time.sleep(0.01)
     assert rec.replies[1] == CommandReply("f", "reload", True, result={"reloaded": True})
     assert rec.calls == []
+
+
+def test_brackets_inside_strings_do_not_count_as_nesting():
+    command = parse_command("status", body(request_id='[[[[[[[[[["{{{{{{{{{{\\'))
+    assert command.request_id == '[[[[[[[[[["{{{{{{{{{{\\'
+    assert nesting_depth('{"a": [[1]], "b": "]]]]"}') == 3

@@ -77,3 +77,49 @@ def test_commands_switched_off_in_config_are_refused(mosquitto, mqtt_recorder, t
         assert handled == []
     finally:
         client.stop()
+
+
+def test_deeply_nested_payload_is_refused_and_mqtt_keeps_working(
+    mosquitto, mqtt_recorder, tmp_path
+):
+    handled: list = []
+    client = start(mosquitto, tmp_path, handled)
+    try:
+        ops = mqtt_recorder(mosquitto, [RESULT])
+        ops.publish(f"{ROOT}/cmd/status", "[" * 1500 + "]" * 1500)
+        [refused] = replies(ops, 1)
+        assert refused["ok"] is False and "nests 1500 levels" in refused["error"]
+        assert handled == []
+
+        ops.publish(f"{ROOT}/cmd/status", json.dumps({"request_id": "after"}))
+        answered = replies(ops, 2)[-1]
+        assert answered["request_id"] == "after" and answered["ok"] is True
+        assert client.connected
+    finally:
+        client.stop()
+
+
+def test_a_failing_callback_does_not_end_the_network_thread(
+    mosquitto, mqtt_recorder, tmp_path, monkeypatch
+):
+    handled: list = []
+    client = start(mosquitto, tmp_path, handled)
+    try:
+        ops = mqtt_recorder(mosquitto, [RESULT])
+        command_name = client.topics.command_name
+        calls: list[str] = []
+
+        def fails_once(topic: str) -> str | None:
+            calls.append(topic)
+            if len(calls) == 1:
+                raise RecursionError("maximum recursion depth exceeded")
+            return command_name(topic)
+
+        monkeypatch.setattr(client.topics, "command_name", fails_once)
+        ops.publish(f"{ROOT}/cmd/status", json.dumps({"request_id": "lost"}))
+        ops.publish(f"{ROOT}/cmd/status", json.dumps({"request_id": "kept"}))
+        [answered] = replies(ops, 1)
+        assert answered["request_id"] == "kept" and answered["ok"] is True
+        assert "RecursionError" in client.stats().last_error
+    finally:
+        client.stop()
