@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,9 @@ from edge_monitor.config.sections import CREDENTIALS_ENV, Config
 from edge_monitor.core.errors import ConfigError
 
 _MAX_PASSES = 4
+MAX_CONFIG_BYTES = 1 << 20  # a real config is a few KiB
+_MAX_SHOWN_CHARS = 80
+MAX_NESTING = 32  # YAML levels; the deepest real key is about five
 _PATH_KEYS = (
     ("state_dir",),
     ("model", "bundle"),
@@ -118,10 +122,19 @@ def _format_error(source: str, root: yaml.Node | None, data: Any, error: dict[st
         hint = f"unknown key; valid keys here are {', '.join(model_fields)}" if model_fields \
             else "unknown key; remove it"
         return f"{where}: {key}: {hint}"
-    shown = f" = {value!r}" if found and not isinstance(value, dict | list) else ""
+    shown = f" = {_shown(value)}" if found and not isinstance(value, dict | list) else ""
     description = _field_description(loc)
     fix = f" (expected: {description})" if description and kind != "value_error" else ""
     return f"{where}: {key}{shown}: {message}{fix}"
+
+
+def _shown(value: Any) -> str:
+    """repr of a value, cut short so a 300 000-character string still gives one short line."""
+    text = repr(value)
+    if len(text) <= _MAX_SHOWN_CHARS:
+        return text
+    size = f"{len(value)} characters" if isinstance(value, str) else f"{len(text)} in all"
+    return f"{text[:_MAX_SHOWN_CHARS]}... ({size})"
 
 
 def _valid_keys(loc: tuple[Any, ...]) -> list[str]:
@@ -210,16 +223,82 @@ def _validation_problems(data: dict[str, Any], source: str, root: yaml.Node | No
     return lines
 
 
-def parse_config(text: str, source: str = "<config>", base: Path | None = None) -> Config:
-    """Validate YAML text; raise ConfigError listing every problem, one line each."""
+class _Refused(Exception):
+    """The YAML is well-formed but not acceptable (too deep, a key twice): `line` says where."""
+
+    def __init__(self, line: int, message: str) -> None:
+        super().__init__(message)
+        self.line = line
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """PyYAML's safe loader with a nesting cap: its composer recurses once per level, so a
+    few thousand levels exhaust the stack (RecursionError) unless refused on the way down."""
+
+    _depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        if self._depth >= MAX_NESTING:
+            line = self.peek_event().start_mark.line + 1
+            raise _Refused(line, f"nested more than {MAX_NESTING} levels deep; a config needs "
+                                 "a few levels (section: key: value)")
+        self._depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+def _check_duplicate_keys(root: yaml.Node) -> None:
+    """Refuse a key given twice in one mapping: YAML would silently keep the last one."""
+    pending: list[tuple[yaml.Node, str]] = [(root, "")]
+    seen_nodes: set[int] = set()  # aliases share nodes; each is checked once
+    while pending:
+        node, prefix = pending.pop()
+        if id(node) in seen_nodes:
+            continue
+        seen_nodes.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            first: dict[str, int] = {}
+            for key, value in node.value:
+                name = str(key.value) if isinstance(key, yaml.ScalarNode) else None
+                dotted = f"{prefix}{name}" if name is not None else prefix.rstrip(".")
+                if name is not None and name in first:
+                    raise _Refused(key.start_mark.line + 1,
+                                   f"{dotted}: duplicate key (first given at line "
+                                   f"{first[name]}); keep only one")
+                if name is not None:
+                    first[name] = key.start_mark.line + 1
+                pending.append((value, f"{dotted}."))
+        elif isinstance(node, yaml.SequenceNode):
+            pending.extend((item, f"{prefix}{i}.") for i, item in enumerate(node.value))
+
+
+def _read_yaml(text: str, source: str) -> tuple[yaml.Node | None, Any]:
+    """Compose and construct `text` once; ConfigError on bad syntax, depth or duplicates."""
+    if len(text) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{source}: {len(text)} characters is over the "
+                          f"{MAX_CONFIG_BYTES}-byte limit for a config; is this the right file?")
+    loader = _BoundedLoader(text)
     try:
-        root = yaml.compose(text)
-        data = yaml.safe_load(text)
+        root = loader.get_single_node()
+        if root is not None:
+            _check_duplicate_keys(root)
+        return root, (loader.construct_document(root) if root is not None else None)
+    except _Refused as exc:
+        raise ConfigError(f"{source}:{exc.line}: {exc}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{source}:{mark.line + 1}" if mark is not None else source
         problem = getattr(exc, "problem", None) or str(exc)
         raise ConfigError(f"{where}: not valid YAML ({problem}); fix the syntax") from exc
+    finally:
+        loader.dispose()
+
+
+def parse_config(text: str, source: str = "<config>", base: Path | None = None) -> Config:
+    """Validate YAML text; raise ConfigError listing every problem, one line each."""
+    root, data = _read_yaml(text, source)
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -241,14 +320,37 @@ def _join(lines: list[str]) -> str:
     return f"invalid configuration ({len(lines)} problems):\n" + "\n".join(lines)
 
 
+def _read_text(path: Path) -> str:
+    """The file's text, refusing before reading what is no config: a FIFO or device (opened
+    non-blocking, so a FIFO with no writer cannot hang us) or a file over the size cap."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found; pass an existing file with -c") from None
+    except (OSError, ValueError) as exc:  # ValueError: a NUL byte in the path
+        raise ConfigError(f"{path!s:.200}: cannot open the config file ({exc})") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise ConfigError(f"{path}: not a regular file; pass the YAML config file with -c")
+        if info.st_size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"{path}: {info.st_size} bytes is over the {MAX_CONFIG_BYTES}-byte "
+                              "limit for a config; is this the right file?")
+        raw = os.read(fd, MAX_CONFIG_BYTES + 1)
+    finally:
+        os.close(fd)
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: over the {MAX_CONFIG_BYTES}-byte limit for a config; is "
+                          "this the right file?")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text ({exc}); save the config as UTF-8") from None
+
+
 def load_config(path: str | Path) -> Config:
     """Read and validate a config file; every problem is reported in one ConfigError."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: config file not found; pass an existing file with -c") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read the config file ({exc})") from exc
+    text = _read_text(path)
     return parse_config(text, str(path), path.resolve().parent)
 

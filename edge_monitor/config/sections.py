@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from edge_monitor.core.errors import BadInputError, ConfigError
 from edge_monitor.core.preprocess import PreprocessConfig
@@ -28,6 +28,30 @@ PROVIDERS = ("CPU", "CUDA", "TensorRT")
 SEGMENT_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 DEFAULT_KEEP = 5  # bank versions kept per model (the current and the previous always stay)
 PENDING_TIMEOUT_S = 3600.0  # an uncommitted enrolment older than this may be discarded
+MAX_PATH_CHARS = 4096  # Linux PATH_MAX; longer paths fail with OSError when opened
+MAX_NAME_CHARS = 255  # NAME_MAX: one path component
+# MQTT 3.1.1 allows 23 bytes and brokers accept more; paho packs it in 16 bits (struct.error
+# past 65 535 bytes). 256 characters is room for any naming scheme and never near that.
+MAX_CLIENT_ID_CHARS = 256
+
+
+def check_path(path: Path) -> Path:
+    """Refuse paths the OS would reject when the daemon opens them (a NUL byte: ValueError;
+    too long: OSError), so the config names the key instead of `run` tracebacking."""
+    text = str(path)
+    if "\x00" in text:
+        raise ValueError("the path contains a NUL byte; remove it")
+    if len(text) > MAX_PATH_CHARS:
+        raise ValueError(f"the path has {len(text)} characters, over the limit of "
+                         f"{MAX_PATH_CHARS}; give a shorter path")
+    longest = max((len(part) for part in path.parts), default=0)
+    if longest > MAX_NAME_CHARS:
+        raise ValueError(f"a path component has {longest} characters, over the limit of "
+                         f"{MAX_NAME_CHARS}; give a shorter name")
+    return path
+
+
+ConfigPath = Annotated[Path, AfterValidator(check_path)]
 
 
 class Section(BaseModel):
@@ -37,7 +61,7 @@ class Section(BaseModel):
 
 
 class ReplayConfig(Section):
-    paths: list[Path] = Field(
+    paths: list[ConfigPath] = Field(
         default_factory=list,
         description="WAV/FLAC files or directories (played in name order) for the replay source",
     )
@@ -102,7 +126,7 @@ class MachineConfig(Section):
 
 
 class ModelConfig(Section):
-    bundle: Path | None = Field(
+    bundle: ConfigPath | None = Field(
         default=None,
         description="model bundle directory or .tar; null = the built-in logmel-stats model "
         "that learns its bank from the first minutes of audio",
@@ -117,7 +141,7 @@ class ModelConfig(Section):
         default=16000, ge=8000, le=48000,
         description="sample rate of the built-in model (a bundle brings its own)",
     )
-    trusted_keys: list[Path] = Field(
+    trusted_keys: list[ConfigPath] = Field(
         default_factory=list,
         description="public keys (.pub from `edge-trainer keygen`) whose signed bundles this "
         "box accepts; a bundle signed by any other key is refused",
@@ -266,7 +290,9 @@ class FaultsConfig(Section):
 
 class AlarmAudioConfig(Section):
     enabled: bool = Field(default=True, description="save the audio of every alarm as FLAC")
-    dir: Path | None = Field(default=None, description="clip directory; null = <state_dir>/clips")
+    dir: ConfigPath | None = Field(
+        default=None, description="clip directory; null = <state_dir>/clips"
+    )
     max_clips: int = Field(default=500, ge=1, le=1_000_000, description="keep at most this many")
     max_mb: float = Field(default=500.0, gt=0.0, le=1_000_000.0, description="total size cap")
     max_age_days: float = Field(default=90.0, gt=0.0, le=3650.0, description="delete older clips")
@@ -274,13 +300,15 @@ class AlarmAudioConfig(Section):
 
 class MqttSection(Section):
     enabled: bool = Field(default=True, description="publish to an MQTT broker")
-    host: str = Field(default="localhost", min_length=1, description="broker host name or address")
+    host: str = Field(default="localhost", min_length=1, max_length=253,
+                      description="broker host name or address")
     port: int = Field(default=1883, ge=1, le=65535, description="broker TCP port")
     prefix: str = Field(default=DEFAULT_PREFIX, description="first topic level(s)")
-    client_id: str = Field(default="", description="MQTT client id; empty = edge-monitor-<id>")
+    client_id: str = Field(default="", max_length=MAX_CLIENT_ID_CHARS,
+                           description="MQTT client id; empty = edge-monitor-<id>")
     keepalive_s: int = Field(default=30, ge=5, le=3600, description="MQTT keep-alive seconds")
     username: str | None = Field(default=None, description="broker user name")
-    password_file: Path | None = Field(
+    password_file: ConfigPath | None = Field(
         default=None,
         description="file whose first line is the password; a relative path is looked up in "
         "$CREDENTIALS_DIRECTORY (systemd LoadCredential=) when set",
@@ -289,9 +317,11 @@ class MqttSection(Section):
         default=None, description="environment variable holding the password"
     )
     tls: bool = Field(default=False, description="connect with TLS")
-    tls_ca_file: Path | None = Field(default=None, description="CA bundle; null = system CAs")
-    tls_cert_file: Path | None = Field(default=None, description="client certificate (PEM)")
-    tls_key_file: Path | None = Field(default=None, description="client key (PEM)")
+    tls_ca_file: ConfigPath | None = Field(
+        default=None, description="CA bundle; null = system CAs"
+    )
+    tls_cert_file: ConfigPath | None = Field(default=None, description="client certificate (PEM)")
+    tls_key_file: ConfigPath | None = Field(default=None, description="client key (PEM)")
     tls_insecure: bool = Field(default=False, description="skip the host-name check (tests only)")
     journal_max_events: int = Field(
         default=10_000, ge=1, le=10_000_000, description="events kept while the broker is away"
@@ -425,7 +455,7 @@ class RolloutSection(Section):
         default=60.0, ge=1.0, le=3600.0,
         description="a download that receives nothing for this long is abandoned",
     )
-    tls_ca_file: Path | None = Field(
+    tls_ca_file: ConfigPath | None = Field(
         default=None,
         description="CA bundle that https bundle URLs are checked against (a plant's own CA); "
         "null = the system CAs",
@@ -456,7 +486,7 @@ class Config(Section):
     device_id: Annotated[str, Field(pattern=SEGMENT_PATTERN)] = Field(
         default="edge-box", description="this box's name, one MQTT topic level"
     )
-    state_dir: Path = Field(
+    state_dir: ConfigPath = Field(
         default=DEFAULT_STATE_DIR,
         description="learned banks, the MQTT journal and clips live here",
     )
