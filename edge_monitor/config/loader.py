@@ -279,8 +279,9 @@ def _read_yaml(text: str, source: str) -> tuple[yaml.Node | None, Any]:
     if len(text) > MAX_CONFIG_BYTES:
         raise ConfigError(f"{source}: {len(text)} characters is over the "
                           f"{MAX_CONFIG_BYTES}-byte limit for a config; is this the right file?")
-    loader = _BoundedLoader(text)
+    loader = None
     try:
+        loader = _BoundedLoader(text)  # the reader refuses control characters here
         root = loader.get_single_node()
         if root is not None:
             _check_duplicate_keys(root)
@@ -293,7 +294,8 @@ def _read_yaml(text: str, source: str) -> tuple[yaml.Node | None, Any]:
         problem = getattr(exc, "problem", None) or str(exc)
         raise ConfigError(f"{where}: not valid YAML ({problem}); fix the syntax") from exc
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
 
 
 def parse_config(text: str, source: str = "<config>", base: Path | None = None) -> Config:

@@ -1,0 +1,181 @@
+"""Hypothesis strategies and contracts for the fuzzed surfaces, shared by test_fuzz.py
+(the bounded CI profile) and tools/fuzz.py (the long profile, with counts).
+
+Contracts: a config goes through `edge-monitor check`'s own code and either passes or
+raises one ConfigError-class error (exit 2) whose lines are short and say what is wrong;
+a command payload goes through the command parser and either parses or raises
+CommandError with one line that fits in a `cmd/result` reply. Anything else (another
+exception, a hang) is a failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import operator
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from pydantic import BaseModel
+
+from edge_monitor.cli import check as check_command
+from edge_monitor.config.sections import Config
+from edge_monitor.core.errors import EdgeMonitorError
+from edge_monitor.mqtt.commands import COMMAND_FIELDS, Command, CommandError, parse_command
+from edge_monitor.mqtt.topics import COMMAND_NAMES, CommandReply
+
+MAX_ERROR_LINE_CHARS = 600  # one line a person reads: a value is shown cut short
+
+settings.register_profile(
+    "ci", max_examples=int(os.environ.get("FUZZ_EXAMPLES", "30")), deadline=None,
+    database=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+settings.register_profile(
+    "long", max_examples=5000, deadline=None, database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+class ContractBroken(AssertionError):
+    """An input got an answer outside the contract (a traceback, a wrong exit, a bad line)."""
+
+
+# Values ---------------------------------------------------------------------------------
+
+odd_text = st.text(st.characters(exclude_categories=("Cs",)), max_size=40)
+huge_text = st.builds(operator.mul, st.sampled_from(["x", "é", "\u202e", "/", "\x00", "🙂", "["]),
+                      st.integers(1_000, 100_000))
+scalars = st.one_of(
+    st.none(), st.booleans(),
+    st.integers(-(2**70), 2**70),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.sampled_from([0, -1, 1e9, 1e300, -1e-300, "", "0", "yes", "null", "~", "/", "/etc/passwd",
+                     "/dev/zero", "../..", "a\x00b", "USB Mic", "status", "rm"]),
+    odd_text, huge_text,
+)
+values = st.recursive(
+    scalars,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(odd_text, inner, max_size=4),
+    max_leaves=12,
+)
+
+
+def _section(model: type[BaseModel]) -> st.SearchStrategy[dict[str, Any]]:
+    """A mapping of some of `model`'s keys (nested sections recursed into), odd values, and
+    now and then a key it does not have."""
+    fields: dict[str, st.SearchStrategy[Any]] = {}
+    for name, info in model.model_fields.items():
+        inner = _model_of(info.annotation)
+        if inner is not None and inner is not model:
+            sub = _section(inner)
+            fields[name] = st.one_of(sub, st.lists(sub, max_size=3), values)
+        else:
+            fields[name] = values
+    known = st.fixed_dictionaries({}, optional=fields)
+    extra = st.dictionaries(odd_text, values, max_size=2)
+    return st.builds(lambda a, b: {**b, **a}, known, extra)
+
+
+def _model_of(annotation: Any) -> type[BaseModel] | None:
+    for candidate in (annotation, *getattr(annotation, "__args__", ())):
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            return candidate
+    return None
+
+
+config_mappings = _section(Config)
+yaml_noise = st.text(
+    st.one_of(st.sampled_from(list("[]{}:-&*!|>'\"#%@`,? \n\t\\.0aé")), st.characters()),
+    max_size=300,
+)
+
+
+def config_texts() -> st.SearchStrategy[str]:
+    """Structure and values: schema-shaped mappings with hostile values, random top-level
+    values, and YAML-ish noise."""
+    dumped = st.one_of(config_mappings, values).map(
+        lambda data: yaml.safe_dump(data, allow_unicode=True, sort_keys=False)
+    )
+    return st.one_of(dumped, yaml_noise)
+
+
+# Config contract ---------------------------------------------------------------------------
+
+def check_config_text(text: str, directory: Path) -> str:
+    """Run `check`'s own code on `text` written to a file; 'ok' or 'refused', else
+    ContractBroken."""
+    path = directory / "edge.yaml"
+    path.write_text(text, encoding="utf-8")
+    args = argparse.Namespace(config=str(path))
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            check_command.run(args)
+    except EdgeMonitorError as exc:
+        message = str(exc)
+        lines = message.splitlines()
+        if exc.exit_code != 2:
+            raise ContractBroken(f"exit code {exc.exit_code}, not 2: {message[:300]}") from exc
+        if not lines or any(len(line) > MAX_ERROR_LINE_CHARS for line in lines):
+            raise ContractBroken(f"error lines empty or too long: {message[:300]!r}") from exc
+        return "refused"
+    except Exception as exc:
+        raise ContractBroken(f"traceback: {type(exc).__name__}: {str(exc)[:300]}") from exc
+    return "ok"
+
+
+# Command payloads ---------------------------------------------------------------------------
+
+command_names = st.one_of(st.sampled_from(COMMAND_NAMES), odd_text,
+                          st.sampled_from(["", "enroll", "enroll/", "../status", "status/x"]))
+_field_names = sorted({"request_id", *(f for fs in COMMAND_FIELDS.values() for f in fs)})
+command_bodies = st.builds(
+    lambda known, extra: {**extra, **known},
+    st.fixed_dictionaries({}, optional={name: values for name in _field_names}),
+    st.dictionaries(odd_text, values, max_size=2),
+)
+
+
+def _nested(opening: str, depth: int, middle: str) -> str:
+    closing = opening.translate(str.maketrans("[{", "]}"))
+    return opening * depth + middle + closing[::-1] * depth
+
+
+def _json_bytes(body: Any, ascii_only: bool) -> bytes:
+    return json.dumps(body, ensure_ascii=ascii_only).encode("utf-8", "surrogatepass")
+
+
+command_payloads = st.one_of(
+    st.builds(_json_bytes, command_bodies, st.booleans()),
+    st.builds(_json_bytes, values, st.booleans()),
+    st.binary(max_size=5000),
+    st.builds(lambda o, n, m: _nested(o, n, m).encode(), st.sampled_from(["[", '{"a":']),
+              st.integers(0, 3000), st.sampled_from(["", "1", '"x"', "[]"])),
+    yaml_noise.map(lambda text: text.encode("utf-8", "surrogatepass")),
+)
+
+
+def check_command_payload(name: str, payload: bytes) -> str:
+    """Parse one command; 'ok' or 'refused', else ContractBroken."""
+    try:
+        command = parse_command(name, payload)
+    except CommandError as exc:
+        message = str(exc)
+        if not message or "\n" in message or len(message) > MAX_ERROR_LINE_CHARS:
+            raise ContractBroken(f"error is not one short line: {message[:300]!r}") from exc
+        try:
+            CommandReply(exc.request_id, exc.command, False, error=message).to_json()
+        except Exception as reply_exc:
+            raise ContractBroken(f"error reply cannot be sent: {reply_exc}") from reply_exc
+        return "refused"
+    except Exception as exc:
+        raise ContractBroken(f"traceback: {type(exc).__name__}: {str(exc)[:300]}") from exc
+    if not isinstance(command, Command) or command.name not in COMMAND_FIELDS:
+        raise ContractBroken(f"parsed into something that is not a known command: {command!r}")
+    return "ok"

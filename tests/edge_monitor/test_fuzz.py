@@ -1,0 +1,29 @@
+"""Property-based fuzzing of configs and MQTT command payloads (bounded CI profile; the
+long profile with counts is tools/fuzz.py). Contracts in fuzz_support."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import pytest
+from fuzz_support import (
+    check_command_payload,
+    check_config_text,
+    command_names,
+    command_payloads,
+    config_texts,
+)
+from hypothesis import given
+
+
+@pytest.mark.filterwarnings("ignore:Generating overly large repr")
+@given(config_texts())
+def test_any_config_passes_or_is_refused_in_clear_lines(text):
+    with tempfile.TemporaryDirectory() as directory:
+        assert check_config_text(text, Path(directory)) in ("ok", "refused")
+
+
+@given(command_names, command_payloads)
+def test_any_command_payload_parses_or_is_refused_in_one_line(name, payload):
+    assert check_command_payload(name, payload) in ("ok", "refused")
