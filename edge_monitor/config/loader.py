@@ -24,6 +24,7 @@ from edge_monitor.core.errors import ConfigError
 _MAX_PASSES = 4
 MAX_CONFIG_BYTES = 1 << 20  # a real config is a few KiB
 _MAX_SHOWN_CHARS = 80
+_MAX_MESSAGE_CHARS = 320
 MAX_NESTING = 32  # YAML levels; the deepest real key is about five
 _PATH_KEYS = (
     ("state_dir",),
@@ -113,7 +114,7 @@ def _format_error(source: str, root: yaml.Node | None, data: Any, error: dict[st
     loc = tuple(p for p in error["loc"] if not (isinstance(p, str) and "[" in p))
     key = ".".join(str(p) for p in loc) or "(top level)"
     where = _where(source, root, loc)
-    message = error["msg"].removeprefix("Value error, ")
+    message = _clip(error["msg"].removeprefix("Value error, "))
     kind = error["type"]
     found, value = _dig(data, loc)
     if kind == "extra_forbidden":
@@ -135,6 +136,15 @@ def _shown(value: Any) -> str:
         return text
     size = f"{len(value)} characters" if isinstance(value, str) else f"{len(text)} in all"
     return f"{text[:_MAX_SHOWN_CHARS]}... ({size})"
+
+
+def _clip(message: str) -> str:
+    """A validator's message cut in the middle when a value it quotes is huge: the start
+    says what is wrong, the end says the fix."""
+    if len(message) <= _MAX_MESSAGE_CHARS:
+        return message
+    half = _MAX_MESSAGE_CHARS // 2
+    return f"{message[:half]} ... {message[-half:]}"
 
 
 def _valid_keys(loc: tuple[Any, ...]) -> list[str]:

@@ -97,6 +97,45 @@ yaml_noise = st.text(
 )
 
 
+EXAMPLE_CONFIG = Path(__file__).resolve().parents[2] / "conf" / "edge-monitor.yaml"
+
+
+def _leaves(data: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    if isinstance(data, dict):
+        return [leaf for key, value in data.items() for leaf in _leaves(value, (*prefix, key))]
+    if isinstance(data, list) and data:
+        return [leaf for i, value in enumerate(data) for leaf in _leaves(value, (*prefix, i))]
+    return [prefix]
+
+
+def _like(value: Any) -> st.SearchStrategy[Any]:
+    """Values of the same type as `value`: these pass type checks and probe the bounds."""
+    if isinstance(value, bool):
+        return st.booleans()
+    if isinstance(value, int):
+        return st.integers(-(2**40), 2**40) | st.integers(-10, 10)
+    if isinstance(value, float):
+        return st.floats(allow_nan=True, allow_infinity=True) | st.floats(-10, 10)
+    if isinstance(value, str):
+        return odd_text | huge_text
+    return values
+
+
+@st.composite
+def near_config_texts(draw: st.DrawFn) -> str:
+    """The shipped example config (valid) with one to three keys given hostile values, so
+    cross-field rules and what `check` builds after loading are reached too."""
+    data = yaml.safe_load(EXAMPLE_CONFIG.read_text(encoding="utf-8"))
+    leaves = _leaves(data)
+    for _ in range(draw(st.integers(1, 3))):
+        *parents, last = draw(st.sampled_from(leaves))
+        node = data
+        for part in parents:
+            node = node[part]
+        node[last] = draw(st.one_of(values, _like(node[last])))
+    return yaml.safe_dump(data, allow_unicode=True, sort_keys=False)
+
+
 def config_texts() -> st.SearchStrategy[str]:
     """Structure and values: schema-shaped mappings with hostile values, random top-level
     values, and YAML-ish noise."""
@@ -122,8 +161,10 @@ def check_config_text(text: str, directory: Path) -> str:
         lines = message.splitlines()
         if exc.exit_code != 2:
             raise ContractBroken(f"exit code {exc.exit_code}, not 2: {message[:300]}") from exc
-        if not lines or any(len(line) > MAX_ERROR_LINE_CHARS for line in lines):
-            raise ContractBroken(f"error lines empty or too long: {message[:300]!r}") from exc
+        longest = max(lines, key=len, default="")
+        if not lines or len(longest) > MAX_ERROR_LINE_CHARS:
+            raise ContractBroken(f"error lines empty or too long ({len(longest)} characters): "
+                                 f"{longest[:200]!r}...{longest[-200:]!r}") from exc
         return "refused"
     except Exception as exc:
         raise ContractBroken(f"traceback: {type(exc).__name__}: {str(exc)[:300]}") from exc
@@ -139,6 +180,33 @@ command_bodies = st.builds(
     lambda known, extra: {**extra, **known},
     st.fixed_dictionaries({}, optional={name: values for name in _field_names}),
     st.dictionaries(odd_text, values, max_size=2),
+)
+# Plausible values per field, so that many payloads are nearly right and the checks past
+# the first one are reached too.
+_plausible = {
+    "request_id": st.text(min_size=1, max_size=130),
+    "machine": st.one_of(st.from_regex(r"[A-Za-z0-9_-]{1,64}", fullmatch=True), odd_text),
+    "seconds": st.one_of(st.floats(0, 4000), st.integers(-10, 4000)),
+    "url": st.one_of(st.just("https://example.org/b.tar"), st.just("file:///tmp/b.tar"),
+                     odd_text.map(lambda t: "https://" + t), odd_text),
+    "sha256": st.one_of(st.from_regex(r"[0-9a-f]{64}", fullmatch=True), odd_text),
+    "size_bytes": st.one_of(st.integers(-5, 2**40), values),
+}
+
+
+@st.composite
+def _nearly_right(draw: st.DrawFn) -> tuple[str, dict[str, Any]]:
+    name = draw(st.sampled_from(sorted(COMMAND_FIELDS)))
+    wanted = ["request_id", *COMMAND_FIELDS[name]]
+    body = {field: draw(_plausible[field]) for field in wanted
+            if draw(st.integers(0, 9)) > 0}  # now and then one is missing
+    if draw(st.integers(0, 9)) == 0:
+        body[draw(odd_text)] = draw(values)
+    return name, body
+
+
+nearly_right_commands = _nearly_right().map(
+    lambda pair: (pair[0], json.dumps(pair[1]).encode())
 )
 
 

@@ -113,3 +113,10 @@ def test_huge_mqtt_strings_are_refused_in_one_short_line(tmp_path, capsys):
 def test_a_nul_byte_in_the_config_path_itself(capsys):
     assert cli.main(["check", "-c", "/tmp/a\x00b.yaml"]) == 2
     assert "cannot open the config file" in capsys.readouterr().err
+
+
+def test_a_validator_quoting_a_huge_value_still_gives_a_short_line(tmp_path, capsys):
+    # Found by the fuzzer: the topic-prefix check quotes the whole value in its message.
+    line = check(write(tmp_path, f"mqtt:\n  prefix: '{'[' * 13_000}'\n"), capsys)
+    assert "mqtt.prefix" in line and "cannot be used in an MQTT topic" in line
+    assert "(no '/', '+', '#' or spaces)" in line and len(line) < 800

@@ -13,6 +13,8 @@ from fuzz_support import (
     command_names,
     command_payloads,
     config_texts,
+    near_config_texts,
+    nearly_right_commands,
 )
 from hypothesis import given
 
@@ -27,3 +29,14 @@ def test_any_config_passes_or_is_refused_in_clear_lines(text):
 @given(command_names, command_payloads)
 def test_any_command_payload_parses_or_is_refused_in_one_line(name, payload):
     assert check_command_payload(name, payload) in ("ok", "refused")
+
+
+@given(nearly_right_commands)
+def test_nearly_right_commands_parse_or_are_refused_in_one_line(pair):
+    assert check_command_payload(*pair) in ("ok", "refused")
+
+
+@given(near_config_texts())
+def test_the_example_config_with_hostile_values_passes_or_is_refused(text):
+    with tempfile.TemporaryDirectory() as directory:
+        assert check_config_text(text, Path(directory)) in ("ok", "refused")

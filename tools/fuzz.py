@@ -1,0 +1,133 @@
+"""Long fuzz profile: every fuzzed surface, with counts of inputs tried and failures.
+
+Uses the strategies and contracts of tests/edge_monitor/fuzz_support.py (the same ones the
+bounded CI suite test_fuzz.py runs) but does not stop at the first failure: every input is
+checked, a SIGALRM guard counts hangs, and at the end it prints per surface the inputs
+tried, how many passed and were refused, and the failures by kind, with the first few
+failing inputs. Exit 1 when any failure was seen. The `-near` surfaces start from valid
+input (the example config, well-formed commands) so the checks past the first are reached.
+
+    .venv/bin/python tools/fuzz.py                  # 5000 inputs per surface
+    .venv/bin/python tools/fuzz.py --examples config=2000 commands=10000
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO), str(REPO / "tests" / "edge_monitor")]
+os.environ.setdefault("HYPOTHESIS_PROFILE", "long")
+
+import fuzz_support  # noqa: E402  (after the path and the profile are set)
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+HANG_S = 30  # one input taking this long is counted as a hang
+SHOWN_FAILURES = 5
+
+
+class Hang(Exception):
+    """Raised by the alarm when one input runs past HANG_S."""
+
+
+def _alarm(signum: int, frame: FrameType | None) -> None:
+    raise Hang
+
+
+def _kind(message: str) -> str:
+    if message.startswith("traceback"):
+        return "tracebacks"
+    if message.startswith("exit code"):
+        return "wrong exit codes"
+    return "unclear errors"
+
+
+def run_surface(
+    examples: int, strategies: tuple[st.SearchStrategy[Any], ...],
+    check: Callable[..., str],
+) -> tuple[Counter[str], list[str]]:
+    counts: Counter[str] = Counter()
+    failures: list[str] = []
+
+    @settings(max_examples=examples)
+    @given(st.tuples(*strategies))
+    def one(args: tuple[Any, ...]) -> None:
+        counts["tried"] += 1
+        signal.alarm(HANG_S)
+        try:
+            counts[check(*args)] += 1
+        except fuzz_support.ContractBroken as exc:
+            counts[_kind(str(exc))] += 1
+            failures.append(f"{exc} <- {repr(args)[:300]}")
+        except Hang:
+            counts["hangs"] += 1
+            failures.append(f"hang over {HANG_S} s <- {repr(args)[:300]}")
+        finally:
+            signal.alarm(0)
+
+    one()
+    return counts, failures
+
+
+def _config_check(directory: Path) -> Callable[[str], str]:
+    return lambda text: fuzz_support.check_config_text(text, directory)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--examples", nargs="*", default=[], metavar="SURFACE=N",
+                        help="inputs per surface (config, config-near, commands, "
+                        "commands-near); default 5000 each")
+    args = parser.parse_args()
+    wanted = dict.fromkeys(("config", "config-near", "commands", "commands-near"), 5000)
+    for item in args.examples:
+        surface, _, count = item.partition("=")
+        if surface not in wanted or not count.isdigit():
+            parser.error(f"--examples {item!r}: give SURFACE=N with SURFACE one of "
+                         f"{', '.join(wanted)}")
+        wanted[surface] = int(count)
+    signal.signal(signal.SIGALRM, _alarm)
+    total_failures = total_tried = 0
+    with tempfile.TemporaryDirectory() as directory:
+        surfaces = {
+            "config": ((fuzz_support.config_texts(),), _config_check(Path(directory))),
+            "config-near": ((fuzz_support.near_config_texts(),),
+                            _config_check(Path(directory))),
+            "commands": ((fuzz_support.command_names, fuzz_support.command_payloads),
+                         fuzz_support.check_command_payload),
+            "commands-near": ((fuzz_support.nearly_right_commands,),
+                                      lambda pair: fuzz_support.check_command_payload(*pair)),
+        }
+        for name, (strategies, check) in surfaces.items():
+            if wanted[name] == 0:
+                continue
+            started = time.monotonic()
+            counts, failures = run_surface(wanted[name], strategies, check)
+            failed = sum(counts[k] for k in ("tracebacks", "hangs", "wrong exit codes",
+                                             "unclear errors"))
+            total_failures += failed
+            total_tried += counts["tried"]
+            print(f"{name}: {counts['tried']} inputs tried in {time.monotonic() - started:.0f} s"
+                  f" ({counts['ok']} accepted, {counts['refused']} refused); tracebacks "
+                  f"{counts['tracebacks']}, hangs {counts['hangs']}, wrong exit codes "
+                  f"{counts['wrong exit codes']}, unclear errors {counts['unclear errors']}",
+                  flush=True)
+            for failure in failures[:SHOWN_FAILURES]:
+                print(f"  {failure}")
+    print(f"all surfaces: {total_tried} inputs tried, {total_failures} failures")
+    return 1 if total_failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
