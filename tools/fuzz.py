@@ -4,7 +4,7 @@ Uses the strategies and contracts of tests/edge_monitor/fuzz_support.py (the sam
 bounded CI suite test_fuzz.py runs) but does not stop at the first failure: every input is
 checked, a SIGALRM guard counts hangs, and at the end it prints per surface the inputs
 tried, how many passed and were refused, and the failures by kind, with the first few
-failing inputs. Exit 1 when any failure was seen. The `-near` surfaces start from valid
+failing inputs of each kind. Exit 1 when any failure was seen. The `-near` surfaces start from valid
 input (the example config, well-formed commands) so the checks past the first are reached.
 
     .venv/bin/python tools/fuzz.py                  # 5000 inputs per surface
@@ -34,7 +34,7 @@ from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 HANG_S = 30  # one input taking this long is counted as a hang
-SHOWN_FAILURES = 5
+SHOWN_PER_KIND = 3
 
 
 class Hang(Exception):
@@ -56,9 +56,9 @@ def _kind(message: str) -> str:
 def run_surface(
     examples: int, strategies: tuple[st.SearchStrategy[Any], ...],
     check: Callable[..., str],
-) -> tuple[Counter[str], list[str]]:
+) -> tuple[Counter[str], dict[str, list[str]]]:
     counts: Counter[str] = Counter()
-    failures: list[str] = []
+    failures: dict[str, list[str]] = {}
 
     @settings(max_examples=examples)
     @given(st.tuples(*strategies))
@@ -68,11 +68,12 @@ def run_surface(
         try:
             counts[check(*args)] += 1
         except fuzz_support.ContractBroken as exc:
-            counts[_kind(str(exc))] += 1
-            failures.append(f"{exc} <- {repr(args)[:300]}")
+            kind = _kind(str(exc))
+            counts[kind] += 1
+            failures.setdefault(kind, []).append(f"{exc} <- {repr(args)[:300]}")
         except Hang:
             counts["hangs"] += 1
-            failures.append(f"hang over {HANG_S} s <- {repr(args)[:300]}")
+            failures.setdefault("hangs", []).append(f"hang over {HANG_S} s <- {repr(args)[:300]}")
         finally:
             signal.alarm(0)
 
@@ -123,8 +124,9 @@ def main() -> int:
                   f"{counts['tracebacks']}, hangs {counts['hangs']}, wrong exit codes "
                   f"{counts['wrong exit codes']}, unclear errors {counts['unclear errors']}",
                   flush=True)
-            for failure in failures[:SHOWN_FAILURES]:
-                print(f"  {failure}")
+            for kind, examples_of_kind in failures.items():
+                for failure in examples_of_kind[:SHOWN_PER_KIND]:
+                    print(f"  {kind}: {failure}")
     print(f"all surfaces: {total_tried} inputs tried, {total_failures} failures")
     return 1 if total_failures else 0
 

@@ -29,6 +29,7 @@ MAX_PAYLOAD_BYTES = 4096
 # json's recursive parser to exhaust the stack (RecursionError on paho's network thread).
 MAX_NESTING = 8
 MAX_REQUEST_ID_CHARS = 128
+MAX_ERROR_CHARS = 400
 ENROLL_SECONDS_MIN = 5.0
 ENROLL_SECONDS_MAX = 3600.0
 MAX_URL_CHARS = 2048
@@ -39,11 +40,26 @@ Handler = Callable[["Command"], Mapping[str, Any] | None]
 Reply = Callable[[CommandReply], None]
 
 
+def _short(value: Any, limit: int = 60) -> str:
+    """repr of a payload value, cut short: an error reply quotes it, never all 4 KiB."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}..."
+
+
+def _one_line(message: str) -> str:
+    """An error reply is one short line, whatever a payload put in the message."""
+    message = message.replace("\r", "\\r").replace("\n", "\\n")
+    if len(message) <= MAX_ERROR_CHARS:
+        return message
+    half = MAX_ERROR_CHARS // 2
+    return f"{message[:half]} ... {message[-half:]}"
+
+
 class CommandError(BadInputError):
     """A command payload is invalid; carries the request id when one could be read."""
 
     def __init__(self, message: str, request_id: str | None = None, command: str | None = None):
-        super().__init__(message)
+        super().__init__(_one_line(message))
         self.request_id = request_id
         self.command = command
 
@@ -57,10 +73,10 @@ def _machine(value: Any, name: str) -> str:
 
 def _seconds(value: Any, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise CommandError(f"{name} must be a number of seconds, got {value!r}")
+        raise CommandError(f"{name} must be a number of seconds, got {_short(value)}")
     if not ENROLL_SECONDS_MIN <= value <= ENROLL_SECONDS_MAX:
         raise CommandError(
-            f"{name} = {value} is out of range: give {ENROLL_SECONDS_MIN:g} to "
+            f"{name} = {_short(value)} is out of range: give {ENROLL_SECONDS_MIN:g} to "
             f"{ENROLL_SECONDS_MAX:g} seconds"
         )
     return float(value)
@@ -69,10 +85,13 @@ def _seconds(value: Any, name: str) -> float:
 def _url(value: Any, name: str) -> str:
     if not isinstance(value, str) or len(value) > MAX_URL_CHARS:
         raise CommandError(f"{name} must be a string of at most {MAX_URL_CHARS} characters")
-    scheme = urllib.parse.urlsplit(value).scheme
+    try:
+        scheme = urllib.parse.urlsplit(value).scheme
+    except ValueError as exc:  # e.g. an unclosed "[" read as an IPv6 host
+        raise CommandError(f"{name} = {_short(value)} is not a valid URL ({exc})") from exc
     if scheme not in URL_SCHEMES:
         raise CommandError(
-            f"{name} = {value[:80]!r}: scheme {scheme!r} is not allowed; give an https:// "
+            f"{name} = {_short(value)}: scheme {scheme!r} is not allowed; give an https:// "
             "or file:// URL"
         )
     return value
@@ -184,14 +203,15 @@ def parse_command(name: str, payload: bytes) -> Command:
     if request_id is None:
         raise CommandError(
             f"request_id must be a non-empty string of at most {MAX_REQUEST_ID_CHARS} "
-            f"characters, got {body.get('request_id')!r}",
+            f"characters, got {_short(body.get('request_id'))}",
             command=name,
         )
     fields = COMMAND_FIELDS[name]
     unknown = sorted(set(body) - set(fields) - {"request_id"})
     if unknown:
         raise CommandError(
-            f"unknown field(s) {', '.join(unknown)} for {name}: it takes "
+            f"unknown field(s) {', '.join(_short(u, 40) for u in unknown[:5])} for {name}: "
+            "it takes "
             f"{', '.join(['request_id', *fields])}",
             request_id, name,
         )

@@ -32,9 +32,12 @@ from edge_monitor.mqtt.topics import COMMAND_NAMES, CommandReply
 
 MAX_ERROR_LINE_CHARS = 600  # one line a person reads: a value is shown cut short
 
+# CI is derandomized (the same inputs every run, so a red build is never luck); the long
+# profile draws new inputs each run to find what CI does not.
 settings.register_profile(
     "ci", max_examples=int(os.environ.get("FUZZ_EXAMPLES", "30")), deadline=None,
-    database=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    database=None, derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 settings.register_profile(
     "long", max_examples=5000, deadline=None, database=None,

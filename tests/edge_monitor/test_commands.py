@@ -43,7 +43,7 @@ def test_valid_enroll_start_is_parsed():
         ("status", body(), None, "request_id"),
         ("status", body(request_id=""), None, "request_id"),
         ("status", body(request_id=7), None, "request_id"),
-        ("status", body(request_id="r3", extra=1), "r3", "unknown field(s) extra"),
+        ("status", body(request_id="r3", extra=1), "r3", "unknown field(s) 'extra'"),
         ("enroll/start", body(request_id="r4", machine="pump"), "r4", "'seconds'"),
         ("enroll/start", body(request_id="r5", machine="pump", seconds=2), "r5", "out of range"),
         ("enroll/start", body(request_id="r6", machine="pump", seconds="60"), "r6", "number"),
@@ -52,6 +52,9 @@ def test_valid_enroll_start_is_parsed():
         ("enroll/cancel", body(request_id="r9", machine=3), "r9", "machine"),
         ("enroll/status", body(request_id="r10", machine="pump"), "r10", "unknown field"),
         ("status", b"[" * 1500 + b"]" * 1500, None, "nests 1500 levels"),
+        # found by the fuzzer: an unclosed "[" in the host made urlsplit raise ValueError
+        ("bundle/install", body(request_id="r12", url="https://a[b", sha256="0" * 64,
+                                size_bytes=1), "r12", "is not a valid URL"),
         ("status", b'{"request_id": "r11", "a": ' + b"{" * 9 + b"}" * 10, None, "nests 10"),
     ],
 )
@@ -184,3 +187,13 @@ def test_brackets_inside_strings_do_not_count_as_nesting():
     command = parse_command("status", body(request_id='[[[[[[[[[["{{{{{{{{{{\\'))
     assert command.request_id == '[[[[[[[[[["{{{{{{{{{{\\'
     assert nesting_depth('{"a": [[1]], "b": "]]]]"}') == 3
+
+
+def test_errors_are_one_short_line_whatever_the_payload_holds():
+    # found by the fuzzer: field names with newlines and huge values were quoted whole
+    with pytest.raises(CommandError) as caught:
+        parse_command("status", body(request_id="r1", **{"a\nb": 1}))
+    assert "\n" not in str(caught.value) and "'a\\nb'" in str(caught.value)
+    with pytest.raises(CommandError) as caught:
+        parse_command("status", body(request_id=["x" * 3000]))
+    assert len(str(caught.value)) < 200 and "request_id must be" in str(caught.value)
