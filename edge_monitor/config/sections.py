@@ -347,7 +347,12 @@ class MqttSection(Section):
         default=HA_DEFAULT_PREFIX, description="Home Assistant discovery prefix"
     )
     device_name: str = Field(default="", description="name shown in Home Assistant")
-    score_telemetry: bool = Field(default=True, description="publish every window's score")
+    score_telemetry: bool = Field(default=True, description="publish score telemetry")
+    score_interval_s: float = Field(
+        default=10.0, ge=0.0, le=3600.0,
+        description="seconds of audio between score messages of a machine (0 = every "
+        "window); a state change sends the next score at once",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> MqttSection:

@@ -84,6 +84,14 @@ def _number(value: float | None) -> float | None:
     return float(value)
 
 
+def ratio(score: float | None, threshold: float | None) -> float | None:
+    """score / threshold to 3 decimals (1.0 is the alarm line); null without a usable threshold."""
+    score, threshold = _number(score), _number(threshold)
+    if score is None or threshold is None or threshold <= 0:
+        return None
+    return round(score / threshold, 3)
+
+
 def _iso_or_none(moment: datetime | None) -> str | None:
     return None if moment is None else iso_utc(moment)
 
@@ -123,6 +131,7 @@ class MachineState:
             "status": self.status,
             "score": _number(self.score),
             "threshold": _number(self.threshold),
+            "ratio": ratio(self.score, self.threshold),
             "since": iso_utc(self.since),
             "reason": self.reason,
         }
@@ -170,6 +179,7 @@ class AlarmEvent:
             "ended_at": _iso_or_none(self.ended_at),
             "peak_score": _number(self.peak_score),
             "threshold": _number(self.threshold),
+            "ratio": ratio(self.peak_score, self.threshold),
             "model_version": self.model_version,
             "bank_version": self.bank_version,
             "clip_path": self.clip_path,
@@ -188,7 +198,8 @@ class ScoreSample:
     at: datetime
 
     def to_json(self) -> str:
-        body = {"score": _number(self.score), "threshold": _number(self.threshold)}
+        body = {"score": _number(self.score), "threshold": _number(self.threshold),
+                "ratio": ratio(self.score, self.threshold)}
         return _dumps({**body, "at": iso_utc(self.at)})
 
 
@@ -302,7 +313,9 @@ class TopicTree:
         return Message(self.command_result, reply.to_json().encode(), QOS_RELIABLE, False)
 
     def discovery_messages(self, machines: Iterable[str], device_name: str = "") -> list[Message]:
-        """Retained Home Assistant configs: a problem sensor and a score sensor per machine."""
+        """Retained Home Assistant configs, per machine: the status as an enum sensor, an
+        anomaly and a fault problem sensor (a dead microphone must not read "OK"), the score
+        and its ratio to the threshold."""
         device = {
             "identifiers": [f"edge_monitor_{self.device_id}"],
             "name": device_name or self.device_id,
@@ -310,50 +323,63 @@ class TopicTree:
             "model": "edge machine-sound monitor",
             "sw_version": __version__,
         }
-        availability = [{
-            "topic": self.availability,
-            "payload_available": ONLINE,
-            "payload_not_available": OFFLINE,
-        }]
-        origin = {"name": "edge-monitor", "sw_version": __version__}
+        common = {
+            "availability": [{
+                "topic": self.availability,
+                "payload_available": ONLINE,
+                "payload_not_available": OFFLINE,
+            }],
+            "device": device,
+            "origin": {"name": "edge-monitor", "sw_version": __version__},
+        }
         messages = []
         for machine in machines:
-            problem = {
-                "name": f"{machine} anomaly",
-                "unique_id": f"{self.device_id}_{machine}_anomaly",
-                "device_class": "problem",
-                "state_topic": self.state(machine),
-                "value_template": "{{ 'ON' if value_json.status == 'anomaly' else 'OFF' }}",
-                "payload_on": "ON",
-                "payload_off": "OFF",
-                "json_attributes_topic": self.state(machine),
-                "availability": availability,
-                "device": device,
-                "origin": origin,
-            }
-            score = {
-                "name": f"{machine} anomaly score",
-                "unique_id": f"{self.device_id}_{machine}_score",
-                "state_topic": self.score(machine),
-                "value_template": "{{ value_json.score }}",
-                "state_class": "measurement",
-                "json_attributes_topic": self.score(machine),
-                "availability": availability,
-                "device": device,
-                "origin": origin,
-            }
-            problem_topic = self.ha_config("binary_sensor", machine, "anomaly")
-            messages.append(self._config(problem_topic, problem))
-            messages.append(self._config(self.ha_config("sensor", machine, "score"), score))
+            for component, suffix, body in self._entities(machine):
+                config = {"unique_id": f"{self.device_id}_{machine}_{suffix}", **body, **common}
+                messages.append(self._config(self.ha_config(component, machine, suffix), config))
         return messages
+
+    def _entities(self, machine: str) -> list[tuple[str, str, dict[str, Any]]]:
+        """(component, object id suffix, config) of each Home Assistant entity of a machine."""
+        state, score = self.state(machine), self.score(machine)
+
+        def problem_when(status: str) -> str:
+            return f"{{{{ 'ON' if value_json.status == '{status}' else 'OFF' }}}}"
+
+        return [
+            ("sensor", "status", {
+                "name": f"{machine} status", "device_class": "enum", "options": list(STATUSES),
+                "state_topic": state, "value_template": "{{ value_json.status }}",
+                "json_attributes_topic": state, "icon": "mdi:state-machine",
+            }),
+            ("binary_sensor", "anomaly", {
+                "name": f"{machine} anomaly", "device_class": "problem", "state_topic": state,
+                "value_template": problem_when("anomaly"), "payload_on": "ON",
+                "payload_off": "OFF", "json_attributes_topic": state,
+            }),
+            ("binary_sensor", "fault", {
+                "name": f"{machine} input fault", "device_class": "problem",
+                "state_topic": state, "value_template": problem_when("fault"),
+                "payload_on": "ON", "payload_off": "OFF", "json_attributes_topic": state,
+                "entity_category": "diagnostic",
+            }),
+            ("sensor", "score", {
+                "name": f"{machine} anomaly score", "state_topic": score,
+                "value_template": "{{ value_json.score }}", "state_class": "measurement",
+            }),
+            ("sensor", "ratio", {
+                "name": f"{machine} score / threshold", "state_topic": score,
+                "value_template": "{{ value_json.ratio }}", "state_class": "measurement",
+                "suggested_display_precision": 2, "icon": "mdi:gauge",
+            }),
+        ]
 
     def discovery_removal_messages(self, machines: Iterable[str]) -> list[Message]:
         """Empty retained configs make Home Assistant forget machines no longer monitored."""
-        topics = []
-        for machine in machines:
-            topics.append(self.ha_config("binary_sensor", machine, "anomaly"))
-            topics.append(self.ha_config("sensor", machine, "score"))
-        return [Message(topic, b"", QOS_RELIABLE, True) for topic in topics]
+        return [
+            Message(self.ha_config(component, machine, suffix), b"", QOS_RELIABLE, True)
+            for machine in machines for component, suffix, _ in self._entities(machine)
+        ]
 
     @staticmethod
     def _config(topic: str, body: Mapping[str, Any]) -> Message:

@@ -97,7 +97,7 @@ class DecisionMachine:
             hot = int(np.count_nonzero(history > threshold))
             cooling = self._cooldown_until is not None and at < self._cooldown_until
             if hot >= cfg.k and not cooling:
-                self._alarm = _Alarm(uuid.uuid4().hex, at, float(history.max()), at)
+                self._alarm = _Alarm(str(uuid.uuid4()), at, float(history.max()), at)
                 transitions.append(self._transition("new", at))
                 self._set(ANOMALY, at)
         else:

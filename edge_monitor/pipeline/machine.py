@@ -91,6 +91,15 @@ class Machine:
         return self.setup.name
 
     @property
+    def threshold(self) -> float | None:
+        """The alarm line in force: the detector's (known as soon as learning ends, before a
+        window is scored), else the last one used."""
+        detector = self.setup.detector
+        if detector is None:
+            return self.last_threshold
+        return detector.threshold * self.settings.decision.threshold_scale
+
+    @property
     def model_rate_hz(self) -> int:
         return self.windows.stream.model_rate_hz
 
@@ -155,8 +164,8 @@ class Machine:
         self.scored += 1
         self.last_score, self.last_threshold = detection.score, threshold
         outcome = self.decision.observe(detection.score, threshold, at)
+        self.reporter.emit(self, outcome, at, audio)  # first: a state change sends this score
         self.reporter.publish_score(self, ScoreSample(detection.score, threshold, at))
-        self.reporter.emit(self, outcome, at, audio)
         if s.realtime:
             lag = time.time() - chunk.captured_at
             self.counters.max_lag_s = max(self.counters.max_lag_s, lag)

@@ -206,10 +206,13 @@ class Processor:
             self.reporter.log_stats()
 
     def _publish_all_states(self) -> None:
+        """Every machine's state once: settling may already have published a changed one."""
         at = utc_now()
         for m in self._machines:
+            before = (m.decision.status, m.decision.reason)
             m.settle(at)
-            self.reporter.publish_state(m)
+            if (m.decision.status, m.decision.reason) == before:
+                self.reporter.publish_state(m)
 
     # Changes applied on this thread ----------------------------------------------------
 
@@ -235,6 +238,7 @@ class Processor:
     def _configure_reporter(self) -> None:
         self.reporter.machines = self._machines
         self.reporter.score_telemetry = self.settings.config.mqtt.score_telemetry
+        self.reporter.score_interval_s = self.settings.config.mqtt.score_interval_s
         self.reporter.threshold_scale = self.settings.decision.threshold_scale
 
     def _reconfigure(

@@ -63,6 +63,9 @@ class Reporter:
         self.counters = counters
         self.machines: Sequence[Machine] = ()
         self.score_telemetry = True
+        self.score_interval_s = 0.0
+        # Per machine: audio time of the last score sent; a machine absent is due at once.
+        self._score_sent_at: dict[str, datetime] = {}
         self.threshold_scale = 1.0
         # The systemd status line is sent once per loop turn, after every machine settled.
         self.status_changed = False
@@ -76,15 +79,24 @@ class Reporter:
         for transition in outcome.transitions:
             self.publish_event(machine, transition, audio)
         if outcome.status_changed:
+            self._score_sent_at.pop(machine.name, None)  # the next score goes out at once
             self.publish_state(machine)
             log.info("machine %s: %s%s", machine.name, outcome.status,
                      f" ({machine.decision.reason})" if machine.decision.reason else "")
             self.status_changed = True
 
     def publish_score(self, machine: Machine, sample: ScoreSample) -> None:
-        if self.score_telemetry and self.publisher is not None:
-            p = self.publisher
-            p.send(p.topics.score_message(machine.name, sample), None, machine.name)
+        """Score telemetry, at most one per `score_interval_s` of audio and machine (one
+        message a second per machine loads Home Assistant's recorder for nothing), and at
+        once after a state change."""
+        if not self.score_telemetry or self.publisher is None:
+            return
+        last = self._score_sent_at.get(machine.name)
+        if last is not None and 0.0 <= (sample.at - last).total_seconds() < self.score_interval_s:
+            return
+        self._score_sent_at[machine.name] = sample.at
+        p = self.publisher
+        p.send(p.topics.score_message(machine.name, sample), None, machine.name)
 
     def publish_event(self, machine: Machine, t: Transition, audio: np.ndarray | None) -> None:
         detector = machine.setup.detector
@@ -121,7 +133,7 @@ class Reporter:
         self.update_snapshot()
         if self.publisher is not None:
             d = machine.decision
-            state = MachineState(d.status, machine.last_score, machine.last_threshold,
+            state = MachineState(d.status, machine.last_score, machine.threshold,
                                  d.since or utc_now(), d.reason)
             message = self.publisher.topics.state_message(machine.name, state)
             self.publisher.send(message, KIND_STATE, machine.name)

@@ -13,6 +13,7 @@ import json
 import logging
 import re
 import socket
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -78,7 +79,12 @@ def test_replay_fast_gives_the_expected_states_events_and_clip(
     recorder.wait_topic(f"{root}/availability", 2)
     states = [json.loads(m.payload) for m in recorder.on(f"{root}/machines/pump/state")]
     assert states[0]["status"] == "learning" and states[-1]["status"] == "normal"
+    assert [s["status"] for s in states].count("learning") == 1  # published once
     assert {"anomaly", "normal"} <= {s["status"] for s in states}
+    # The threshold is known from the end of learning, before the first window is scored.
+    assert all(s["threshold"] is not None for s in states if s["status"] != "learning")
+    assert all(s["ratio"] == round(s["score"] / s["threshold"], 3)
+               for s in states if s["score"] is not None)
     late = mqtt_recorder(mosquitto, [f"{root}/machines/pump/state", f"{root}/availability"])
     retained = late.wait_topic(f"{root}/machines/pump/state")[0]
     assert retained.retain and json.loads(retained.payload)["status"] == "normal"
@@ -91,12 +97,19 @@ def test_replay_fast_gives_the_expected_states_events_and_clip(
     new = events[0]
     assert new["model_version"] == "builtin-logmel-stats" and new["bank_version"]
     assert new["peak_score"] > new["threshold"]
+    assert new["ratio"] == round(new["peak_score"] / new["threshold"], 3) > 1.0
+    assert str(uuid.UUID(new["event_id"])) == new["event_id"]  # dashed, like message_id
     clip = Path(new["clip_path"])
     assert clip.is_file() and clip.parent == tmp_path / "state" / "clips"
     assert sf.info(str(clip)).samplerate == RATE and sf.info(str(clip)).duration == 1.0
     assert recorder.on(f"{root}/availability")[-1].payload == b"offline"
-    assert recorder.on(f"{root}/machines/pump/score")
+    scores = [json.loads(m.payload) for m in recorder.on(f"{root}/machines/pump/score")]
     snap = daemon.daemon.processor.snapshot()
+    # One score per 10 s of audio (default score_interval_s), plus one at each status
+    # change, not one per window: 30 s judged, so far fewer than the scored windows.
+    assert 0 < len(scores) <= 30 / 10 + len(logged) + 2 < snap["scored_windows"] / 3
+    at_times = {s["at"] for s in scores}
+    assert all(s["since"] in at_times for s in states if s["status"] == "anomaly")
     # Nothing dropped; the one gap is the boundary between the two recordings.
     assert snap["dropped_chunks"] == 0 and snap["windower_gaps"] == 1
     # The learned bank is on disk: the next start skips learning.

@@ -3,16 +3,62 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from edge_monitor.config.sections import MqttSection
 from edge_monitor.mqtt.client import MqttClient
-from edge_monitor.mqtt.topics import MachineState, utc_now
+from edge_monitor.mqtt.topics import STATUSES, MachineState, TopicTree, utc_now
 
+ENTITIES = (("sensor", "status"), ("binary_sensor", "anomaly"), ("binary_sensor", "fault"),
+            ("sensor", "score"), ("sensor", "ratio"))
 CONFIG_TOPICS = {
     f"homeassistant/{component}/box1/{machine}_{suffix}/config"
-    for machine in ("pump", "fan")
-    for component, suffix in (("binary_sensor", "anomaly"), ("sensor", "score"))
+    for machine in ("pump", "fan") for component, suffix in ENTITIES
 }
+N = len(CONFIG_TOPICS)
+HA_KEYS = json.loads((Path(__file__).parent / "ha_mqtt_discovery_keys.json").read_text())
+
+
+def test_every_discovery_key_is_one_home_assistant_knows():
+    """HA drops (older releases: refuses) unknown keys, so a typo would silently lose a
+    setting; checked against the committed list from HA's docs."""
+    messages = TopicTree("box1").discovery_messages(["pump", "fan"], "Line 1")
+    assert {m.topic for m in messages} == CONFIG_TOPICS
+    unique_ids = set()
+    for message in messages:
+        component = message.topic.split("/")[1]
+        config = json.loads(message.payload)
+        unknown = set(config) - set(HA_KEYS["entity"]) - set(HA_KEYS[component])
+        assert not unknown, f"{message.topic}: keys HA does not know: {unknown}"
+        assert set(HA_KEYS["required"][component]) <= set(config), message.topic
+        for entry in config["availability"]:
+            assert set(entry) <= set(HA_KEYS["availability"]) and "topic" in entry
+        assert set(config["device"]) <= set(HA_KEYS["device"])
+        assert set(config["origin"]) <= set(HA_KEYS["origin"]) and "name" in config["origin"]
+        if "device_class" in config:
+            assert config["device_class"] in HA_KEYS["device_class"][component], message.topic
+        if "entity_category" in config:
+            assert config["entity_category"] in HA_KEYS["entity_category"]
+        if "state_class" in config:
+            assert config["state_class"] in HA_KEYS["state_class"]
+        if config.get("device_class") == "enum":  # HA's rules for an enum sensor
+            assert config["options"] and "state_class" not in config
+            assert "unit_of_measurement" not in config
+        unique_ids.add(config["unique_id"])
+    assert len(unique_ids) == len(messages)
+
+
+def test_status_sensor_lists_every_status_and_fault_has_its_own_problem_sensor():
+    configs = {m.topic.split("/")[3]: json.loads(m.payload)
+               for m in TopicTree("box1").discovery_messages(["pump"])}
+    assert configs["pump_status"]["options"] == list(STATUSES)
+    assert set(STATUSES) == {"normal", "anomaly", "fault", "learning", "enrolling"}
+    assert "'fault'" in configs["pump_fault"]["value_template"]
+    assert "'anomaly'" in configs["pump_anomaly"]["value_template"]
+    assert configs["pump_ratio"]["value_template"] == "{{ value_json.ratio }}"
+    state = "edge-monitor/box1/machines/pump/state"
+    assert {configs[k]["state_topic"] for k in ("pump_status", "pump_anomaly", "pump_fault")} == {
+        state}
 
 
 def test_discovery_is_published_and_republished(mosquitto, mqtt_recorder, tmp_path):
@@ -23,10 +69,10 @@ def test_discovery_is_published_and_republished(mosquitto, mqtt_recorder, tmp_pa
     client.start()
     client.publish_state("fan", MachineState("normal", 0.1, 1.0, utc_now()))
     try:
-        first = recorder.wait_for(lambda ms: len(ms) >= 4, "4 discovery configs")
+        first = recorder.wait_for(lambda ms: len(ms) >= N, f"{N} discovery configs")
         assert {m.topic for m in first} == CONFIG_TOPICS
         late = mqtt_recorder(mosquitto, ["homeassistant/#"])  # retained: late subscribers see it
-        assert all(m.retain for m in late.wait_for(lambda ms: len(ms) >= 4, "retained configs"))
+        assert all(m.retain for m in late.wait_for(lambda ms: len(ms) >= N, "retained configs"))
         configs = {m.topic: json.loads(m.payload) for m in first}
         problem = configs["homeassistant/binary_sensor/box1/pump_anomaly/config"]
         assert problem["device_class"] == "problem"
@@ -38,13 +84,13 @@ def test_discovery_is_published_and_republished(mosquitto, mqtt_recorder, tmp_pa
         assert score["unique_id"] == "box1_fan_score"
 
         recorder.publish("homeassistant/status", "online")  # Home Assistant restarted
-        again = recorder.wait_for(lambda ms: len(ms) >= 8, "republished configs")
-        assert {m.topic for m in again[4:]} == CONFIG_TOPICS
+        again = recorder.wait_for(lambda ms: len(ms) >= 2 * N, "republished configs")
+        assert {m.topic for m in again[N:]} == CONFIG_TOPICS
 
         states.wait_topic("edge-monitor/box1/machines/fan/state")
         client.set_machines(["pump"])  # fan removed by a reload: Home Assistant forgets it
         removed = recorder.wait_for(
-            lambda ms: sum(m.payload == b"" for m in ms) >= 2, "empty configs for fan"
+            lambda ms: sum(m.payload == b"" for m in ms) >= N // 2, "empty configs for fan"
         )
         assert {m.topic for m in removed if m.payload == b""} == {
             t for t in CONFIG_TOPICS if "/fan_" in t

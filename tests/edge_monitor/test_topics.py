@@ -55,7 +55,7 @@ def test_state_payload_and_message():
     message = t.state_message("pump", fault)
     assert (message.qos, message.retain) == (1, True)
     assert json.loads(message.payload) == {
-        "status": "fault", "score": None, "threshold": 1.0,
+        "status": "fault", "score": None, "threshold": 1.0, "ratio": None,
         "since": "2026-11-22T21:04:05.123Z", "reason": "microphone unplugged",
     }
     assert json.loads(MachineState("normal", float("nan"), 1.0, T0).to_json())["score"] is None
@@ -63,6 +63,16 @@ def test_state_payload_and_message():
         MachineState("fault", 0.1, 1.0, T0)
     with pytest.raises(ValueError, match="status"):
         MachineState("broken", 0.1, 1.0, T0)
+
+
+@pytest.mark.parametrize(("score", "threshold", "expected"), [
+    (0.0021663308143615723, 0.0030, 0.722), (3.0, 2.0, 1.5), (0.5, None, None),
+    (None, 1.0, None), (float("inf"), 1.0, None), (0.5, 0.0, None), (0.5, float("nan"), None),
+])
+def test_ratio_is_score_over_threshold_or_null(score, threshold, expected):
+    assert json.loads(MachineState("normal", score, threshold, T0).to_json())["ratio"] == expected
+    if score is not None:
+        assert json.loads(ScoreSample(score, threshold, T0).to_json())["ratio"] == expected
 
 
 def test_event_payload_and_message():
@@ -75,7 +85,8 @@ def test_event_payload_and_message():
         "type": "end", "event_id": "e-1", "message_id": "m-1", "machine": "pump",
         "started_at": "2026-11-22T21:04:05.123Z", "updated_at": "2026-11-22T21:04:05.123Z",
         "ended_at": "2026-11-22T21:04:05.123Z", "peak_score": 2.5, "threshold": 1.0,
-        "model_version": "model-3", "bank_version": "bank-7", "clip_path": "/clips/e-1.flac",
+        "ratio": 2.5, "model_version": "model-3", "bank_version": "bank-7",
+        "clip_path": "/clips/e-1.flac",
     }
     new = AlarmEvent("new", "e-1", "pump", T0, T0, 2.5, 1.0, "m", "b")
     assert new.message_id != AlarmEvent("new", "e-1", "pump", T0, T0, 2.5, 1.0, "m", "b").message_id
@@ -89,7 +100,7 @@ def test_score_and_reply_messages():
     t = TopicTree("box1")
     score = t.score_message("pump", ScoreSample(0.5, 1.0, T0))
     assert (score.qos, score.retain) == (0, False)
-    assert json.loads(score.payload) == {"score": 0.5, "threshold": 1.0,
+    assert json.loads(score.payload) == {"score": 0.5, "threshold": 1.0, "ratio": 0.5,
                                          "at": "2026-11-22T21:04:05.123Z"}
     ok = json.loads(t.reply_message(CommandReply("r", "status", True, {"a": 1})).payload)
     assert ok == {"request_id": "r", "command": "status", "ok": True, "result": {"a": 1}}
@@ -101,6 +112,9 @@ def test_discovery_removal_is_empty_and_retained():
     messages = TopicTree("box1").discovery_removal_messages(["fan"])
     assert {m.topic for m in messages} == {
         "homeassistant/binary_sensor/box1/fan_anomaly/config",
+        "homeassistant/binary_sensor/box1/fan_fault/config",
+        "homeassistant/sensor/box1/fan_status/config",
         "homeassistant/sensor/box1/fan_score/config",
+        "homeassistant/sensor/box1/fan_ratio/config",
     }
     assert all(m.payload == b"" and m.retain for m in messages)
