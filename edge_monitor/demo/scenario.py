@@ -473,7 +473,8 @@ def demo_config(settings: DemoSettings, workdir: Path, audio: Path,
     if broker is not None:
         mqtt = {"enabled": True, "host": broker[0], "port": broker[1], "prefix": PREFIX,
                 "device_name": "edge-monitor demo", "reconnect_min_delay_s": 0.5,
-                "reconnect_max_delay_s": 2.0}
+                "reconnect_max_delay_s": 2.0,
+                "score_interval_s": 0}  # every window: the demo draws the score timeline
     return {
         "device_id": DEVICE_ID,
         "state_dir": str(workdir / "state"),
