@@ -23,7 +23,13 @@ from torch import Tensor, nn
 
 from edge_monitor.core.errors import ConfigError
 from trainer.backbones.checkpoint import read_torch_file
-from trainer.backbones.efficientat import PRESETS, EfficientATBackbone, EfficientATConfig, build
+from trainer.backbones.efficientat import (
+    PRESETS,
+    EfficientATBackbone,
+    EfficientATConfig,
+    build,
+    load_release,
+)
 from trainer.errors import CheckpointError
 from trainer.export import TorchEmbedder, unit
 
@@ -118,7 +124,9 @@ def load_pretrained_embedder(
     if not isinstance(state, Mapping):
         raise CheckpointError(f"{path}: expected a state dict, got {type(state).__name__}")
     size = release_size(state, path)
-    module = PooledFeatureMaps(build(size, path), parse_pooling(pooling))
+    backbone = build(size, None)
+    load_release(backbone, state, path, size)
+    module = PooledFeatureMaps(backbone, parse_pooling(pooling))
     embedder = TorchEmbedder(module, name or f"efficientat-{size}", module.backbone.sample_rate_hz,
                              WINDOW_S, module.dim())
     digest = hashlib.sha256(path.read_bytes()).hexdigest()

@@ -35,7 +35,7 @@ def served(tmp_path_factory):
             super().__init__(*args, directory=str(files), **kwargs)
 
         def log_message(self, *args):
-            pass
+            """Keep access logs out of the test output."""
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)

@@ -269,16 +269,19 @@ def build(size: str | Mapping[str, Any], checkpoint: Path | None) -> EfficientAT
     model = EfficientATBackbone(config)
     if checkpoint is None:
         return model
-    content = read_torch_file(checkpoint)
-    if isinstance(content, Mapping) and "model" in content and not any(
-        str(k).startswith("features.") for k in content
-    ):
-        content = content["model"]
+    load_release(model, read_torch_file(checkpoint), checkpoint, size)
+    return model
+
+
+def load_release(
+    model: EfficientATBackbone, content: object, checkpoint: Path, size: str | Mapping[str, Any]
+) -> None:
+    """Load a release state dict into `model` strictly, naming every bad key and the fix."""
     load_strict(
         model,
         as_state_dict(content, checkpoint, "the state dict"),
         checkpoint,
         fix=f"pass an EfficientAT release file (mn<XX>_as*.pt) whose width matches size "
-        f"{size!r} (width_mult {config.width_mult}); mn04_as_mAP_432.pt needs size 'mn04'",
+        f"{size!r} (width_mult {model.config.width_mult}); mn04_as_mAP_432.pt needs size "
+        "'mn04'",
     )
-    return model

@@ -33,16 +33,16 @@ def freeze(backbone: nn.Module, prefixes: list[str]) -> list[nn.Module]:
     `train()` keeps them in eval mode (their batch-norm statistics stay pretrained)."""
     if not prefixes:
         return []
-    names = [name for name, _ in backbone.named_modules() if name]
-    unused = [p for p in prefixes if not any(f"{n}.".startswith(p) or n.startswith(p)
-                                             for n in names)]
+    # a module is frozen when its name followed by "." starts with a prefix: "features.1."
+    # names features.1 and its children, "features.1" also features.10 ... features.16
+    modules = [(f"{name}.", m) for name, m in backbone.named_modules() if name]
+    unused = [p for p in prefixes if not any(n.startswith(p) for n, _ in modules)]
     if unused:
         raise ConfigError(
             f"backbone.freeze: {unused} match no module of the backbone; use prefixes of "
-            f"its module names such as {names[:3]}"
+            f"its module names such as {[n for n, _ in modules[:3]]}"
         )
-    frozen = [m for n, m in backbone.named_modules()
-              if n and any(f"{n}.".startswith(p) for p in prefixes)]
+    frozen = [m for n, m in modules if n.startswith(tuple(prefixes))]
     for module in frozen:
         for parameter in module.parameters():
             parameter.requires_grad_(False)
