@@ -244,10 +244,22 @@ def extract_bundle(archive: Path, into: Path | None = None) -> Path:
 
 
 def _extract(archive: Path, target: Path) -> None:
+    """Write the (already checked) directories and regular files ourselves: no owners, modes or
+    links come from the archive, and it works alike on Pythons without tarfile's extraction
+    filters (Debian 12's 3.11.2, where `extractall(filter=...)` does not exist)."""
     try:
         with tarfile.open(archive) as tar:
-            members = _safe_members(archive, tar)
-            tar.extractall(target, members=members, filter="data")
+            for member in _safe_members(archive, tar):
+                path = target.joinpath(*PurePosixPath(member.name).parts)
+                if member.isdir():
+                    path.mkdir(parents=True, exist_ok=True)
+                    continue
+                path.parent.mkdir(parents=True, exist_ok=True)
+                source = tar.extractfile(member)
+                if source is None:
+                    raise tarfile.TarError(f"member {member.name!r} has no data")
+                with source, open(path, "wb") as handle:
+                    shutil.copyfileobj(source, handle)
     except (tarfile.TarError, OSError) as exc:
         raise BundleError(f"{archive}: not a readable tar archive ({exc}); copy it again") from exc
 

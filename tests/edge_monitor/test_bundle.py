@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 import shutil
 import tarfile
 from pathlib import Path
@@ -146,6 +147,29 @@ def test_onnx_bundle_loads_from_dir_and_tar(built: tuple[Path, Path], tmp_path: 
     assert np.isfinite(a.score) and a.score == pytest.approx(b.score, abs=1e-9)
     manifest = load_bundle(bundle).manifest
     assert detector.threshold == pytest.approx(manifest.machines["fan"].threshold)
+
+
+def test_tar_members_modes_and_owners_are_not_taken_over(
+    built: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """A tar written with mode 0700 directories and 0600 files by another user still loads
+    readable, and extraction needs no tarfile filter (absent before Python 3.11.4)."""
+    _, bundle = built
+
+    def restrictive(info: tarfile.TarInfo) -> tarfile.TarInfo:
+        info.mode = 0o700 if info.isdir() else 0o600
+        info.uid, info.gid, info.uname, info.gname = 4242, 4242, "someone", "else"
+        return info
+
+    archive = tmp_path / "private.tar"
+    with tarfile.open(archive, "w") as tar:
+        tar.add(bundle, arcname=bundle.name, filter=restrictive)
+    loaded = load_bundle(archive, extract_to=tmp_path / "state")
+    umask = os.umask(0)
+    os.umask(umask)
+    modes = {p.stat().st_mode & 0o777 for p in loaded.root.rglob("*") if p.is_file()}
+    assert modes == {0o666 & ~umask}  # what any new file gets here, not the archive's 0600
+    assert "fan" in loaded.detectors()
 
 
 def test_tampered_model_file_is_refused(built: tuple[Path, Path], tmp_path: Path) -> None:
