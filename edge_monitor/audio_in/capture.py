@@ -60,7 +60,7 @@ class Chunk:
 
     frames: np.ndarray  # float32, shape (n, channels), owned by the chunk (a copy)
     start_frame: int  # frames since the source started; a jump marks lost audio
-    captured_at: float  # wall-clock seconds (time.time()) when the block was taken
+    captured_at: float  # time.time() at the block's end; a fast replay gives audio time
     sample_rate_hz: int
     file: Path | None = None  # replay only: the file this block came from
     file_offset_frame: int = 0  # replay only: offset of frames[0] in that file

@@ -9,7 +9,10 @@ however long the files, and emits `block_s` chunks:
 - `realtime=True`: paced like a live input (a block is emitted once its duration has
   elapsed); a full queue drops the chunk and counts it, as a live source would.
 - `realtime=False`: as fast as the consumer takes chunks; the bounded queue blocks the
-  reader instead of dropping, so nothing is lost (tests, back-testing, soak runs).
+  reader instead of dropping, so nothing is lost (tests, back-testing, soak runs). A
+  chunk's `captured_at` is then audio time: the replay's start plus the audio before the
+  chunk's end, so alarm times and durations follow the recordings, file after file, not
+  the wall clock.
 
 Each chunk says which file and frame offset it came from (`Chunk.file`,
 `Chunk.file_offset_frame`) so a back-test can report per file. Files are separate
@@ -230,6 +233,7 @@ class ReplaySource:
 
     def _replay(self) -> None:
         started = time.monotonic()
+        started_wall = time.time()
         paced_frames = 0  # frames whose real-time duration has been waited for
         next_frame = 0
         while True:
@@ -250,10 +254,12 @@ class ReplaySource:
                             due = started + paced_frames / self._rate_hz
                             if self._stop.wait(max(0.0, due - time.monotonic())):
                                 return
+                        end = next_frame + frames.shape[0]
                         chunk = Chunk(
                             frames=frames,
                             start_frame=next_frame,
-                            captured_at=time.time(),
+                            captured_at=(time.time() if self._realtime
+                                         else started_wall + end / self._rate_hz),
                             sample_rate_hz=self._rate_hz,
                             file=path,
                             file_offset_frame=offset,

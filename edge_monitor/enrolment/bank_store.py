@@ -6,9 +6,11 @@ Layout (every bank directory is immutable, written with `edge_monitor.core.bank.
     <state_dir>/banks/<machine>/current.json     the pointer, replaced atomically
     <state_dir>/banks/<machine>/<model>/<version>/
 
-The pointer names the bank version in use per model (`current`), the one before it
-(`previous`), the `base` the store was seeded from (the bundle's or the learned banks, with
-the detector's `model_version`) and a stack of committed version sets for rollback. A new
+This is the one store of a machine's bank versions: a bank learned on site seeds it
+(`seed`), enrolment and "this alarm was normal" feedback commit versions on top, rollback
+pops them. The pointer names the bank version in use per model (`current`), the one before
+it (`previous`), the `base` the store was seeded from (the bundle's or the learned banks,
+with the detector's `model_version`) and a stack of committed version sets for rollback. A new
 version is written completely before the pointer moves, so a crash at any moment leaves the
 old pointer and the old banks in use. Versions beyond the newest `keep` are pruned, never the
 current or the previous one.
@@ -174,6 +176,11 @@ class BankStore:
         pointer = self.pointer()
         return None if pointer is None else self.load(pointer["current"])
 
+    def base(self) -> dict[str, Bank] | None:
+        """The banks the store was seeded from (None before a seed)."""
+        pointer = self.pointer()
+        return None if pointer is None else self.load(pointer["base"])
+
     def history(self) -> list[dict[str, Any]]:
         """What happened to this machine's banks, oldest first (seed, enrol, rollback...)."""
         pointer = self.pointer()
@@ -246,16 +253,29 @@ class BankStore:
             if pointer["base"] == running:
                 pointer["stack"].append(running)
                 return self._write_pointer(pointer, {"action": "resync", "versions": running})
-        self._write_banks({m.name: m.bank for m in detector.members})
-        pointer = {
+        return self.seed({m.name: m.bank for m in detector.members}, detector.model_version,
+                         {"action": "seed"})
+
+    def seed(self, banks: Mapping[str, Bank], model_version: str,
+             event: Mapping[str, Any]) -> dict[str, Any]:
+        """Start the store afresh from `banks` (the base: a bundle's, or a bank just learned
+        on site); the history is kept, older versions are pruned at the next commit. An
+        unreadable pointer is replaced: a fresh seed needs nothing from it."""
+        try:
+            pointer = self.pointer()
+        except BankError as exc:
+            log.warning("machine %s: replacing an unreadable bank pointer (%s)", self.machine, exc)
+            pointer = None
+        versions = self._write_banks(banks)
+        fresh = {
             "format_version": POINTER_FORMAT_VERSION,
             "machine": self.machine,
-            "model_version": detector.model_version,
-            "base": running,
-            "stack": [running],
+            "model_version": model_version,
+            "base": versions,
+            "stack": [versions],
             "history": pointer["history"] if pointer else [],
         }
-        return self._write_pointer(pointer, {"action": "seed", "versions": running})
+        return self._write_pointer(fresh, {**event, "versions": versions})
 
     def commit(self, banks: Mapping[str, Bank], event: Mapping[str, Any]) -> dict[str, Any]:
         """Write `banks` as new versions, then move the pointer to them; returns the pointer.

@@ -13,8 +13,10 @@ Learned windows do not overlap: a live window is never scored against audio it s
 samples with, so the bank's leave-one-out scores (and the threshold drawn from them) must
 not see overlapping neighbours either. Silent and clipped windows are not learned.
 
-Layout: <state_dir>/learned/<machine>/<bank version>/ (an immutable bank directory) and
-<state_dir>/learned/<machine>/current naming the version in use, replaced atomically.
+The learned bank seeds the machine's versioned bank store (`edge_monitor.enrolment.
+bank_store`, the one store that enrolment, feedback and rollback write too) as its base; a
+restart finds it there. Writing needs no store lock: while a machine learns it has no
+detector, so no enrolment, feedback or rollback can touch its banks.
 """
 
 from __future__ import annotations
@@ -28,8 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from edge_monitor.core.atomic import atomic_write_text
-from edge_monitor.core.bank import Bank, load_bank, save_bank
+from edge_monitor.core.bank import Bank
 from edge_monitor.core.bundle import ModelSpec
 from edge_monitor.core.detector import Detector, Member
 from edge_monitor.core.embedders.base import Embedder
@@ -38,11 +39,10 @@ from edge_monitor.core.errors import BankError, EdgeMonitorError
 from edge_monitor.core.preprocess import PreprocessConfig, preprocess
 from edge_monitor.core.scoring import SOURCE, build_bank
 from edge_monitor.core.scoring_config import variant
+from edge_monitor.enrolment.bank_store import BankStore
 
 log = logging.getLogger(__name__)
 
-LEARNED_DIR = "learned"
-CURRENT_NAME = "current"
 MEMBER_NAME = "logmel-stats"
 MODEL_VERSION = "builtin-logmel-stats"
 # Fewer windows than this give no usable leave-one-out statistics for a threshold.
@@ -99,26 +99,22 @@ def fingerprint(
     }
 
 
-def machine_dir(state_dir: Path, machine: str) -> Path:
-    return Path(state_dir) / LEARNED_DIR / machine
-
-
 def load_learned(state_dir: Path, machine: str, expected: dict[str, Any]) -> Bank | None:
-    """The machine's saved learned bank, or None when there is none or it no longer fits."""
-    root = machine_dir(state_dir, machine)
-    pointer = root / CURRENT_NAME
-    if not pointer.is_file():
-        return None
-    version = pointer.read_text(encoding="utf-8").strip()
+    """The bank the machine learned on site (its store's base), or None when there is none
+    or it no longer fits (another model or setting: `expected` is the fingerprint)."""
+    store = BankStore(state_dir, machine)
     try:
-        bank = load_bank(root / version)
+        base = store.base()
     except BankError as exc:
         log.warning("machine %s: learned bank unusable (%s); learning again", machine, exc)
         return None
+    if base is None or len(base) != 1:
+        return None  # nothing yet, or the base is a bundle's ensemble
+    bank = next(iter(base.values()))
     if bank.info.get("fingerprint") != expected:
         log.warning(
-            "machine %s: learned bank %s was made with other settings (%s); learning again",
-            machine, version, bank.info.get("fingerprint"),
+            "machine %s: bank %s in %s was not learned with these settings (%s); learning "
+            "again", machine, bank.version, store.root, bank.info.get("fingerprint"),
         )
         return None
     return bank
@@ -224,13 +220,11 @@ class BankLearner:
             np.vstack(self._vectors), [SOURCE] * len(self._vectors), self._ids,
             variant(self.scoring), info,
         )
-        root = machine_dir(self.state_dir, self.machine)
-        target = root / bank.version
-        if not target.exists():
-            save_bank(bank, target)
-        atomic_write_text(root / CURRENT_NAME, bank.version + "\n")
+        store = BankStore(self.state_dir, self.machine)
+        store.seed({self.model.name: bank}, self.model.version,
+                   {"action": "learn", "windows": len(self._vectors), "skipped": self.skipped})
         log.info(
             "machine %s: learned a bank of %d windows (%d skipped as silent or clipped): %s",
-            self.machine, len(self._vectors), self.skipped, target,
+            self.machine, len(self._vectors), self.skipped, store.root,
         )
         return bank

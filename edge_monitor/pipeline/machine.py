@@ -130,7 +130,11 @@ class Machine:
         self.next_frame = stream.chunk_start
         for window in windows:
             self._on_window(window.audio, window.start_frame, window.end_frame, chunk)
-        self.counters.windower_gaps += self.windows.gaps - gaps
+        restarts = self.windows.gaps - gaps
+        if chunk.file is not None and chunk.file_offset_frame == 0:
+            self.counters.file_boundaries += restarts  # a replay's next recording
+        else:
+            self.counters.windower_gaps += restarts
         self.next_frame = stream.out_next
 
     def _on_window(self, audio: np.ndarray, start_frame: int, end_frame: int,

@@ -182,6 +182,7 @@ class Reporter:
             "unjudged_windows": c.unjudged_windows,
             "max_lag_s": round(c.max_lag_s, 3),
             "windower_gaps": c.windower_gaps,
+            "file_boundaries": c.file_boundaries,
             "clip_errors": c.clip_errors,
             "source_rate_hz": source.sample_rate_hz,
             "source_fault": source.fault,
@@ -197,8 +198,11 @@ class Reporter:
 
     def log_stats(self, final: bool = False) -> None:
         snap = self.snapshot()
+        files = snap["file_boundaries"]
         log.info("%s: %d windows (%d scored, %d late, max lag %.2f s), %d dropped chunks, "
-                 "%d overflows, %d gaps, %d frames; %s", "final stats" if final else "stats",
+                 "%d overflows, %d gaps, %d frames%s; %s", "final stats" if final else "stats",
                  snap["windows"], snap["scored_windows"], snap["late_windows"],
                  snap["max_lag_s"], snap["dropped_chunks"], snap["overflows"],
-                 snap["windower_gaps"], snap["processed_frames"], self.status_line())
+                 snap["windower_gaps"], snap["processed_frames"],
+                 f", {files} file boundaries (replay, not lost audio)" if files else "",
+                 self.status_line())

@@ -53,6 +53,7 @@ class Counters:
     scored_windows: int = 0
     late_windows: int = 0
     unjudged_windows: int = 0
-    windower_gaps: int = 0
+    windower_gaps: int = 0  # audio lost (dropped chunks, a device reopened, a file cut short)
+    file_boundaries: int = 0  # a replay going on to its next file: not a fault
     clip_errors: int = 0
     max_lag_s: float = 0.0

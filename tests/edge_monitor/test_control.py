@@ -196,7 +196,7 @@ def test_cli_offline_enrols_into_the_store_for_the_next_start(tmp_path, cli):
     served = BankStore(loaded.state_dir, "pump").apply(plan_machines(loaded).machines[0].detector)
     assert served.bank_version == learned.bank_version
     history = json.loads(cli("-c", str(config_path), "--status").stdout)["history"]["pump"]
-    assert [e["action"] for e in history] == ["seed", "commit", "rollback"]
+    assert [e["action"] for e in history] == ["learn", "commit", "rollback"]  # one store
     audit = [json.loads(line) for line in
              (Path(loaded.state_dir) / "enrolment-audit.jsonl").read_text().splitlines()]
     assert [a["event"] for a in audit][-2:] == ["enrolment", "rollback"]

@@ -9,11 +9,13 @@ saved FLAC clip, retained state and `offline` availability at the end.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import logging
 import re
 import socket
 import uuid
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -110,8 +112,9 @@ def test_replay_fast_gives_the_expected_states_events_and_clip(
     assert 0 < len(scores) <= 30 / 10 + len(logged) + 2 < snap["scored_windows"] / 3
     at_times = {s["at"] for s in scores}
     assert all(s["since"] in at_times for s in states if s["status"] == "anomaly")
-    # Nothing dropped; the one gap is the boundary between the two recordings.
-    assert snap["dropped_chunks"] == 0 and snap["windower_gaps"] == 1
+    # Nothing dropped or lost; one boundary between the two recordings.
+    assert snap["dropped_chunks"] == 0 and snap["windower_gaps"] == 0
+    assert snap["file_boundaries"] == 1
     # The learned bank is on disk: the next start skips learning.
     plan = plan_machines(load_config(write_config(tmp_path, config)))
     assert plan.machines[0].learner is None and plan.machines[0].detector is not None
@@ -170,3 +173,37 @@ def test_disk_error_is_a_fault_that_clears_by_itself(tmp_path):
         daemon.wait_until(lambda s: any((blocker / "clips").glob("*.flac")), "a saved clip")
     finally:
         assert daemon.stop() == 0
+
+
+def test_fast_replay_of_separate_files_keeps_audio_time(tmp_path, mosquitto, mqtt_recorder,
+                                                       caplog):
+    """Alarm and score times follow the recordings from file to file (docs/configuration.md):
+    they never jump back to the wall clock at a new file, an alarm lasts as long as the fault
+    it heard, and file boundaries are counted as such, not as lost audio."""
+    caplog.set_level(logging.INFO, logger="edge_monitor.pipeline.reporting")
+    audio = synth(36.0, (FaultSegment("bearing", 23.0, 29.0),), seed=7)
+    cuts = [0, 12, 18, 30, 36]  # learn 12 s, normal 6 s, fault at 5-11 s of 12 s, normal 6 s
+    files = [write_flac(tmp_path / f"{chr(97 + i)}.flac", audio[a * RATE:b * RATE])
+             for i, (a, b) in enumerate(itertools.pairwise(cuts))]
+    config = small_config(tmp_path, files, mqtt={"enabled": True, "host": mosquitto.host,
+                                                 "port": mosquitto.port,
+                                                 "score_interval_s": 0})
+    recorder = mqtt_recorder(mosquitto, ["edge-monitor/#"])
+    daemon = DaemonThread(write_config(tmp_path, config))
+    assert daemon.wait(60) == 0
+    root = "edge-monitor/test-box"
+    recorder.wait_topic(f"{root}/availability", 2)
+    scores = [json.loads(m.payload) for m in recorder.on(f"{root}/machines/pump/score")]
+    times = [datetime.fromisoformat(s["at"]) for s in scores]
+    assert all(b > a for a, b in itertools.pairwise(times)), "audio time went back"
+    # Learning takes the first 10 s; the scores of the 26 s after it span about 25 s.
+    assert 24.0 < (times[-1] - times[0]).total_seconds() < 26.0
+    events = [json.loads(m.payload) for m in recorder.on(f"{root}/machines/pump/events")]
+    end = next(e for e in events if e["type"] == "end")
+    lasted = (datetime.fromisoformat(end["ended_at"])
+              - datetime.fromisoformat(end["started_at"])).total_seconds()
+    assert 3.0 < lasted < 8.0, lasted  # the 6 s fault, give or take the debounce
+    snap = daemon.daemon.processor.snapshot()
+    assert snap["file_boundaries"] == 3 and snap["windower_gaps"] == 0
+    final = [r.getMessage() for r in caplog.records if r.getMessage().startswith("final stats")]
+    assert "0 gaps" in final[-1] and "3 file boundaries (replay, not lost audio)" in final[-1]

@@ -35,6 +35,7 @@ from edge_monitor.core.preprocess import PreprocessConfig
 from edge_monitor.core.scoring_config import ScoringConfig
 from edge_monitor.core.signing import load_private_key
 from edge_monitor.daemon import plan_machines
+from edge_monitor.enrolment.bank_store import BankStore
 from trainer.bundle_builder import ModelEntry, build_bundle, write_tar
 from trainer.cli import main as trainer_main
 
@@ -217,5 +218,5 @@ def test_model_only_bundle_rolls_out_and_the_box_learns_with_it(fleet_box, tmp_p
     sha = load_bundle(tar).manifest.models["tiny"].sha256
     pump = daemon.daemon.processor.snapshot()["machines"]["pump"]
     assert pump["model_version"] == f"tiny-{sha[:16]}" and pump["status"] != "learning"
-    learned = tmp_path / "state" / "learned" / "pump" / "current"
-    assert learned.is_file()
+    history = BankStore(tmp_path / "state", "pump").history()
+    assert any(h["action"] == "learn" and list(h["versions"]) == ["tiny"] for h in history)

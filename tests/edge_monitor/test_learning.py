@@ -5,16 +5,18 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from edge_monitor.config.sections import QualityGateConfig
 from edge_monitor.core.errors import BankError
 from edge_monitor.core.preprocess import PreprocessConfig
-from edge_monitor.demo.synth import FaultSegment, MachineSpec, synthesize
+from edge_monitor.demo.synth import FaultSegment, MachineSpec, synthesize, write_audio
+from edge_monitor.enrolment.bank_store import BankStore
+from edge_monitor.enrolment.manager import EnrolmentManager
 from edge_monitor.pipeline.learning import (
     BankLearner,
     builtin_embedder,
     fingerprint,
     learned_detector,
     load_learned,
-    machine_dir,
 )
 
 RATE = 16000
@@ -71,7 +73,8 @@ def test_saved_bank_is_reused_and_relearned_when_settings_change(tmp_path, audio
     assert load_learned(tmp_path, "pump", {**expected, "scoring": "dads"}) is None
     assert load_learned(tmp_path, "fan", expected) is None
     # A corrupt bank is not used (it is relearned), never crashes the daemon.
-    (machine_dir(tmp_path, "pump") / bank.version / "meta.npz").write_bytes(b"junk")
+    store = BankStore(tmp_path, "pump")
+    (store.bank_dir("logmel-stats", bank.version) / "meta.npz").write_bytes(b"junk")
     assert load_learned(tmp_path, "pump", expected) is None
 
 
@@ -80,3 +83,34 @@ def test_build_refuses_too_little_audio(tmp_path, audio):
     lrn.add(audio[:N], 0, N)
     with pytest.raises(BankError, match="only 1 windows learned"):
         lrn.build()
+
+
+def test_learned_bank_is_the_base_of_the_one_bank_store(tmp_path, audio):
+    """Learning seeds the store that enrolment commits to and rollback pops: after an
+    enrolment and a rollback the learned bank serves again, and a relearn with other
+    settings reseeds the store, its history kept."""
+    lrn = learner(tmp_path)
+    for start in range(0, 6 * N, N):
+        lrn.add(audio[start:start + N], start, start + N)
+    bank = lrn.build()
+    store = BankStore(tmp_path, "pump")
+    assert store.pointer()["base"] == store.pointer()["current"] == {"logmel-stats": bank.version}
+    running = {"pump": lrn.detector(bank, 0.05)}
+    manager = EnrolmentManager(tmp_path, running.get, running.__setitem__,
+                               gate=QualityGateConfig(min_seconds=3.0, min_windows=3))
+    clips = [write_audio(tmp_path / f"new{i}.flac", audio[(6 + i) * N:(7 + i) * N], RATE)
+             for i in range(4)]
+    result = manager.enrol_files("pump", clips, "test")
+    assert result["old_versions"] == {"logmel-stats": bank.version}
+    assert store.pointer()["base"] == {"logmel-stats": bank.version}
+    manager.rollback("pump", "test")
+    assert running["pump"].bank_version == bank.version
+    relearn = BankLearner("pump", builtin_embedder(RATE, 2.0), tmp_path, 10.0, "knn",
+                          PreprocessConfig())
+    for start in range(0, 12 * N, 2 * N):
+        relearn.add(audio[start:start + 2 * N], start, start + 2 * N)
+    other = relearn.build()
+    actions = [h["action"] for h in store.history()]
+    assert actions == ["learn", "commit", "rollback", "learn"]
+    assert store.pointer()["base"] == {"logmel-stats": other.version}
+    assert load_learned(tmp_path, "pump", lrn.fingerprint) is None
