@@ -17,9 +17,11 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from edge_monitor.core.audio_io import MAX_AUDIO_RATE_HZ, MIN_AUDIO_RATE_HZ
 from edge_monitor.core.errors import BadInputError, ConfigError
-from edge_monitor.core.preprocess import PreprocessConfig
+from edge_monitor.core.preprocess import PreprocessSettings
 from edge_monitor.core.scoring_config import VARIANTS
+from edge_monitor.core.windowing import MAX_WINDOW_S, MIN_WINDOW_S
 from edge_monitor.mqtt.topics import COMMAND_NAMES, DEFAULT_PREFIX, HA_DEFAULT_PREFIX, check_prefix
 
 CREDENTIALS_ENV = "CREDENTIALS_DIRECTORY"
@@ -87,7 +89,7 @@ class SourceConfig(Section):
     )
     channels: int = Field(default=1, ge=1, le=32, description="input channels to open")
     sample_rate_hz: int | None = Field(
-        default=None, ge=8000, le=192000,
+        default=None, ge=MIN_AUDIO_RATE_HZ, le=MAX_AUDIO_RATE_HZ,
         description="device rate; null = the model's rate (audio is resampled when they differ)",
     )
     block_s: float = Field(
@@ -138,7 +140,7 @@ class ModelConfig(Section):
         "ones fall back to CPU with a warning",
     )
     sample_rate_hz: int = Field(
-        default=16000, ge=8000, le=48000,
+        default=16000, ge=MIN_AUDIO_RATE_HZ, le=48000,
         description="sample rate of the built-in model (a bundle brings its own)",
     )
     trusted_keys: list[ConfigPath] = Field(
@@ -170,7 +172,7 @@ class ModelConfig(Section):
 
 class WindowsConfig(Section):
     window_s: float | None = Field(
-        default=None, ge=0.5, le=60.0,
+        default=None, ge=MIN_WINDOW_S, le=MAX_WINDOW_S,
         description="analysis window; null = the model's (10 s for the built-in model)",
     )
     hop_s: float = Field(default=1.0, ge=0.05, le=60.0, description="seconds between windows")
@@ -186,29 +188,8 @@ class WindowsConfig(Section):
         return self
 
 
-class PreprocessSection(Section):
-    normalise_loudness: bool = Field(
-        default=True, description="BS.1770 loudness normalisation of every window"
-    )
-    target_lufs: float = Field(default=-23.0, ge=-70.0, le=0.0, description="loudness target")
-    loudness_floor_lufs: float = Field(
-        default=-60.0, ge=-120.0, le=-10.0,
-        description="windows quieter than this are not lifted further",
-    )
-    remove_dc: bool = Field(default=True, description="subtract each window's mean")
-    silence_dbfs: float = Field(
-        default=-70.0, ge=-140.0, le=-10.0, description="RMS below this counts as silence"
-    )
-    clip_level: float = Field(
-        default=0.999, gt=0.5, le=1.0, description="|sample| at or above this counts as clipped"
-    )
-    clip_fraction: float = Field(
-        default=0.001, gt=0.0, le=1.0,
-        description="a window is clipped when this fraction of its samples is clipped",
-    )
-
-    def to_preprocess_config(self) -> PreprocessConfig:
-        return PreprocessConfig(**self.model_dump())
+class PreprocessSection(PreprocessSettings, Section):
+    """Window conditioning; its fields and bounds are core's, shared with bundle manifests."""
 
 
 class LearningConfig(Section):

@@ -37,6 +37,8 @@ BANK_FORMAT_VERSION = 1
 MANIFEST_NAME = "bank.json"
 INDEX_NAME = "index.usearch"
 META_NAME = "meta.npz"
+MAX_DIM = 1 << 16
+MAX_COUNT = 10_000_000  # entries of one bank; a bank of a few hours of windows holds ~10^4
 META_ARRAYS = (
     "domains", "clip_ids", "parents", "densities", "loo_scores", "loo_rows", "recordings", "start_s"
 )
@@ -162,6 +164,21 @@ def _read_manifest(directory: Path) -> dict[str, Any]:
     for key in ("version", "dim", "count", "scoring", "files"):
         if key not in manifest:
             raise BankError(f"{path}: key {key!r} is missing; rebuild the bank")
+    for key, limit in (("dim", MAX_DIM), ("count", MAX_COUNT)):
+        value = manifest[key]
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= limit:
+            raise BankError(f"{path}: {key} {str(value)[:40]!r} is not a whole number in "
+                            f"1..{limit}; rebuild the bank")
+    kinds = {"files": dict, "scoring": dict, "info": dict, "group_medians": dict,
+             "overlap_s": (int, float)}
+    for key, kind in kinds.items():
+        if key in manifest and not isinstance(manifest[key], kind):
+            raise BankError(f"{path}: {key} has the wrong type; rebuild the bank")
+    medians = manifest.get("group_medians", {})
+    numbers = [manifest.get("overlap_s", 0.0), *medians.values()]
+    if not all(isinstance(v, (int, float)) and np.isfinite(v) for v in numbers):
+        raise BankError(f"{path}: overlap_s and group_medians must be finite numbers; rebuild "
+                        "the bank")
     return manifest
 
 

@@ -17,35 +17,43 @@ A model-only bundle has models and no banks: no machines at all, or machines lis
 model, as it does with the built-in model (edge_monitor.pipeline.learning). Learning uses
 one model, so such a bundle holds exactly one.
 
-Loading verifies everything before a detector is built: format and runtime versions, every
-checksum (models and each bank's `bank.json`, which in turn checksums its own files), dims of
-banks against models and of models against what they output. A failure names the file and
-the reason; nothing half-loaded is ever used.
+Loading verifies everything before a detector is built: first that the bundle is a plain tree
+(`check_tree`: no symbolic or hard links, no special files, everything readable, before any
+file is opened), then format and runtime versions, every number of the manifest against its
+bounds, every checksum (models and each bank's `bank.json`, which in turn checksums its own
+files), dims of banks against models and of models against what they output. A failure
+names the file and the reason; nothing half-loaded is ever used.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import math
+import os
 import shutil
+import stat
 import tarfile
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path, PurePosixPath
-from typing import Any, Literal
+from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from packaging.version import InvalidVersion, Version
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from edge_monitor import __version__
+from edge_monitor.core.audio_io import MAX_AUDIO_RATE_HZ, MIN_AUDIO_RATE_HZ
 from edge_monitor.core.bank import MANIFEST_NAME as BANK_MANIFEST_NAME
 from edge_monitor.core.bank import Bank, load_bank, sha256_file
 from edge_monitor.core.detector import Detector, Member, ScoreNorm
 from edge_monitor.core.embedders.base import Embedder
 from edge_monitor.core.embedders.runtimes import BUILTIN_EMBEDDERS, RUNTIMES, load_embedder
 from edge_monitor.core.errors import BankError, BundleError, ConfigError
-from edge_monitor.core.preprocess import PreprocessConfig
+from edge_monitor.core.preprocess import PreprocessConfig, PreprocessSettings
 from edge_monitor.core.signing import Signer, TrustPolicy, verify_signature
+from edge_monitor.core.windowing import MAX_WINDOW_S, MIN_WINDOW_S
 
 log = logging.getLogger(__name__)
 
@@ -53,12 +61,24 @@ BUNDLE_FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.yaml"
 MODELS_DIR = "models"
 BANKS_DIR = "banks"
+MAX_MANIFEST_BYTES = 1 << 20  # a real manifest is a few KiB
+MAX_EMBEDDING_DIM = 1 << 16
+MAX_WEIGHT = 1e3  # ACP weights sum to 1
+MAX_THRESHOLD = 1e6  # scores are distances (at most 2) or standardised sums of a few models
+MAX_BUILTIN_PARAM = 1 << 16  # n_fft, hop, n_mels of a builtin embedder
+MAX_VERSION_CHARS = 128
+SHA256_PATTERN = r"^[0-9a-f]{64}$"
 Precision = Literal["fp32", "fp16", "int8", "int8-weights"]
 ScoreNormMode = Literal["bank-loo", "none"]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    """Unknown keys are errors and no float may be NaN or infinite."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+BuiltinParam = Annotated[int, Field(ge=1, le=MAX_BUILTIN_PARAM)]
 
 
 class ModelSpec(_Strict):
@@ -66,14 +86,16 @@ class ModelSpec(_Strict):
 
     runtime: str = Field(description=f"one of {', '.join(RUNTIMES)}")
     file: str | None = Field(None, description="path inside the bundle; none for builtin")
-    sha256: str | None = Field(None, min_length=64, max_length=64)
+    sha256: str | None = Field(None, pattern=SHA256_PATTERN)
     builtin: str | None = Field(None, description="builtin embedder name (runtime builtin)")
-    params: dict[str, int] = Field(default_factory=dict, description="builtin embedder settings")
-    sample_rate_hz: int = Field(gt=0)
-    window_s: float = Field(gt=0)
-    dim: int = Field(gt=0)
+    params: dict[str, BuiltinParam] = Field(
+        default_factory=dict, description="builtin embedder settings"
+    )
+    sample_rate_hz: int = Field(ge=MIN_AUDIO_RATE_HZ, le=MAX_AUDIO_RATE_HZ)
+    window_s: float = Field(ge=MIN_WINDOW_S, le=MAX_WINDOW_S)
+    dim: int = Field(ge=1, le=MAX_EMBEDDING_DIM)
     precision: Precision = "fp32"
-    weight: float = Field(1.0, ge=0, description="ensemble weight (ACP)")
+    weight: float = Field(1.0, ge=0, le=MAX_WEIGHT, description="ensemble weight (ACP)")
     score_norm: ScoreNormMode = Field(
         "bank-loo", description="standardise this model's score by its bank's LOO statistics"
     )
@@ -96,7 +118,7 @@ class BankRef(_Strict):
     """Where one model's bank of a machine lives, and the sha256 of its bank.json."""
 
     path: str
-    sha256: str = Field(min_length=64, max_length=64)
+    sha256: str = Field(pattern=SHA256_PATTERN)
 
 
 class MachineSpec(_Strict):
@@ -110,6 +132,21 @@ class MachineSpec(_Strict):
     )
     false_alarm_rate: float = Field(0.01, gt=0, lt=1)
     threshold: float | None = Field(None, description="fixed threshold; default from LOO scores")
+
+    @field_validator("threshold", mode="before")
+    @classmethod
+    def _finite_positive(cls, value: object) -> object:
+        """NaN or inf would never alarm, 0 or less would alarm at every window."""
+        if value is None:
+            return value
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not number or not math.isfinite(value) or not 0 < value <= MAX_THRESHOLD:
+            raise ValueError(
+                f"{str(value)[:40]!r} is not a finite number in (0, {MAX_THRESHOLD:g}] (NaN or "
+                "inf never alarms, 0 or less alarms at every window); remove it to use the "
+                "bank's leave-one-out threshold"
+            )
+        return value
 
     @model_validator(mode="after")
     def _no_decision_without_banks(self) -> MachineSpec:
@@ -126,11 +163,12 @@ class Manifest(_Strict):
     """The bundle's manifest.yaml."""
 
     format_version: int
-    version: str = Field(min_length=1, description="content version, reported as model_version")
+    version: str = Field(min_length=1, max_length=MAX_VERSION_CHARS,
+                         description="content version, reported as model_version")
     min_runtime_version: str = "0.0.0"
     created_by: dict[str, str] = Field(default_factory=dict)
     created_at: str | None = None
-    preprocess: dict[str, Any] = Field(default_factory=dict)
+    preprocess: PreprocessSettings = Field(default_factory=PreprocessSettings)
     models: dict[str, ModelSpec] = Field(min_length=1)
     machines: dict[str, MachineSpec] = Field(
         default_factory=dict, description="none: a model-only bundle, every machine learns"
@@ -164,24 +202,78 @@ class Manifest(_Strict):
         return not self.machines or (spec is not None and not spec.banks)
 
 
-def version_tuple(text: str) -> tuple[int, ...]:
-    """'0.1.0' -> (0, 1, 0); a suffix after the numbers ('0.2.0rc1') is ignored."""
-    parts = []
-    for piece in text.split("."):
-        digits = "".join(ch for ch in piece if ch.isdigit()) if piece else ""
-        if not digits or not piece.startswith(digits):
-            break
-        parts.append(int(digits))
-    return tuple(parts)
+def runtime_version(text: object, path: Path) -> Version:
+    """A manifest's `min_runtime_version` as a PEP 440 version (packaging), or BundleError."""
+    try:
+        return Version(str(text)[:MAX_VERSION_CHARS])
+    except InvalidVersion as exc:
+        raise BundleError(
+            f"{path}: min_runtime_version {str(text)[:40]!r} is not a version (PEP 440, e.g. "
+            "0.1.0); rebuild the bundle with a trainer that writes one"
+        ) from exc
 
 
-def preprocess_config(values: Mapping[str, Any], where: str) -> PreprocessConfig:
-    """PreprocessConfig from the manifest; unknown keys are errors."""
-    known = {f.name for f in dataclasses.fields(PreprocessConfig)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise BundleError(f"{where}: unknown preprocess key(s) {unknown}; valid: {sorted(known)}")
-    return PreprocessConfig(**values)
+def check_tree(root: Path) -> None:
+    """Refuse a bundle directory that is not a plain tree, before any file in it is opened.
+
+    Every entry below `root` must be a directory or a regular file with one name: a symbolic
+    link (a model pointing at /etc/shadow, a bank directory pointing out of the bundle), a
+    hard link or a special file (FIFO, device) is refused, and so is anything the daemon's
+    user cannot read, with one line naming the entry and the fix. `root` itself may be a
+    link (an operator's `current -> bundle-7`); only what is inside it is judged.
+    """
+    pending = [root]
+    while pending:
+        directory = pending.pop()
+        try:
+            entries = list(os.scandir(directory))
+        except OSError as exc:
+            raise _unreadable(Path(directory), exc) from exc
+        for entry in entries:
+            path = Path(entry.path)
+            try:
+                info = entry.stat(follow_symlinks=False)
+            except OSError as exc:
+                raise _unreadable(path, exc) from exc
+            if stat.S_ISLNK(info.st_mode):
+                raise BundleError(
+                    f"{path}: is a symbolic link (to {os.readlink(path)!r}); a bundle holds only "
+                    "regular files and directories: copy the bundle with links resolved "
+                    "(cp -rL) or rebuild it"
+                )
+            if stat.S_ISDIR(info.st_mode):
+                if not os.access(path, os.R_OK | os.X_OK):
+                    raise _unreadable(path, PermissionError("permission denied"))
+                pending.append(path)
+            elif not stat.S_ISREG(info.st_mode):
+                raise BundleError(
+                    f"{path}: is a special file, not a regular file; a bundle holds only regular "
+                    "files and directories: rebuild it"
+                )
+            elif info.st_nlink > 1:
+                raise BundleError(
+                    f"{path}: is a hard link ({info.st_nlink} names for one file); a bundle "
+                    "holds only files of its own: copy the bundle (cp -r) or rebuild it"
+                )
+            elif not os.access(path, os.R_OK):
+                raise _unreadable(path, PermissionError("permission denied"))
+
+
+def _unreadable(path: Path, exc: OSError) -> BundleError:
+    reason = exc.strerror or str(exc)
+    return BundleError(
+        f"{path}: cannot be read by user {_user_name()} ({reason}); make the bundle readable "
+        f"by the daemon's user (chmod -R a+rX, or chown) or copy it where it can be read"
+    )
+
+
+def _user_name() -> str:
+    try:
+        import pwd
+
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except (ImportError, KeyError):
+        return str(os.geteuid())
 
 
 def _inside(root: Path, relative: str, what: str, manifest_path: Path) -> Path:
@@ -269,10 +361,14 @@ def read_manifest(root: Path) -> Manifest:
     path = root / MANIFEST_NAME
     if not path.is_file():
         raise BundleError(f"{path}: missing; {root} is not a bundle")
+    if path.stat().st_size > MAX_MANIFEST_BYTES:
+        raise BundleError(f"{path}: over {MAX_MANIFEST_BYTES} bytes, not a manifest; rebuild the "
+                          "bundle")
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise BundleError(f"{path}: unreadable or not YAML ({exc}); rebuild the bundle") from exc
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, RecursionError) as exc:
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)[:200]
+        raise BundleError(f"{path}: unreadable or not YAML ({reason}); rebuild the bundle") from exc
     if not isinstance(raw, dict):
         raise BundleError(f"{path}: expected a mapping at the top; rebuild the bundle")
     fmt = raw.get("format_version")
@@ -282,8 +378,8 @@ def read_manifest(root: Path) -> Manifest:
             f"{BUNDLE_FORMAT_VERSION}); rebuild the bundle with a matching trainer or update "
             "edge-monitor"
         )
-    needed = str(raw.get("min_runtime_version", "0.0.0"))
-    if version_tuple(needed) > version_tuple(__version__):
+    needed = runtime_version(raw.get("min_runtime_version", "0.0.0"), path)
+    if needed > Version(__version__):
         raise BundleError(
             f"{path}: min_runtime_version {needed} is newer than this edge-monitor "
             f"({__version__}); update edge-monitor"
@@ -292,8 +388,9 @@ def read_manifest(root: Path) -> Manifest:
         return Manifest.model_validate(raw)
     except ValidationError as exc:
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}"
-            for err in exc.errors()
+            f"{'.'.join(str(p)[:40] for p in err['loc']) or '<root>'}: "
+            f"{err['msg'].removeprefix('Value error, ')[:300]}"
+            for err in exc.errors()[:5]
         )
         raise BundleError(f"{path}: invalid manifest: {problems}; rebuild the bundle") from exc
 
@@ -358,7 +455,7 @@ class Bundle:
 
     @property
     def preprocess(self) -> PreprocessConfig:
-        return preprocess_config(self.manifest.preprocess, str(self.root / MANIFEST_NAME))
+        return self.manifest.preprocess.to_preprocess_config()
 
     def embedder(
         self, name: str, providers: Sequence[str] = ("cpu",), threads: int | None = None
@@ -428,20 +525,31 @@ def load_bundle(
     """Open and verify a bundle directory or .tar; raises BundleError naming file and reason.
 
     A .tar is extracted (regular files only, nothing outside the target) into a fresh
-    directory under `extract_to` (default: the system temp directory). With a `trust`
-    policy the signature is checked first, before anything else of the bundle is read.
+    directory under `extract_to` (default: the system temp directory). The tree is checked
+    (`check_tree`) before any file of it is opened. With a `trust` policy the signature is
+    checked next, before anything else of the bundle is read. An OS error on the way (a
+    file unreadable, an I/O error) is a BundleError naming the file too.
     """
     source = Path(path)
+    try:
+        return _load(source, extract_to, trust)
+    except OSError as exc:
+        where = exc.filename or source
+        raise BundleError(f"{where}: cannot be read ({exc.strerror or exc}); check the bundle's "
+                          "files and permissions, or copy it again") from exc
+
+
+def _load(source: Path, extract_to: str | Path | None, trust: TrustPolicy | None) -> Bundle:
     if source.is_file():
         root = extract_bundle(source, Path(extract_to) if extract_to else None)
     elif source.is_dir():
         root = source
     else:
         raise BundleError(f"{source}: no such bundle directory or .tar; check the path")
+    check_tree(root)
     signer = verify_signature(root, MANIFEST_NAME, trust, source) if trust is not None else None
     manifest = read_manifest(root)
     manifest_path = root / MANIFEST_NAME
-    preprocess_config(manifest.preprocess, str(manifest_path))
     model_paths = {
         name: _verify_model(root, name, spec, manifest_path)
         for name, spec in manifest.models.items()

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyloudnorm
+from pydantic import BaseModel, ConfigDict, Field
 
 # pyloudnorm gates in 400 ms blocks; shorter input is measured by RMS instead.
 LOUDNESS_BLOCK_S = 0.4
@@ -29,6 +30,36 @@ class PreprocessConfig:
     silence_dbfs: float = -70.0
     clip_level: float = 0.999
     clip_fraction: float = 0.001
+
+
+class PreprocessSettings(BaseModel):
+    """PreprocessConfig as read from a file, with bounds: the daemon's `preprocess` section
+    and a bundle manifest's `preprocess` are both read through this one model."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    normalise_loudness: bool = Field(
+        default=True, description="BS.1770 loudness normalisation of every window"
+    )
+    target_lufs: float = Field(default=-23.0, ge=-70.0, le=0.0, description="loudness target")
+    loudness_floor_lufs: float = Field(
+        default=-60.0, ge=-120.0, le=-10.0,
+        description="windows quieter than this are not lifted further",
+    )
+    remove_dc: bool = Field(default=True, description="subtract each window's mean")
+    silence_dbfs: float = Field(
+        default=-70.0, ge=-140.0, le=-10.0, description="RMS below this counts as silence"
+    )
+    clip_level: float = Field(
+        default=0.999, gt=0.5, le=1.0, description="|sample| at or above this counts as clipped"
+    )
+    clip_fraction: float = Field(
+        default=0.001, gt=0.0, le=1.0,
+        description="a window is clipped when this fraction of its samples is clipped",
+    )
+
+    def to_preprocess_config(self) -> PreprocessConfig:
+        return PreprocessConfig(**self.model_dump())
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,11 @@ import numpy as np
 
 from edge_monitor.core.errors import ConfigError
 
+# Analysis windows the runtime accepts (config and bundle manifests alike): shorter holds too
+# little of a machine's cycle to judge, longer makes a ring buffer of minutes per machine.
+MIN_WINDOW_S = 0.5
+MAX_WINDOW_S = 60.0
+
 
 @dataclass(frozen=True)
 class Window:
