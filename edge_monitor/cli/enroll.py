@@ -4,6 +4,8 @@
     edge-monitor enroll -c CONF --machine NAME FILE|DIR...     enrol recordings
     edge-monitor enroll -c CONF --machine NAME --rollback      serve the previous bank again
     edge-monitor enroll -c CONF --machine NAME --cancel        abandon a running enrolment
+    edge-monitor enroll -c CONF --machine NAME --false-alarm EVENT_ID
+                                                   this alarm was normal: add its windows
     edge-monitor enroll -c CONF --status
 
 With the daemon running (its control socket in state_dir answers), everything goes through
@@ -36,6 +38,7 @@ from edge_monitor.enrolment.bank_store import BankStore
 from edge_monitor.enrolment.control import daemon_running, request, socket_path
 from edge_monitor.enrolment.manager import EnrolmentManager
 from edge_monitor.enrolment.session import RECORDING
+from edge_monitor.mqtt.topics import check_event_id
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +58,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     what.add_argument("--rollback", action="store_true", help="serve the previous bank again")
     what.add_argument("--cancel", action="store_true", help="abandon the running enrolment")
     what.add_argument("--status", action="store_true", help="show the enrolment status")
+    what.add_argument("--false-alarm", metavar="EVENT_ID",
+                      help="this alarm (its event_id) was normal: add its windows to the bank")
     parser.add_argument("files", nargs="*", type=Path, metavar="FILE",
                         help="WAV/FLAC recordings of the machine running normally, or folders")
 
@@ -72,11 +77,15 @@ def _check_args(args: argparse.Namespace) -> None:
         return
     if not args.machine:
         raise BadInputError("--machine is required: name the machine to enrol")
-    modes = [args.seconds is not None, bool(args.files), args.rollback, args.cancel]
+    modes = [args.seconds is not None, bool(args.files), args.rollback, args.cancel,
+             args.false_alarm is not None]
     if sum(modes) != 1:
         raise BadInputError(
-            "give exactly one of --seconds N, recording files, --rollback or --cancel"
+            "give exactly one of --seconds N, recording files, --rollback, --cancel or "
+            "--false-alarm EVENT_ID"
         )
+    if args.false_alarm is not None:
+        check_event_id(args.false_alarm, "--false-alarm")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -100,6 +109,9 @@ def _online(args: argparse.Namespace, path: Path, files: list[str]) -> int:
         _print(request(path, {"command": "enroll/rollback", "machine": machine}))
     elif args.cancel:
         _print(request(path, {"command": "enroll/cancel", "machine": machine}))
+    elif args.false_alarm is not None:
+        _print(request(path, {"command": "enroll/false-alarm", "machine": machine,
+                              "event_id": args.false_alarm}, BUILD_TIMEOUT_S))
     elif files:
         with _staged(files, path.parent) as staged:
             _print(request(path, {"command": "enroll/files", "machine": machine,
@@ -177,6 +189,8 @@ def _offline(args: argparse.Namespace, config: Any, files: list[str]) -> int:
     )
     if args.rollback:
         _print(manager.rollback(args.machine, _user()))
+    elif args.false_alarm is not None:
+        _print(manager.alarm_was_normal(args.machine, args.false_alarm, _user()))
     else:
         _print(manager.enrol_files(args.machine, files, _user()))
     print("the daemon serves the new bank when it starts or reloads (SIGHUP)", file=sys.stderr)

@@ -4,9 +4,9 @@ An AF_UNIX stream socket `<state_dir>/control.sock` (mode 0660: the daemon's use
 One request per connection: a JSON object on one line, `{"command": "enroll/start",
 "machine": "pump", "seconds": 60}`; one reply line, `{"ok": true, "result": {...}}` or
 `{"ok": false, "error": "...", "exit_code": 2}`. Commands: enroll/start, enroll/files,
-enroll/commit, enroll/cancel, enroll/rollback, enroll/status. They go to the same
-`EnrolmentManager.dispatch` as the MQTT commands; the requester is the peer's user name
-(SO_PEERCRED), which the audit log records.
+enroll/commit, enroll/cancel, enroll/rollback, enroll/status, enroll/false-alarm. They go
+to the same `EnrolmentManager.dispatch` as the MQTT commands; the requester is the peer's
+user name (SO_PEERCRED), which the audit log records.
 
 `EnrolmentService` plugs enrolment into a running `edge_monitor.daemon.Daemon` through its
 public hooks: the processing loop's operations (detector, swap_detector, set_enrolling,
@@ -31,7 +31,7 @@ from edge_monitor.config.sections import DEFAULT_KEEP, PENDING_TIMEOUT_S, Qualit
 from edge_monitor.core.errors import BadInputError, EdgeMonitorError
 from edge_monitor.enrolment.manager import EnrolmentManager
 from edge_monitor.enrolment.session import MAX_SECONDS
-from edge_monitor.mqtt.topics import check_segment
+from edge_monitor.mqtt.topics import check_event_id, check_segment
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,7 @@ COMMAND_FIELDS: dict[str, tuple[str, ...]] = {
     "enroll/cancel": ("machine",),
     "enroll/rollback": ("machine",),
     "enroll/status": (),
+    "enroll/false-alarm": ("machine", "event_id"),
 }
 
 Handler = Callable[[str, Mapping[str, Any], str], Mapping[str, Any]]
@@ -96,6 +97,8 @@ def validate_request(body: Any) -> tuple[str, dict[str, Any]]:
     args: dict[str, Any] = {}
     if "machine" in fields:
         args["machine"] = check_segment(body["machine"], "machine")
+    if "event_id" in fields:
+        args["event_id"] = check_event_id(body["event_id"])
     if "seconds" in fields:
         seconds = body["seconds"]
         if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not (

@@ -1,11 +1,12 @@
 """Enrolment as the daemon and the offline CLI drive it: one session per device at a time.
 
 `EnrolmentManager`: start / commit / cancel / rollback / status of `Enrolment` sessions
-(enrolment.session); a second session is refused with `EnrolmentBusyError`, also across
-processes. A commit writes the new bank versions beside the old ones (`BankStore`) and hands
-the new detector to the swap callback, which replaces it between two windows; every step
-goes to the audit log (enrolment.audit). A failure or cancel at any point leaves the running
-detector and the bank pointer as they were.
+(enrolment.session), and "this alarm was normal" feedback (enrolment.feedback); a second
+session is refused with `EnrolmentBusyError`, also across processes. A commit writes the
+new bank versions beside the old ones (`BankStore`) and hands the new detector to the swap
+callback, which replaces it between two windows; every step goes to the audit log
+(enrolment.audit). A failure or cancel at any point leaves the running detector and the
+bank pointer as they were.
 """
 
 from __future__ import annotations
@@ -19,14 +20,17 @@ from typing import Any
 from edge_monitor.config.sections import DEFAULT_KEEP, PENDING_TIMEOUT_S, QualityGateConfig
 from edge_monitor.core.detector import Detector
 from edge_monitor.core.errors import BadInputError
+from edge_monitor.enrolment import alarm_windows
 from edge_monitor.enrolment.audit import AUDIT_NAME, AuditLog
 from edge_monitor.enrolment.bank_store import (
     BankStore,
     EnrolmentBusyError,
     StoreLock,
     detector_versions,
+    install_banks,
     restore_previous,
 )
+from edge_monitor.enrolment.feedback import feedback_banks
 from edge_monitor.enrolment.hooks import LoopHooks
 from edge_monitor.enrolment.session import (
     CANCELLED,
@@ -37,7 +41,7 @@ from edge_monitor.enrolment.session import (
     RECORDING,
     Enrolment,
 )
-from edge_monitor.mqtt.topics import COMMAND_NAMES
+from edge_monitor.mqtt.topics import COMMAND_NAMES, check_event_id
 
 log = logging.getLogger(__name__)
 
@@ -188,6 +192,45 @@ class EnrolmentManager:
         finally:
             self._store_lock.release()
 
+    def alarm_was_normal(self, machine: str, event_id: str, requester: str) -> dict[str, Any]:
+        """"This alarm was normal": add the alarm's windows to the machine's bank as a new
+        version (quality gate, audit record, rollback as for an enrolment) and serve it.
+
+        The one entry point of the MQTT command, the control socket (`edge-monitor enroll
+        --false-alarm`) and the web view. Refused while an enrolment runs.
+        """
+        event_id = check_event_id(event_id)
+        self._expire_forgotten()
+        with self._mutex:
+            self._claim(f"marking alarm {event_id} of {machine} normal")
+        try:
+            detector = self.hooks.detector(machine)
+            record = alarm_windows.load(self.state_dir, machine, event_id)
+            banks, report = feedback_banks(detector, record, self.gate)
+            store = self.store(machine)
+            store.ensure_seeded(detector)
+            old = detector_versions(detector)
+            pointer, new_detector = install_banks(
+                store, detector, banks,
+                {"who": requester, "false_alarm": event_id, "windows": report.accepted},
+                lambda d: self.hooks.swap(machine, d))
+            result = {"machine": machine, "event_id": event_id, "old_versions": old,
+                      "new_versions": pointer["current"], "threshold_old": detector.threshold,
+                      "threshold_new": new_detector.threshold, "windows": report.accepted,
+                      "quality": report.to_dict()}
+            self.audit.append({"event": "false-alarm", "who": requester, "outcome": "done",
+                               **result})
+            log.info("machine %s: alarm %s marked normal by %s: %d window(s) added, %s -> %s, "
+                     "threshold %.5f -> %.5f", machine, event_id, requester, report.accepted,
+                     old, pointer["current"], detector.threshold, new_detector.threshold)
+            return result
+        except BaseException as exc:
+            self.audit.append({"event": "false-alarm", "machine": machine, "event_id": event_id,
+                               "who": requester, "outcome": "failed", "error": str(exc)})
+            raise
+        finally:
+            self._store_lock.release()
+
     def status(self) -> dict[str, Any]:
         with self._mutex:
             session = self._session
@@ -293,4 +336,6 @@ _ACTIONS: dict[str, Callable[[EnrolmentManager, str, Mapping[str, Any], str], di
     "enroll/commit": lambda m, machine, a, who: m.commit(machine, who),
     "enroll/cancel": lambda m, machine, a, who: m.cancel(machine, who),
     "enroll/rollback": lambda m, machine, a, who: m.rollback(machine, who),
+    "enroll/false-alarm": lambda m, machine, a, who: m.alarm_was_normal(machine, a["event_id"],
+                                                                      who),
 }

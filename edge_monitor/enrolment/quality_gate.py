@@ -109,10 +109,12 @@ class QualityGate:
 
     def observe(self, raw: np.ndarray, sample_rate_hz: int, conditioned: Preprocessed) -> bool:
         """Judge one window (as captured at `sample_rate_hz`); True when it may be enrolled."""
-        seconds = len(raw) / sample_rate_hz
+        return self.tally(window_problem(raw, conditioned), len(raw) / sample_rate_hz)
+
+    def tally(self, problem: str | None, seconds: float) -> bool:
+        """Count one window already judged by `window_problem`; True when it may be enrolled."""
         self.report.windows += 1
         self.report.seconds += seconds
-        problem = window_problem(raw, conditioned)
         if problem is not None:
             self.report.dropped[problem] += 1
             return False
@@ -120,8 +122,12 @@ class QualityGate:
         self.report.accepted_seconds += seconds
         return True
 
-    def verdict(self) -> QualityReport:
-        """The report when the recording is usable; raises QualityRejectedError otherwise."""
+    def verdict(self, require_amount: bool = True) -> QualityReport:
+        """The report when the recording is usable; raises QualityRejectedError otherwise.
+
+        `require_amount=False` skips the minimum seconds and windows: the windows of one
+        alarm ("this alarm was normal") are few, and the threshold's statistics come from
+        the whole bank they join."""
         c, r = self.config, self.report
         if r.windows == 0:
             raise QualityRejectedError(
@@ -145,6 +151,11 @@ class QualityGate:
                     reason, f"recording rejected: {fraction:.0%} of {r.windows} windows are "
                     f"{words[reason]} (at most {limit:.0%} allowed): {fix}",
                 )
+        if not require_amount:
+            if r.accepted == 0:
+                raise QualityRejectedError(
+                    "too_few_windows", f"rejected: none of the {r.windows} windows is usable")
+            return r
         if r.accepted_seconds < c.min_seconds:
             raise QualityRejectedError(
                 "too_short", f"recording rejected: too short, {r.accepted_seconds:.1f} s usable "

@@ -59,6 +59,34 @@ def wait_for(result: Any, what: str) -> Any:
     return result
 
 
+def extended_banks(detector: Detector, vectors: Mapping[str, np.ndarray], ids: list[str],
+                   stamp: Mapping[str, Any]) -> dict[str, Bank]:
+    """Each member's bank with `vectors[member]` (one row per id) added as `target` entries.
+
+    The current bank's original entries are kept (with their recordings and start times),
+    its synthetic ones dropped; synthesis, densities, leave-one-out scores and so the
+    threshold are rebuilt with the bank's own scoring config. Enrolment and "this alarm was
+    normal" feedback both build their new versions here; `stamp` joins the bank's info.
+    """
+    banks = {}
+    for member in detector.members:
+        old = member.bank
+        keep = old.domains != TARGET_SYN
+        info = {**old.info, **stamp, "parent_version": old.version}
+        info["enrolled_entries"] = int(old.info.get("enrolled_entries", 0)) + len(ids)
+        banks[member.name] = build_bank(
+            np.vstack([old.embeddings[keep], vectors[member.name]]),
+            [*old.domains[keep].tolist(), *[TARGET] * len(ids)],
+            [*old.clip_ids[keep].tolist(), *ids],
+            old.config,
+            info,
+            recordings=[*old.recordings[keep].tolist(), *[""] * len(ids)],
+            start_s=[*old.start_s[keep].tolist(), *[0.0] * len(ids)],
+            overlap_s=old.overlap_s,
+        )
+    return banks
+
+
 class Enrolment:
     """One machine's enrolment session: collect windows, gate, embed; then build new banks.
 
@@ -191,22 +219,8 @@ class Enrolment:
         with self._lock:
             ids = list(self._ids)
             vectors = {name: np.vstack(v) for name, v in self._vectors.items()}
-        banks = {}
-        for member in detector.members:
-            old = member.bank
-            keep = old.domains != TARGET_SYN
-            info = dict(old.info)
-            info["parent_version"] = old.version
-            info["enrolled_at"] = self.started_at
-            info["enrolled_entries"] = int(info.get("enrolled_entries", 0)) + len(ids)
-            banks[member.name] = build_bank(
-                np.vstack([old.embeddings[keep], vectors[member.name]]),
-                [*old.domains[keep].tolist(), *[TARGET] * len(ids)],
-                [*old.clip_ids[keep].tolist(), *ids],
-                old.config,
-                info,
-            )
-        return banks
+        return extended_banks(detector, vectors, ids,
+                              {"enrolled_at": self.started_at, "enrolled_from": "recording"})
 
     def summary(self) -> dict[str, Any]:
         report = self.gate.report.to_dict()

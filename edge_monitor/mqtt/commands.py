@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from edge_monitor.core.errors import BadInputError, EdgeMonitorError
-from edge_monitor.mqtt.topics import COMMAND_NAMES, CommandReply, check_segment
+from edge_monitor.mqtt.topics import COMMAND_NAMES, CommandReply, check_event_id, check_segment
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +67,13 @@ class CommandError(BadInputError):
 def _machine(value: Any, name: str) -> str:
     try:
         return check_segment(value, name)
+    except BadInputError as exc:
+        raise CommandError(str(exc)) from exc
+
+
+def _event_id(value: Any, name: str) -> str:
+    try:
+        return check_event_id(value, name)
     except BadInputError as exc:
         raise CommandError(str(exc)) from exc
 
@@ -119,6 +126,7 @@ COMMAND_FIELDS: dict[str, dict[str, Validator]] = {
     "enroll/cancel": {"machine": _machine},
     "enroll/rollback": {"machine": _machine},
     "enroll/status": {},
+    "enroll/false-alarm": {"machine": _machine, "event_id": _event_id},
     "bundle/install": {"url": _url, "sha256": _sha256, "size_bytes": _size},
     "bundle/rollback": {},
 }

@@ -35,11 +35,12 @@ INSTALL_STEPS = ("downloading", "verifying", "swapping", "watching", "installed"
 # The commands under `<root>/cmd/`; edge_monitor.mqtt.commands says which fields each takes.
 COMMAND_NAMES = (
     "reload", "status", "enroll/start", "enroll/commit", "enroll/cancel", "enroll/rollback",
-    "enroll/status", "bundle/install", "bundle/rollback",
+    "enroll/status", "enroll/false-alarm", "bundle/install", "bundle/rollback",
 )
 _COMMAND_LEVEL = "cmd"
 _RESULT_NAME = "result"
 _SEGMENT = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_EVENT_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
 def check_segment(value: str, field_name: str) -> str:
@@ -48,6 +49,17 @@ def check_segment(value: str, field_name: str) -> str:
         raise ConfigError(
             f"{field_name} = {value!r} cannot be used in an MQTT topic: "
             "use 1 to 64 letters, digits, '_' or '-' (no '/', '+', '#' or spaces)"
+        )
+    return value
+
+
+def check_event_id(value: Any, field_name: str = "event_id") -> str:
+    """Return `value` if it is an alarm's event id as the daemon makes them (`new_id`)."""
+    if not isinstance(value, str) or not _EVENT_ID.fullmatch(value):
+        shown = repr(value) if len(repr(value)) <= 60 else f"{repr(value)[:60]}..."
+        raise ConfigError(
+            f"{field_name} = {shown}: give the alarm's event_id as its events carry it, a "
+            "dashed lowercase UUID such as 1e9653da-a6b2-4d83-be53-ec8e881bf6b0"
         )
     return value
 

@@ -5,8 +5,9 @@ silence, and is converted and cut into model-rate windows (`edge_monitor.core.st
 window is judged only when the input can be trusted: not during a fault or an enrolment,
 not when it overlaps audio from before a fault, not when it is silent or clipped (that
 says nothing about the machine until it lasts long enough to be a fault). Then the
-learner (built-in or bundle model) learns it, or the detector scores it and the decision
-machine decides.
+learner (built-in or bundle model) learns it, or the detector scores it, the decision
+machine decides and the alarm recorder keeps the windows of an open alarm (for "this alarm
+was normal").
 
 The machine's own faults, after the shared ones (`edge_monitor.pipeline.health`): silence,
 clipping, a model that fails to score.
@@ -28,6 +29,7 @@ from edge_monitor.core.detector import Detection, Detector
 from edge_monitor.core.errors import EdgeMonitorError
 from edge_monitor.core.stream import WindowStream
 from edge_monitor.mqtt.topics import ScoreSample
+from edge_monitor.pipeline.alarm_recorder import AlarmRecorder
 from edge_monitor.pipeline.decision import ENROLLING, FAULT, LEARNING, DecisionMachine
 from edge_monitor.pipeline.health import InputHealth
 from edge_monitor.pipeline.learning import BankLearner
@@ -72,6 +74,8 @@ class Machine:
         self.reporter = reporter
         self.counters = counters
         self.decision = DecisionMachine(settings.decision)
+        self.recorder = AlarmRecorder(setup.name, settings.config.state_dir,
+                                      settings.model_rate_hz, settings.decision.n)
         self.windows = WindowStream(settings.model_rate_hz, settings.window_s, settings.hop_s)
         self.anchor = 0.0  # wall time of model-rate frame 0
         self.next_frame = 0  # model-rate frame of the chunk in hand (or the next one)
@@ -168,6 +172,11 @@ class Machine:
         self.scored += 1
         self.last_score, self.last_threshold = detection.score, threshold
         outcome = self.decision.observe(detection.score, threshold, at)
+        try:
+            self.recorder.observe(detector, audio, start_frame, end_frame, detection, threshold,
+                                  self.decision.alarm_event_id)
+        except OSError as exc:
+            self.health.set_disk_fault(f"cannot save the alarm windows of {self.name}: {exc}")
         self.reporter.emit(self, outcome, at, audio)  # first: a state change sends this score
         self.reporter.publish_score(self, ScoreSample(detection.score, threshold, at))
         if s.realtime:
@@ -291,7 +300,8 @@ class Machine:
         self.last_score, self.last_threshold = old.last_score, old.last_threshold
         self.silent_s = old.silent_s
         if self.settings.decision == old.settings.decision:
-            self.decision = old.decision
+            old.recorder.state_dir = self.recorder.state_dir  # the open alarm's windows too
+            self.decision, self.recorder = old.decision, old.recorder
         else:
             for transition in old.decision.close(datetime.now(timezone.utc)):
                 self.reporter.publish_event(old, transition, None)
