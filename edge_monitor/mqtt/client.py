@@ -225,7 +225,7 @@ class MqttClient:
             self.outbox.enqueue(self.topics.state_clear_message(machine), KIND_STATE, machine)
         if self.settings.ha_discovery and self._connected.is_set():
             self._send_direct(self.topics.discovery_removal_messages(removed))
-            self._send_direct(self.topics.discovery_messages(new, self.settings.device_name))
+            self._send_direct(self._discovery(new))
 
     def stats(self) -> MqttStats:
         outbox, journal = self.outbox, self.outbox.journal
@@ -240,6 +240,12 @@ class MqttClient:
     @property
     def connected(self) -> bool:
         return self._connected.is_set()
+
+    def _discovery(self, machines: Iterable[str]) -> list[Message]:
+        """Home Assistant's configs; buttons only for the commands this box accepts."""
+        router = self.commands
+        commands = router.allowed if router.enabled else frozenset()
+        return self.topics.discovery_messages(machines, self.settings.device_name, commands)
 
     def _send_direct(self, messages: Iterable[Message]) -> None:
         client = self._paho
@@ -269,7 +275,7 @@ class MqttClient:
         client.subscribe(subscriptions)
         self._send_direct([self.topics.availability_message(online=True)])
         if s.ha_discovery:
-            self._send_direct(self.topics.discovery_messages(self._machines, s.device_name))
+            self._send_direct(self._discovery(self._machines))
         self._connected.set()
         self.outbox.wake()
 
@@ -299,9 +305,7 @@ class MqttClient:
         if message.topic == self.topics.ha_status:
             if message.payload == b"online" and self.settings.ha_discovery:
                 log.info("Home Assistant is online: republishing discovery configs")
-                self._send_direct(
-                    self.topics.discovery_messages(self._machines, self.settings.device_name)
-                )
+                self._send_direct(self._discovery(self._machines))
             return
         name = self.topics.command_name(message.topic)
         if name is not None:

@@ -11,7 +11,7 @@ import json
 import math
 import re
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -37,6 +37,14 @@ COMMAND_NAMES = (
     "reload", "status", "enroll/start", "enroll/commit", "enroll/cancel", "enroll/rollback",
     "enroll/status", "enroll/false-alarm", "bundle/install", "bundle/rollback",
 )
+# Home Assistant buttons per machine: (command, object id suffix, name, icon). Announced
+# only for commands this box accepts; `enroll/start` records HA_ENROL_SECONDS.
+HA_BUTTONS = (
+    ("enroll/start", "enrol_start", "start enrolment", "mdi:record-rec"),
+    ("enroll/commit", "enrol_commit", "commit enrolment", "mdi:check"),
+    ("enroll/rollback", "enrol_rollback", "roll back bank", "mdi:undo"),
+)
+HA_ENROL_SECONDS = 120
 _COMMAND_LEVEL = "cmd"
 _RESULT_NAME = "result"
 _SEGMENT = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -324,10 +332,13 @@ class TopicTree:
     def reply_message(self, reply: CommandReply) -> Message:
         return Message(self.command_result, reply.to_json().encode(), QOS_RELIABLE, False)
 
-    def discovery_messages(self, machines: Iterable[str], device_name: str = "") -> list[Message]:
+    def discovery_messages(self, machines: Iterable[str], device_name: str = "",
+                           commands: Collection[str] = ()) -> list[Message]:
         """Retained Home Assistant configs, per machine: the status as an enum sensor, an
         anomaly and a fault problem sensor (a dead microphone must not read "OK"), the score
-        and its ratio to the threshold."""
+        and its ratio to the threshold; and a button for each enrolment command of
+        HA_BUTTONS the box accepts (`commands`). The buttons of the others get an empty
+        config, which removes one announced before the commands were turned off."""
         device = {
             "identifiers": [f"edge_monitor_{self.device_id}"],
             "name": device_name or self.device_id,
@@ -349,7 +360,30 @@ class TopicTree:
             for component, suffix, body in self._entities(machine):
                 config = {"unique_id": f"{self.device_id}_{machine}_{suffix}", **body, **common}
                 messages.append(self._config(self.ha_config(component, machine, suffix), config))
+            for command, suffix, body in self._buttons(machine):
+                topic = self.ha_config("button", machine, suffix)
+                if command not in commands:
+                    messages.append(Message(topic, b"", QOS_RELIABLE, True))
+                    continue
+                config = {"unique_id": f"{self.device_id}_{machine}_{suffix}", **body, **common}
+                messages.append(self._config(topic, config))
         return messages
+
+    def _buttons(self, machine: str) -> list[tuple[str, str, dict[str, Any]]]:
+        """(command, object id suffix, config) of each Home Assistant button of a machine:
+        pressing publishes a complete command (fixed request_id) to its `cmd/` topic."""
+        buttons = []
+        for command, suffix, name, icon in HA_BUTTONS:
+            args: dict[str, Any] = {"request_id": f"ha-{machine}-{suffix}", "machine": machine}
+            if command == "enroll/start":
+                args["seconds"] = HA_ENROL_SECONDS
+                name = f"{name} ({HA_ENROL_SECONDS} s)"
+            buttons.append((command, suffix, {
+                "name": f"{machine} {name}", "command_topic": self.command(command),
+                "payload_press": _dumps(args), "qos": QOS_RELIABLE, "retain": False,
+                "entity_category": "config", "icon": icon,
+            }))
+        return buttons
 
     def _entities(self, machine: str) -> list[tuple[str, str, dict[str, Any]]]:
         """(component, object id suffix, config) of each Home Assistant entity of a machine."""
@@ -388,10 +422,13 @@ class TopicTree:
 
     def discovery_removal_messages(self, machines: Iterable[str]) -> list[Message]:
         """Empty retained configs make Home Assistant forget machines no longer monitored."""
-        return [
-            Message(self.ha_config(component, machine, suffix), b"", QOS_RELIABLE, True)
-            for machine in machines for component, suffix, _ in self._entities(machine)
-        ]
+        messages = []
+        for machine in machines:
+            announced = [(component, suffix) for component, suffix, _ in self._entities(machine)]
+            announced += [("button", suffix) for _, suffix, _ in self._buttons(machine)]
+            messages += [Message(self.ha_config(component, machine, suffix), b"", QOS_RELIABLE,
+                                 True) for component, suffix in announced]
+        return messages
 
     @staticmethod
     def _config(topic: str, body: Mapping[str, Any]) -> Message:

@@ -3,14 +3,24 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 from edge_monitor.config.sections import MqttSection
 from edge_monitor.mqtt.client import MqttClient
-from edge_monitor.mqtt.topics import STATUSES, MachineState, TopicTree, utc_now
+from edge_monitor.mqtt.commands import parse_command
+from edge_monitor.mqtt.topics import (
+    COMMAND_NAMES,
+    HA_BUTTONS,
+    STATUSES,
+    MachineState,
+    TopicTree,
+    utc_now,
+)
 
 ENTITIES = (("sensor", "status"), ("binary_sensor", "anomaly"), ("binary_sensor", "fault"),
-            ("sensor", "score"), ("sensor", "ratio"))
+            ("sensor", "score"), ("sensor", "ratio"), ("button", "enrol_start"),
+            ("button", "enrol_commit"), ("button", "enrol_rollback"))
 CONFIG_TOPICS = {
     f"homeassistant/{component}/box1/{machine}_{suffix}/config"
     for machine in ("pump", "fan") for component, suffix in ENTITIES
@@ -22,7 +32,7 @@ HA_KEYS = json.loads((Path(__file__).parent / "ha_mqtt_discovery_keys.json").rea
 def test_every_discovery_key_is_one_home_assistant_knows():
     """HA drops (older releases: refuses) unknown keys, so a typo would silently lose a
     setting; checked against the committed list from HA's docs."""
-    messages = TopicTree("box1").discovery_messages(["pump", "fan"], "Line 1")
+    messages = TopicTree("box1").discovery_messages(["pump", "fan"], "Line 1", COMMAND_NAMES)
     assert {m.topic for m in messages} == CONFIG_TOPICS
     unique_ids = set()
     for message in messages:
@@ -50,7 +60,7 @@ def test_every_discovery_key_is_one_home_assistant_knows():
 
 def test_status_sensor_lists_every_status_and_fault_has_its_own_problem_sensor():
     configs = {m.topic.split("/")[3]: json.loads(m.payload)
-               for m in TopicTree("box1").discovery_messages(["pump"])}
+               for m in TopicTree("box1").discovery_messages(["pump"]) if m.payload}
     assert configs["pump_status"]["options"] == list(STATUSES)
     assert set(STATUSES) == {"normal", "anomaly", "fault", "learning", "enrolling"}
     assert "'fault'" in configs["pump_fault"]["value_template"]
@@ -97,5 +107,61 @@ def test_discovery_is_published_and_republished(mosquitto, mqtt_recorder, tmp_pa
         }
         cleared = states.wait_topic("edge-monitor/box1/machines/fan/state", 2)
         assert cleared[-1].payload == b""  # the retained state of fan is deleted
+    finally:
+        client.stop()
+
+
+def test_buttons_only_for_the_commands_the_box_accepts():
+    """An enrolment button is announced only while its command is enabled and allowed; it
+    publishes a complete command that the box's own validator accepts. Otherwise its config
+    is empty, which removes a button announced before."""
+    tree = TopicTree("box1")
+    buttons = {f"pump_{suffix}": command for command, suffix, _, _ in HA_BUTTONS}
+
+    def announced(commands) -> dict[str, bytes]:
+        return {m.topic.split("/")[3]: m.payload for m in
+                tree.discovery_messages(["pump"], commands=commands)
+                if m.topic.split("/")[1] == "button"}
+
+    assert set(announced(COMMAND_NAMES)) == set(buttons)
+    assert all(payload == b"" for payload in announced(()).values())
+    only = announced(["enroll/rollback"])
+    assert only["pump_enrol_start"] == b"" and only["pump_enrol_rollback"] != b""
+    for object_id, payload in announced(COMMAND_NAMES).items():
+        config = json.loads(payload)
+        command = tree.command_name(config["command_topic"])
+        assert command == buttons[object_id]
+        parsed = parse_command(command, config["payload_press"].encode())
+        assert parsed.args["machine"] == "pump"
+
+
+def test_pressing_a_button_reaches_the_command_handler(mosquitto, mqtt_recorder, tmp_path):
+    """What Home Assistant publishes on a press (the config's payload_press on its
+    command_topic) runs the command, over a real broker; with commands off, no buttons."""
+    recorder = mqtt_recorder(mosquitto, ["homeassistant/button/#"])
+    settings = MqttSection(host=mosquitto.host, port=mosquitto.port,
+                           commands_allowed=["enroll/rollback", "status"])
+    client = MqttClient(settings, "box1", tmp_path / "j.sqlite3", ["pump"])
+    pressed = []
+    client.commands.register("enroll/rollback", lambda c: pressed.append(c.args) or {"ok": 1})
+    client.start()
+    try:
+        configs = recorder.wait_for(lambda ms: len(ms) >= 3, "button configs")
+        live = [json.loads(m.payload) for m in configs if m.payload]
+        assert [c["unique_id"] for c in live] == ["box1_pump_enrol_rollback"]
+        recorder.publish(live[0]["command_topic"], live[0]["payload_press"])
+        deadline = time.monotonic() + 10
+        while not pressed and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert pressed == [{"machine": "pump"}]
+    finally:
+        client.stop()
+    off = MqttSection(host=mosquitto.host, port=mosquitto.port, commands_enabled=False)
+    quiet = mqtt_recorder(mosquitto, ["homeassistant/button/#"])
+    client = MqttClient(off, "box1", tmp_path / "j2.sqlite3", ["pump"])
+    client.start()
+    try:
+        removed = quiet.wait_for(lambda ms: sum(not m.retain for m in ms) >= 3, "removals")
+        assert all(m.payload == b"" for m in removed if not m.retain)
     finally:
         client.stop()

@@ -116,5 +116,8 @@ def test_discovery_removal_is_empty_and_retained():
         "homeassistant/sensor/box1/fan_status/config",
         "homeassistant/sensor/box1/fan_score/config",
         "homeassistant/sensor/box1/fan_ratio/config",
+        "homeassistant/button/box1/fan_enrol_start/config",
+        "homeassistant/button/box1/fan_enrol_commit/config",
+        "homeassistant/button/box1/fan_enrol_rollback/config",
     }
     assert all(m.payload == b"" and m.retain for m in messages)
