@@ -38,7 +38,13 @@ from edge_monitor.config.sections import Config
 from edge_monitor.core.bundle import Bundle, load_bundle
 from edge_monitor.core.detector import Detector
 from edge_monitor.core.embedders.base import Embedder
-from edge_monitor.core.errors import BadInputError, ConfigError, EdgeMonitorError
+from edge_monitor.core.errors import (
+    EXIT_BAD_INPUT,
+    EXIT_RUNTIME_FAILURE,
+    BadInputError,
+    ConfigError,
+    EdgeMonitorError,
+)
 from edge_monitor.core.preprocess import PreprocessConfig
 from edge_monitor.core.signing import Signer, TrustPolicy
 from edge_monitor.enrolment.bank_store import BankStore
@@ -330,7 +336,21 @@ class Daemon:
                     break
         finally:
             self._shutdown()
-        return 1 if self.processor.error is not None else 0
+        if self.processor.error is not None:
+            return EXIT_RUNTIME_FAILURE
+        return self._replay_outcome()
+
+    def _replay_outcome(self) -> int:
+        """A replay (back-test) with files it could not read did not judge them: say how
+        many, and exit 2 rather than 0."""
+        if not isinstance(self.source, ReplaySource) or not self.source.unreadable:
+            return 0
+        bad = self.source.unreadable
+        shown = "; ".join(list(bad.values())[:3])
+        log.error("replay: %d of %d file(s) could not be read and were not judged (%s%s); "
+                  "fix or remove them", len(bad), len(self.source.files), shown,
+                  "; ..." if len(bad) > 3 else "")
+        return EXIT_BAD_INPUT
 
     def _apply_log_level(self, config: Config) -> None:
         root = logging.getLogger()

@@ -3,7 +3,9 @@
 Contract shared by every audio source (live here, file replay in `edge_monitor.audio_in.replay`):
 
 - `Chunk`: `frames` float32 shape (n, channels) at `sample_rate_hz`; `start_frame` counts
-  frames since the source started. Consecutive chunks are contiguous exactly when
+  frames since the source started. A chunk with `fault` set carries no frames: the input
+  could not be read at that point of the stream (a replay file that does not decode).
+  Consecutive chunks are contiguous exactly when
   `next.start_frame == prev.start_frame + len(prev.frames)`; a jump means audio was lost
   (dropped chunk, device restart, new replay file) and a windower must start over.
 - `SourceStats`: counters for the daemon's telemetry; nothing is dropped silently.
@@ -44,6 +46,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from edge_monitor.core.audio_io import MAX_AUDIO_RATE_HZ, MIN_AUDIO_RATE_HZ
 from edge_monitor.core.errors import ConfigError, RuntimeUnavailableError
 
 log = logging.getLogger(__name__)
@@ -64,6 +67,9 @@ class Chunk:
     sample_rate_hz: int
     file: Path | None = None  # replay only: the file this block came from
     file_offset_frame: int = 0  # replay only: offset of frames[0] in that file
+    # Replay only: no frames, but the input at this point of the stream could not be read
+    # (the file named here); the machines are in `fault` until audio flows again.
+    fault: str | None = None
 
     @property
     def end_frame(self) -> int:
@@ -80,7 +86,7 @@ class SourceStats:
     overflows: int = 0  # PortAudio input-overflow flags (the device lost samples)
     dropped_chunks: int = 0  # chunks thrown away because the consumer's queue was full
     restarts: int = 0  # successful reopenings after a fault
-    skipped_files: int = 0  # replay only: unreadable files that were skipped
+    skipped_files: int = 0  # replay only: unreadable files (each counted once) that were skipped
     last_error: str | None = None
 
 
@@ -118,8 +124,9 @@ class ChunkQueue:
         return False
 
     def _count(self, chunk: Chunk) -> None:
-        self.frames += chunk.frames.shape[0]
-        self.chunks += 1
+        if chunk.fault is None:
+            self.frames += chunk.frames.shape[0]
+            self.chunks += 1
 
     def get(self, timeout_s: float) -> Chunk | None:
         try:
@@ -293,6 +300,12 @@ def negotiate_sample_rate(device: InputDevice, channels: int, sample_rate_hz: in
         if len(exc.args) < 2 or exc.args[1] != PA_INVALID_SAMPLE_RATE:
             raise
     fallback = device.default_sample_rate_hz
+    if not MIN_AUDIO_RATE_HZ <= fallback <= MAX_AUDIO_RATE_HZ:
+        raise ConfigError(
+            f"sample_rate_hz: {device.name!r} does not take {sample_rate_hz} Hz and its default "
+            f"{fallback} Hz is outside the {MIN_AUDIO_RATE_HZ}..{MAX_AUDIO_RATE_HZ} Hz the "
+            "models need; set `sample_rate_hz` to a rate the device supports in that range"
+        )
     try:
         sd.check_input_settings(
             device=device.index, channels=channels, samplerate=fallback, dtype="float32"

@@ -19,10 +19,15 @@ Each chunk says which file and frame offset it came from (`Chunk.file`,
 recordings by default: the frame counter skips one frame between files so a windower never
 splices two files into one window; `contiguous=True` treats them as one long recording.
 
-An unreadable file is logged with its name, counted in `stats().skipped_files` and skipped
-(one that fails part-way, e.g. truncated, is played up to there); it never stops the
-replay. `finished` becomes True once the last file has been emitted and the consumer has
-taken every chunk; with `loop=True` the files repeat until `stop()`.
+An unreadable file (empty, garbage, truncated, NaN or infinite samples, a sample rate
+outside `edge_monitor.core.audio_io`'s bounds) is logged with its name, counted once in
+`stats().skipped_files`, listed in `unreadable`, and skipped (one that fails part-way is
+played up to there); it never stops the replay. In its place the stream carries a chunk
+with `fault` set and no frames, so the processing puts the machines into `fault` at that
+point, as it would for a dead microphone, until audio flows again; a back-test with an
+unreadable file exits non-zero (edge_monitor.daemon). `finished` becomes True once the
+last file has been emitted and the consumer has taken every chunk; with `loop=True` the
+files repeat until `stop()`.
 """
 
 from __future__ import annotations
@@ -37,8 +42,8 @@ import numpy as np
 import soundfile as sf
 
 from edge_monitor.audio_in.capture import Chunk, ChunkQueue, SourceStats, check_positive
-from edge_monitor.core.audio_io import SUPPORTED_SUFFIXES, StreamResampler
-from edge_monitor.core.errors import AudioFileError, ConfigError
+from edge_monitor.core.audio_io import SUPPORTED_SUFFIXES, StreamResampler, check_audio_rate
+from edge_monitor.core.errors import AudioFileError, ConfigError, one_line
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +82,7 @@ def find_audio_files(paths: Sequence[str | Path]) -> list[Path]:
 
 def _decode_error(path: Path, exc: Exception) -> AudioFileError:
     return AudioFileError(
-        f"{path}: cannot decode audio ({exc}); the file must be a complete WAV or FLAC"
+        f"{path}: cannot decode audio ({one_line(exc)}); the file must be a complete WAV or FLAC"
     )
 
 
@@ -94,6 +99,7 @@ def stream_frames(path: Path, sample_rate_hz: int, channels: int) -> Iterator[np
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
         raise _decode_error(path, exc) from exc
     with handle:
+        check_audio_rate(handle.samplerate, str(path))
         if handle.frames == 0:
             raise AudioFileError(f"{path}: the file holds no audio frames; record it again")
         if channels > 1 and handle.channels not in (1, channels):
@@ -176,7 +182,7 @@ class ReplaySource:
         self._done = threading.Event()
         self._thread: threading.Thread | None = None
         self._fault: str | None = None
-        self._skipped = 0
+        self.unreadable: dict[Path, str] = {}  # file -> why it could not be read
         self._last_error: str | None = None
 
     @property
@@ -217,7 +223,7 @@ class ReplaySource:
             frames=self._queue.frames,
             chunks=self._queue.chunks,
             dropped_chunks=self._queue.dropped,
-            skipped_files=self._skipped,
+            skipped_files=len(self.unreadable),
             last_error=self._last_error,
         )
 
@@ -270,9 +276,10 @@ class ReplaySource:
                             return
                 except AudioFileError as exc:
                     next_frame += 1 if offset else 0  # the rest is missing: a gap
-                    self._skipped += 1
-                    self._last_error = str(exc)
-                    log.warning("skipping the rest of an unreadable replay file: %s", exc)
+                    at = (time.time() if self._realtime
+                          else started_wall + next_frame / self._rate_hz)
+                    if not self._unreadable(path, exc, next_frame, at):
+                        return
             if not self._loop:
                 return
             if not played_any:
@@ -282,6 +289,19 @@ class ReplaySource:
                 )
                 log.error("%s", self._fault)
                 return
+
+    def _unreadable(self, path: Path, exc: AudioFileError, next_frame: int, at: float) -> bool:
+        """Count and log an unreadable file and put its fault into the stream (never dropped,
+        even in real time); False when stop() was asked for while waiting."""
+        self.unreadable[path] = str(exc)
+        self._last_error = str(exc)
+        log.warning("skipping the rest of an unreadable replay file: %s", exc)
+        marker = Chunk(
+            frames=np.zeros((0, self._channels), np.float32), start_frame=next_frame,
+            captured_at=at, sample_rate_hz=self._rate_hz, file=path,
+            fault=f"unreadable input: {exc}"[:300],
+        )
+        return self._queue.put(marker, self._stop, PUT_POLL_S)
 
     def _deliver(self, chunk: Chunk) -> bool:
         """Queue a chunk; False when stop() was asked for while waiting."""

@@ -5,6 +5,12 @@
 Each file is read at the model rate (`read_audio`), conditioned and scored by the machine's
 Detector exactly as the daemon scores a window (the whole file is one window, as
 `edge-trainer eval` embeds whole clips), and written as `filename,score` rows.
+
+A file the daemon would not judge is not scored: one that cannot be read (empty, garbage,
+truncated, NaN or infinite samples, a rate outside 16..384 kHz) or whose audio fails the
+daemon's own input check (`edge_monitor.core.preprocess.check_input`: clipped, silent).
+Each is logged with its reason; the other files are scored and written, and the command
+exits 2 with the count.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from edge_monitor.core.atomic import atomic_write_text
 from edge_monitor.core.audio_io import SUPPORTED_SUFFIXES, read_audio
 from edge_monitor.core.bundle import load_bundle
 from edge_monitor.core.errors import AudioFileError, ConfigError
+from edge_monitor.core.preprocess import check_input
 
 log = logging.getLogger(__name__)
 
@@ -76,9 +83,28 @@ def _score(args: argparse.Namespace, scratch: Path) -> int:
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["filename", "score"])
     files = expand_files(args.files)
+    refused: list[str] = []
     for path in files:
-        detection = detector.score(read_audio(path, detector.sample_rate_hz))
+        try:
+            audio = read_audio(path, detector.sample_rate_hz)
+        except AudioFileError as exc:
+            refused.append(str(exc))
+            log.error("not scored: %s", exc)
+            continue
+        problem = check_input(audio, detector.preprocess_config).problem(
+            detector.preprocess_config)
+        if problem is not None:
+            refused.append(f"{path}: {problem}")
+            log.error("not scored, as the daemon would not judge it: %s: %s", path, problem)
+            continue
+        detection = detector.score(audio)
         writer.writerow([path.name, repr(detection.score)])
     atomic_write_text(args.out, buffer.getvalue())
-    log.info("scored %d file(s) with machine %s of bundle %s", len(files), machine, bundle.version)
+    log.info("scored %d file(s) with machine %s of bundle %s", len(files) - len(refused),
+             machine, bundle.version)
+    if refused:
+        raise AudioFileError(
+            f"{len(refused)} of {len(files)} file(s) not scored (first: {refused[0][:300]}); "
+            f"the others are in {args.out}"
+        )
     return 0

@@ -16,7 +16,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from edge_monitor.core.errors import AudioFileError
+from edge_monitor.core.errors import AudioFileError, one_line
 
 SUPPORTED_SUFFIXES = (".wav", ".flac")
 
@@ -101,7 +101,8 @@ def decode_audio(path: str | Path) -> tuple[np.ndarray, int]:
         audio, rate = sf.read(str(path), dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
         raise AudioFileError(
-            f"{path}: cannot decode audio ({exc}); the file must be a complete WAV or FLAC"
+            f"{path}: cannot decode audio ({one_line(exc)}); the file must be a complete WAV or "
+            "FLAC"
         ) from exc
     if audio.shape[0] == 0:
         raise AudioFileError(f"{path}: the file holds no audio frames; record it again")

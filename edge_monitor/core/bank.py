@@ -18,6 +18,7 @@ import logging
 import shutil
 import tempfile
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -27,7 +28,7 @@ import numpy as np
 from usearch.index import Index
 
 from edge_monitor.core.atomic import atomic_path, atomic_write_text, fsync_dir
-from edge_monitor.core.errors import BankError, ConfigError
+from edge_monitor.core.errors import BankError, ConfigError, one_line
 from edge_monitor.core.neighbours import build_usearch_index
 from edge_monitor.core.scoring_config import ScoringConfig
 
@@ -152,7 +153,9 @@ def _read_manifest(directory: Path) -> dict[str, Any]:
     try:
         manifest = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BankError(f"{path}: unreadable or not JSON ({exc}); rebuild the bank") from exc
+        raise BankError(
+            f"{path}: unreadable or not JSON ({one_line(exc)}); rebuild the bank"
+        ) from exc
     if not isinstance(manifest, dict):
         raise BankError(f"{path}: expected a JSON object; rebuild the bank")
     fmt = manifest.get("format_version")
@@ -202,8 +205,9 @@ def _read_meta(path: Path, count: int) -> dict[str, np.ndarray]:
             arrays = {name: data[name] for name in META_ARRAYS}
     except KeyError as exc:
         raise BankError(f"{path}: array {exc} is missing; rebuild the bank") from exc
-    except (OSError, ValueError, zipfile.BadZipFile) as exc:
-        raise BankError(f"{path}: unreadable ({exc}); copy the bank again") from exc
+    except (OSError, ValueError, EOFError, MemoryError, NotImplementedError, zipfile.BadZipFile,
+            zlib.error) as exc:  # whatever numpy and zipfile raise on a damaged file
+        raise BankError(f"{path}: unreadable ({one_line(exc)}); copy the bank again") from exc
     for name in ("domains", "clip_ids", "parents", "densities", "recordings", "start_s"):
         if arrays[name].shape != (count,):
             raise BankError(
@@ -230,7 +234,8 @@ def load_bank(directory: str | Path, expected_dim: int | None = None) -> Bank:
     try:
         index = Index.restore(str(index_path))
     except (ValueError, RuntimeError, OSError) as exc:
-        raise BankError(f"{index_path}: cannot open usearch index ({exc})") from exc
+        raise BankError(f"{index_path}: cannot open usearch index ({one_line(exc)}); copy the bank "
+                        "again") from exc
     if index is None or index.ndim != dim or len(index) != count:
         got = "nothing" if index is None else f"{len(index)} x {index.ndim}"
         raise BankError(

@@ -50,7 +50,7 @@ from edge_monitor.core.bank import Bank, load_bank, sha256_file
 from edge_monitor.core.detector import Detector, Member, ScoreNorm
 from edge_monitor.core.embedders.base import Embedder
 from edge_monitor.core.embedders.runtimes import BUILTIN_EMBEDDERS, RUNTIMES, load_embedder
-from edge_monitor.core.errors import BankError, BundleError, ConfigError
+from edge_monitor.core.errors import BankError, BundleError, ConfigError, one_line
 from edge_monitor.core.preprocess import PreprocessConfig, PreprocessSettings
 from edge_monitor.core.signing import Signer, TrustPolicy, verify_signature
 from edge_monitor.core.windowing import MAX_WINDOW_S, MIN_WINDOW_S
@@ -353,7 +353,9 @@ def _extract(archive: Path, target: Path) -> None:
                 with source, open(path, "wb") as handle:
                     shutil.copyfileobj(source, handle)
     except (tarfile.TarError, OSError) as exc:
-        raise BundleError(f"{archive}: not a readable tar archive ({exc}); copy it again") from exc
+        raise BundleError(
+            f"{archive}: not a readable tar archive ({one_line(exc)}); copy it again"
+        ) from exc
 
 
 def read_manifest(root: Path) -> Manifest:
@@ -367,7 +369,7 @@ def read_manifest(root: Path) -> Manifest:
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError, RecursionError) as exc:
-        reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)[:200]
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else one_line(exc)
         raise BundleError(f"{path}: unreadable or not YAML ({reason}); rebuild the bundle") from exc
     if not isinstance(raw, dict):
         raise BundleError(f"{path}: expected a mapping at the top; rebuild the bundle")

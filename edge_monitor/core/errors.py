@@ -43,3 +43,10 @@ class DatasetError(BadInputError):
 
 class RuntimeUnavailableError(EdgeMonitorError):
     """An optional inference runtime (onnxruntime, TFLite) is not installed."""
+
+
+def one_line(exc: BaseException, limit: int = 200) -> str:
+    """An exception's text on one line, cut short: parsers (YAML, onnxruntime, libsndfile)
+    write several lines, and a refusal is one line a person reads."""
+    text = " ".join(str(exc).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -119,14 +119,51 @@ def trim_quiet_ends(audio: np.ndarray, sample_rate_hz: int, below_median_db: flo
     return audio[first * frame : end]
 
 
+@dataclass(frozen=True)
+class InputCheck:
+    """Whether a window can be judged: the one check the daemon (per window, before scoring)
+    and `edge-monitor score` (per file) share, so a clipped file is refused by both."""
+
+    finite: bool
+    clipped: bool
+    clipped_fraction: float
+    rms_dbfs: float
+    silent: bool
+
+    def problem(self, config: PreprocessConfig | PreprocessSettings) -> str | None:
+        """Why the window says nothing about the machine, or None when it can be judged."""
+        if not self.finite:
+            return "the audio holds NaN or infinite samples (a broken input or file)"
+        if self.clipped:
+            return (f"clipping: {self.clipped_fraction:.1%} of the samples reach full scale "
+                    f"(|x| >= {config.clip_level:g}); lower the input gain")
+        if self.silent:
+            return (f"silence: {self.rms_dbfs:.0f} dBFS is below {config.silence_dbfs:g} dBFS "
+                    "(microphone dead, muted or unplugged?)")
+        return None
+
+
+def check_input(
+    audio: np.ndarray, config: PreprocessConfig | PreprocessSettings
+) -> InputCheck:
+    """Measure a mono window against the config's clipping and silence levels."""
+    x = np.asarray(audio)
+    finite = bool(np.all(np.isfinite(x)))
+    hits = int(np.count_nonzero(np.abs(x) >= config.clip_level)) if finite else 0
+    fraction = hits / x.size if x.size else 0.0
+    rms = float(np.sqrt(np.mean(np.square(x, dtype=np.float64)))) if x.size and finite else 0.0
+    rms_dbfs = _dbfs(rms)
+    return InputCheck(finite, x.size > 0 and fraction >= config.clip_fraction, fraction,
+                      rms_dbfs, rms_dbfs < config.silence_dbfs)
+
+
 def preprocess(
     audio: np.ndarray, sample_rate_hz: int, config: PreprocessConfig | None = None
 ) -> Preprocessed:
     """Condition one mono window; the returned audio is float32 and never aliases the input."""
     cfg = config or PreprocessConfig()
     x = np.asarray(audio, dtype=np.float32)
-    peak_hits = int(np.count_nonzero(np.abs(x) >= cfg.clip_level))
-    clipped = x.size > 0 and peak_hits / x.size >= cfg.clip_fraction
+    clipped = check_input(x, cfg).clipped
     x = x - np.float32(x.mean()) if cfg.remove_dc and x.size else x.copy()
     rms_dbfs = _dbfs(float(np.sqrt(np.mean(np.square(x, dtype=np.float64)))) if x.size else 0.0)
     silent = rms_dbfs < cfg.silence_dbfs

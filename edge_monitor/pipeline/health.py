@@ -1,9 +1,10 @@
 """Input health shared by every machine: the source, its flow of audio, and the disk.
 
-Judged in this order: source fault (device lost), no audio at all, disk error, audio
-overflow (dropped chunks). Each machine adds its own (silence, clipping, model error) in
-`edge_monitor.pipeline.machine`. A fault clears by itself when its cause goes away; a disk
-fault is re-checked by writing a probe file every `faults.disk_check_s`.
+Judged in this order: source fault (device lost), unreadable input (a replay file that does
+not decode, reported in the stream; it lasts until audio flows again), no audio at all,
+disk error, audio overflow (dropped chunks). Each machine adds its own (silence, clipping,
+model error) in `edge_monitor.pipeline.machine`. A fault clears by itself when its cause
+goes away; a disk fault is re-checked by writing a probe file every `faults.disk_check_s`.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ class InputHealth:
         self.settings = settings
         self.last_chunk_at = time.monotonic()
         self.disk_fault: str | None = None
+        self.input_fault: str | None = None
         self._last_disk_probe = 0.0
         self._last_drop_total = 0
         self._last_drop_at: float | None = None
@@ -37,13 +39,19 @@ class InputHealth:
         self.source = source
         self.last_chunk_at = time.monotonic()
         self._last_drop_total = 0
+        self.input_fault = None
 
-    def chunk_arrived(self) -> None:
+    def chunk_arrived(self, fault: str | None = None) -> None:
+        """Audio arrived (clears an unreadable-input fault), or the source reported `fault`
+        in its place."""
         self.last_chunk_at = time.monotonic()
+        if fault is not None and self.input_fault is None:
+            log.error("%s", fault)
+        self.input_fault = fault
 
     def fault(self) -> str | None:
         """The shared fault now, or None."""
-        source_fault = self.source.fault
+        source_fault = self.source.fault or self.input_fault
         if source_fault:
             return source_fault
         quiet_s = time.monotonic() - self.last_chunk_at

@@ -3,11 +3,12 @@
 Each chunk's channel goes to the audio taps (an enrolment recording), is measured for
 silence, and is converted and cut into model-rate windows (`edge_monitor.core.stream`). A
 window is judged only when the input can be trusted: not during a fault or an enrolment,
-not when it overlaps audio from before a fault, not when it is silent or clipped (that
-says nothing about the machine until it lasts long enough to be a fault). Then the
-learner (built-in or bundle model) learns it, or the detector scores it, the decision
-machine decides and the alarm recorder keeps the windows of an open alarm (for "this alarm
-was normal").
+not when it overlaps audio from before a fault, not when it is silent, clipped or not
+finite (`edge_monitor.core.preprocess.check_input`, the check `edge-monitor score` makes
+too; silence and clipping say nothing about the machine until they last long enough to be
+a fault). Then the learner (built-in or bundle model) learns it, or the detector scores it,
+the decision machine decides and the alarm recorder keeps the windows of an open alarm (for
+"this alarm was normal").
 
 The machine's own faults, after the shared ones (`edge_monitor.pipeline.health`): silence,
 clipping, a model that fails to score.
@@ -27,6 +28,7 @@ import numpy as np
 from edge_monitor.audio_in.capture import Chunk
 from edge_monitor.core.detector import Detection, Detector
 from edge_monitor.core.errors import EdgeMonitorError
+from edge_monitor.core.preprocess import check_input
 from edge_monitor.core.stream import WindowStream
 from edge_monitor.mqtt.topics import ScoreSample
 from edge_monitor.pipeline.alarm_recorder import AlarmRecorder
@@ -81,6 +83,7 @@ class Machine:
         self.next_frame = 0  # model-rate frame of the chunk in hand (or the next one)
         self.silent_s = 0.0
         self.clipped_run = 0
+        self.broken_input: str | None = None  # the last window held NaN or inf: a fault
         self.judge_from_frame = 0  # windows starting earlier overlap a fault: never judged
         self.enrolling = False
         self.last_score: float | None = None
@@ -147,16 +150,16 @@ class Machine:
         s = self.settings
         self.counters.windows += 1
         at = self.wall_time(end_frame)
-        hits = int(np.count_nonzero(np.abs(audio) >= s.preprocess.clip_level))
-        clipped = hits >= s.preprocess.clip_fraction * audio.size
-        self.clipped_run = self.clipped_run + 1 if clipped else 0
+        check = check_input(audio, s.preprocess)
+        self.clipped_run = self.clipped_run + 1 if check.clipped else 0
+        self.broken_input = None if check.finite else check.problem(s.preprocess)
         status = self.settle(at)
         model_fault_only = status == FAULT and self.decision.reason == self.model_error
         if (status == FAULT and not model_fault_only) or status == ENROLLING or (
             start_frame < self.judge_from_frame
         ):
             return
-        if dbfs(audio) < s.preprocess.silence_dbfs or self.clipped_run:
+        if check.problem(s.preprocess) is not None:  # as `edge-monitor score` refuses a file
             self.counters.unjudged_windows += 1
             return
         if self.setup.learner is not None:
@@ -253,7 +256,7 @@ class Machine:
         if self.clipped_run >= s.faults.clipping_windows:
             return (f"clipping: {s.faults.clipping_windows} or more windows in a row reach full "
                     "scale (lower the input gain)")
-        return self.model_error
+        return self.broken_input or self.model_error
 
     def settle(self, at: datetime) -> str | None:
         """Bring the status in line with faults, enrolment and learning.

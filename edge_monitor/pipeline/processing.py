@@ -187,7 +187,9 @@ class Processor:
                 future.set_exception(exc)
 
     def _on_chunk(self, chunk: Chunk) -> None:
-        self.health.chunk_arrived()
+        self.health.chunk_arrived(chunk.fault)
+        if chunk.fault is not None:
+            return
         self.counters.frames += chunk.frames.shape[0]
         for m in self._machines:
             m.feed(chunk)

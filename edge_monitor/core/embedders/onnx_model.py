@@ -19,7 +19,7 @@ import numpy as np
 from edge_monitor.core.bank import sha256_file
 from edge_monitor.core.embedders.base import l2_normalise
 from edge_monitor.core.embedders.fit_length import fixed_length_windows
-from edge_monitor.core.errors import BundleError, ConfigError, RuntimeUnavailableError
+from edge_monitor.core.errors import BundleError, ConfigError, RuntimeUnavailableError, one_line
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ class OnnxEmbedder:
             self.session = ort.InferenceSession(str(self.path), options, providers=chosen)
         except Exception as exc:  # onnxruntime's own exception types are not importable
             raise BundleError(
-                f"{self.path}: onnxruntime cannot load the model ({exc}); re-export it"
+                f"{self.path}: onnxruntime cannot load the model ({one_line(exc)}); re-export it"
             ) from exc
         self.providers = self.session.get_providers()
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()

@@ -16,7 +16,7 @@ import numpy as np
 from edge_monitor.core.bank import sha256_file
 from edge_monitor.core.embedders.base import l2_normalise
 from edge_monitor.core.embedders.fit_length import fixed_length_windows
-from edge_monitor.core.errors import BundleError, ConfigError, RuntimeUnavailableError
+from edge_monitor.core.errors import BundleError, ConfigError, RuntimeUnavailableError, one_line
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,8 @@ class TfliteEmbedder:
             self.interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
             raise BundleError(
-                f"{self.path}: the TFLite runtime cannot load the model ({exc}); re-export it"
+                f"{self.path}: the TFLite runtime cannot load the model ({one_line(exc)}); "
+                "re-export it"
             ) from exc
         inputs = self.interpreter.get_input_details()
         outputs = self.interpreter.get_output_details()
