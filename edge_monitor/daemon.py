@@ -315,6 +315,7 @@ class Daemon:
         self.mqtt = self._build_mqtt(config)
         if self.mqtt is not None:
             self.mqtt.start()
+            self.mqtt.end_open_alarms()  # the alarms a crash of the last run left open
         self.source = build_source(config, plan.model_rate_hz)
         self.source.start()
         store = build_clip_store(config)

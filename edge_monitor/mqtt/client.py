@@ -36,6 +36,7 @@ from edge_monitor.mqtt.topics import (
     ScoreSample,
     TopicTree,
     check_segment,
+    utc_now,
 )
 
 log = logging.getLogger(__name__)
@@ -204,6 +205,27 @@ class MqttClient:
         label = f"{event.type} {event.event_id} ({event.message_id})"
         self.send(self.topics.event_message(event), KIND_EVENT, label)
 
+    def end_open_alarms(self) -> list[AlarmEvent]:
+        """At start: send the `end` (reason `restart`) of every alarm the journal holds
+        open, i.e. one the daemon was in when it died; its last message tells the alarm's
+        id, start and peak. Call it once per process, before the processing loop starts (a
+        client replacing another at a reload takes its open alarms over, not ends them)."""
+        ended = []
+        for payload in self.outbox.open_journal().open_alarms():
+            try:
+                last = AlarmEvent.from_json(payload)
+            except (ValueError, KeyError, TypeError) as exc:
+                log.error("MQTT journal %s holds an open alarm that cannot be read (%s); it is "
+                          "not ended", self.journal_path, exc)
+                continue
+            end = last.ended("restart", utc_now())
+            self.publish_event(end)
+            log.warning("machine %s: alarm end %s message %s (reason restart: the daemon "
+                        "stopped during the alarm without ending it)", end.machine,
+                        end.event_id, end.message_id)
+            ended.append(end)
+        return ended
+
     def publish_state(self, machine: str, state: MachineState) -> None:
         self.send(self.topics.state_message(machine, state), KIND_STATE, machine)
 
@@ -233,7 +255,7 @@ class MqttClient:
             connected=self._connected.is_set(),
             backlog=journal.count() if journal is not None else 0,
             in_flight=len(outbox.inflight),
-            dropped_events=outbox.overflow_drops + (journal.dropped_events if journal else 0),
+            dropped_events=outbox.refused + (journal.dropped_events if journal else 0),
             last_error=self._last_error or outbox.last_error,
         )
 

@@ -1,11 +1,18 @@
 """On-disk outbox: a message is stored here before it is published and removed only when
 the broker acknowledged it, so an alarm survives a broker outage and a daemon crash.
 
-SQLite (standard library) in WAL mode with `synchronous=FULL`: a row that `append` returned
-is on disk. Rows keep increasing sequence numbers (AUTOINCREMENT never reuses one), which
-is the delivery order, also across restarts. Retained state is coalesced per topic (only
-the newest matters); events are bounded by `max_events`, and when full the oldest event is
-dropped with an ERROR log naming it: never silently.
+SQLite (standard library) in WAL mode with `synchronous=FULL`: when `append` returns, its
+rows are in the write-ahead log and that file is fsynced (SQLite also fsyncs the directory
+when it creates the log; `Journal` fsyncs it when it creates the database), so they survive
+a SIGKILL and, on storage that honours fsync, a power cut. Rows keep increasing sequence
+numbers (AUTOINCREMENT never reuses one), which is the delivery order, also across
+restarts. Retained state is coalesced per topic (only the newest matters); events are
+bounded by `max_events`, and when full the oldest event is dropped with an ERROR log
+naming it: never silently. The log is checkpointed into the database every 1000 pages and
+truncated to `WAL_LIMIT_BYTES` after, so the files stay bounded by the rows they hold.
+
+The last message of every alarm not yet ended is kept too (table `open_alarms`, written in
+the same transaction as the message), so the daemon can end an alarm it was in when it died.
 """
 
 from __future__ import annotations
@@ -18,27 +25,35 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from edge_monitor.mqtt.topics import Message
+from edge_monitor.core.atomic import fsync_dir
+from edge_monitor.mqtt.topics import Message, alarm_of
 
 log = logging.getLogger(__name__)
 
 KIND_EVENT = "event"
 KIND_STATE = "state"
 KINDS = (KIND_EVENT, KIND_STATE)
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2 added open_alarms; a version 1 file gains the table when opened
+WAL_LIMIT_BYTES = 4 * 1024 * 1024
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS outbox (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    kind TEXT NOT NULL,
-    topic TEXT NOT NULL,
-    payload BLOB NOT NULL,
-    qos INTEGER NOT NULL,
-    retain INTEGER NOT NULL,
-    label TEXT NOT NULL,
-    created_at REAL NOT NULL
+_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS outbox (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        kind TEXT NOT NULL,
+        topic TEXT NOT NULL,
+        payload BLOB NOT NULL,
+        qos INTEGER NOT NULL,
+        retain INTEGER NOT NULL,
+        label TEXT NOT NULL,
+        created_at REAL NOT NULL
+    )""",
+    """CREATE TABLE IF NOT EXISTS open_alarms (
+        event_id TEXT PRIMARY KEY,
+        seq INTEGER NOT NULL,
+        topic TEXT NOT NULL,
+        payload BLOB NOT NULL
+    )""",
 )
-"""
 
 
 @dataclass(frozen=True)
@@ -60,6 +75,7 @@ class Journal:
         self.dropped_events = 0
         self._lock = threading.Lock()
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        created = not self.path.exists()
         try:
             self._db = self._open(self.path)
         except sqlite3.DatabaseError as exc:
@@ -73,6 +89,9 @@ class Journal:
             for suffix in ("-wal", "-shm"):
                 Path(f"{self.path}{suffix}").unlink(missing_ok=True)
             self._db = self._open(self.path)
+            created = True
+        if created:  # the new file's name must survive a power cut like its rows
+            fsync_dir(self.path.parent)
         backlog = self.count()
         if backlog:
             log.info("MQTT journal %s holds %d undelivered messages", self.path, backlog)
@@ -83,12 +102,15 @@ class Journal:
         try:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")
+            db.execute(f"PRAGMA journal_size_limit={WAL_LIMIT_BYTES}")
             version = db.execute("PRAGMA user_version").fetchone()[0]
-            if version not in (0, SCHEMA_VERSION):
+            if not 0 <= version <= SCHEMA_VERSION:
                 raise sqlite3.DatabaseError(
-                    f"journal schema version {version}, this runtime reads {SCHEMA_VERSION}"
+                    f"journal schema version {version}, this runtime reads up to "
+                    f"{SCHEMA_VERSION}"
                 )
-            db.execute(_SCHEMA)
+            for statement in _SCHEMA:
+                db.execute(statement)
             db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         except sqlite3.DatabaseError:
             db.close()
@@ -97,7 +119,8 @@ class Journal:
 
     def append(self, items: Sequence[tuple[Message, str, str]]) -> list[int]:
         """Store (message, kind, label) items durably in one transaction (one fsync for a
-        burst) and return their sequence numbers, in order."""
+        burst) and return their sequence numbers, in order. An alarm event also records
+        (`new`, `update`) or forgets (`end`) its alarm in `open_alarms`."""
         for _, kind, _ in items:
             if kind not in KINDS:
                 raise ValueError(f"journal kind {kind!r} is not one of {KINDS}")
@@ -119,7 +142,29 @@ class Journal:
                      label, time.time()),
                 )
                 seqs.append(int(cursor.lastrowid))
+                if kind == KIND_EVENT:
+                    self._track_alarm(message, seqs[-1])
         return seqs
+
+    def _track_alarm(self, message: Message, seq: int) -> None:
+        alarm = alarm_of(message)
+        if alarm is None:
+            return
+        kind, event_id = alarm
+        if kind == "end":
+            self._db.execute("DELETE FROM open_alarms WHERE event_id = ?", (event_id,))
+        else:
+            self._db.execute(
+                "INSERT OR REPLACE INTO open_alarms (event_id, seq, topic, payload) "
+                "VALUES (?, ?, ?, ?)", (event_id, seq, message.topic, message.payload),
+            )
+
+    def open_alarms(self) -> list[bytes]:
+        """The payload of the last journaled message of every alarm without an `end`,
+        oldest first."""
+        with self._lock:
+            rows = self._db.execute("SELECT payload FROM open_alarms ORDER BY seq").fetchall()
+        return [bytes(payload) for (payload,) in rows]
 
     def _make_room(self) -> None:
         (events,) = self._db.execute(

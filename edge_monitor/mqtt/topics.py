@@ -12,7 +12,7 @@ import math
 import re
 import uuid
 from collections.abc import Collection, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any
 
@@ -28,6 +28,9 @@ QOS_RELIABLE = 1
 
 STATUSES = ("normal", "anomaly", "fault", "enrolling", "learning")
 EVENT_TYPES = ("new", "update", "end")
+# Why an alarm ended, when not by the detector (or a clean stop): "restart" is the `end` the
+# daemon sends at start for an alarm it was in when it died.
+END_REASONS = ("restart",)
 # Steps of a bundle rollout, as published on the retained `bundle` topic.
 INSTALL_STEPS = ("downloading", "verifying", "swapping", "watching", "installed", "refused",
                  "failed", "rolled-back")
@@ -165,7 +168,8 @@ class AlarmEvent:
     """One message about an alarm.
 
     `event_id` names the alarm and is shared by its new, update and end messages;
-    `message_id` names this one message so consumers can drop repeated deliveries.
+    `message_id` names this one message so consumers can drop repeated deliveries;
+    `reason` (END_REASONS) is set only on an `end` the detector did not decide.
     """
 
     type: str
@@ -180,13 +184,42 @@ class AlarmEvent:
     clip_path: str | None = None
     ended_at: datetime | None = None
     message_id: str = field(default_factory=new_id)
+    reason: str | None = None
 
     def __post_init__(self) -> None:
         if self.type not in EVENT_TYPES:
             raise ValueError(f"event type {self.type!r} is not one of {EVENT_TYPES}")
         if (self.type == "end") != (self.ended_at is not None):
             raise ValueError("ended_at is set exactly when the event type is 'end'")
+        if self.reason is not None and (self.type != "end" or self.reason not in END_REASONS):
+            raise ValueError(f"event reason {self.reason!r}: only an 'end' has one, one of "
+                             f"{END_REASONS}")
         check_segment(self.machine, "event machine")
+
+    @classmethod
+    def from_json(cls, payload: bytes) -> AlarmEvent:
+        """Read back a payload `to_json` wrote (the journal keeps the last one of an open
+        alarm, to end it after a crash)."""
+        body = json.loads(payload)
+
+        def moment(key: str) -> datetime:
+            return datetime.fromisoformat(body[key])
+
+        return cls(
+            type=body["type"], event_id=body["event_id"], machine=body["machine"],
+            started_at=moment("started_at"), updated_at=moment("updated_at"),
+            peak_score=math.nan if body["peak_score"] is None else body["peak_score"],
+            threshold=math.nan if body["threshold"] is None else body["threshold"],
+            model_version=body["model_version"], bank_version=body["bank_version"],
+            clip_path=body["clip_path"],
+            ended_at=None if body["ended_at"] is None else moment("ended_at"),
+            message_id=body["message_id"], reason=body.get("reason"),
+        )
+
+    def ended(self, reason: str, at: datetime) -> AlarmEvent:
+        """The `end` of this alarm, sent by the daemon itself (`reason` in END_REASONS)."""
+        return replace(self, type="end", updated_at=at, ended_at=at, clip_path=None,
+                       message_id=new_id(), reason=reason)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -203,10 +236,23 @@ class AlarmEvent:
             "model_version": self.model_version,
             "bank_version": self.bank_version,
             "clip_path": self.clip_path,
+            "reason": self.reason,
         }
 
     def to_json(self) -> str:
         return _dumps(self.to_dict())
+
+
+def alarm_of(message: Message) -> tuple[str, str] | None:
+    """(type, event_id) of an alarm event message, None for any other payload."""
+    try:
+        body = json.loads(message.payload)
+    except ValueError:
+        return None
+    if not isinstance(body, dict) or body.get("type") not in EVENT_TYPES:
+        return None
+    event_id = body.get("event_id")
+    return (body["type"], event_id) if isinstance(event_id, str) else None
 
 
 @dataclass(frozen=True)

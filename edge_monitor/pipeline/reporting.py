@@ -108,11 +108,6 @@ class Reporter:
             except (OSError, EdgeMonitorError) as exc:
                 self.counters.clip_errors += 1
                 self.health.set_disk_fault(f"cannot save the alarm clip of {machine.name}: {exc}")
-        log.log(logging.WARNING if t.kind == "new" else logging.INFO,
-                "machine %s: alarm %s %s peak %.5f threshold %.5f%s", machine.name, t.kind,
-                t.event_id, t.peak_score, t.threshold, f" clip {clip_path}" if clip_path else "")
-        if self.publisher is None:
-            return
         event = AlarmEvent(
             type=t.kind,
             event_id=t.event_id,
@@ -126,8 +121,13 @@ class Reporter:
             clip_path=clip_path,
             ended_at=t.ended_at,
         )
-        self.publisher.send(self.publisher.topics.event_message(event), KIND_EVENT,
-                            f"{t.kind} {t.event_id} ({event.message_id})")
+        if self.publisher is not None:  # durable when send() returns: logged after it
+            self.publisher.send(self.publisher.topics.event_message(event), KIND_EVENT,
+                                f"{t.kind} {t.event_id} ({event.message_id})")
+        log.log(logging.WARNING if t.kind == "new" else logging.INFO,
+                "machine %s: alarm %s %s message %s peak %.5f threshold %.5f%s", machine.name,
+                t.kind, t.event_id, event.message_id, t.peak_score, t.threshold,
+                f" clip {clip_path}" if clip_path else "")
 
     def publish_state(self, machine: Machine) -> None:
         self.update_snapshot()

@@ -228,6 +228,48 @@ def test_events_journaled_before_sigkill_are_delivered_after_restart(
     assert message_ids(recorder) == expected
 
 
+KILLED_AT_ONCE = """
+import os, signal, sys
+from pathlib import Path
+from edge_monitor.config.sections import MqttSection
+from edge_monitor.mqtt.client import MqttClient
+from edge_monitor.mqtt.topics import AlarmEvent, utc_now
+
+port, journal = int(sys.argv[1]), Path(sys.argv[2])
+client = MqttClient(MqttSection(host="127.0.0.1", port=port, ha_discovery=False), "box1",
+                    journal, ["pump"])
+client.start()
+now = utc_now()
+for kind in ("new", "update"):
+    client.publish_event(AlarmEvent(kind, "open-1", "pump", now, now, 2.0, 1.0, "m", "b",
+                                    message_id=f"{kind}-msg"))
+os.kill(os.getpid(), signal.SIGKILL)  # the instant publish_event returned
+"""
+
+
+def test_event_is_durable_when_publish_returns_and_an_open_alarm_ends_after_restart(
+    mosquitto_factory, mqtt_recorder, clients, tmp_path
+):
+    broker = mosquitto_factory(persistence=True)
+    recorder = mqtt_recorder(broker, [f"{ROOT}/machines/+/events"], persistent=True)
+    journal = tmp_path / "j.sqlite3"
+    broker.stop()
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    child = subprocess.run([sys.executable, "-c", KILLED_AT_ONCE, str(broker.port), str(journal)],
+                           env=env, timeout=WAIT_S)
+    assert child.returncode == -signal.SIGKILL
+
+    broker.start()
+    client = clients(settings_for(broker), journal)
+    [end] = client.end_open_alarms()
+    assert client.end_open_alarms() == []  # ended once, not at every start
+    recorder.wait_for(lambda ms: len(message_ids(recorder)) >= 3, "the alarm and its end")
+    assert message_ids(recorder) == ["new-msg", "update-msg", end.message_id]
+    last = json.loads(recorder.on(f"{ROOT}/machines/pump/events")[-1].payload)
+    assert (last["type"], last["event_id"], last["reason"]) == ("end", "open-1", "restart")
+    assert last["peak_score"] == 2.0 and last["ended_at"] == last["updated_at"]
+
+
 def test_graceful_stop_says_offline(mosquitto, mqtt_recorder, tmp_path):
     recorder = mqtt_recorder(mosquitto, [f"{ROOT}/availability"])
     client = MqttClient(settings_for(mosquitto), DEVICE, tmp_path / "j.sqlite3", ["pump"])

@@ -14,6 +14,7 @@ from edge_monitor.mqtt.topics import (
     MachineState,
     ScoreSample,
     TopicTree,
+    alarm_of,
     iso_utc,
 )
 
@@ -86,8 +87,17 @@ def test_event_payload_and_message():
         "started_at": "2026-11-22T21:04:05.123Z", "updated_at": "2026-11-22T21:04:05.123Z",
         "ended_at": "2026-11-22T21:04:05.123Z", "peak_score": 2.5, "threshold": 1.0,
         "ratio": 2.5, "model_version": "model-3", "bank_version": "bank-7",
-        "clip_path": "/clips/e-1.flac",
+        "clip_path": "/clips/e-1.flac", "reason": None,
     }
+    assert AlarmEvent.from_json(message.payload).to_json().encode() == message.payload
+    assert alarm_of(message) == ("end", "e-1")
+    state = TopicTree("box1").state_message("pump", MachineState("normal", 0, 1, T0))
+    assert alarm_of(state) is None
+    restart = end.ended("restart", T0 + timedelta(seconds=5))
+    assert (restart.type, restart.reason, restart.clip_path) == ("end", "restart", None)
+    assert restart.message_id != end.message_id and restart.ended_at == restart.updated_at
+    with pytest.raises(ValueError, match="reason"):
+        AlarmEvent("new", "e-1", "pump", T0, T0, 2.5, 1.0, "m", "b", reason="restart")
     new = AlarmEvent("new", "e-1", "pump", T0, T0, 2.5, 1.0, "m", "b")
     assert new.message_id != AlarmEvent("new", "e-1", "pump", T0, T0, 2.5, 1.0, "m", "b").message_id
     with pytest.raises(ValueError, match="ended_at"):
