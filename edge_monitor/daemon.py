@@ -487,7 +487,8 @@ class Daemon:
         status = self.processor.snapshot()
         if self.mqtt is not None:
             stats = self.mqtt.stats()
-            status["mqtt"] = {"backlog": stats.backlog, "dropped_events": stats.dropped_events}
+            status["mqtt"] = {"backlog": stats.backlog, "dropped_events": stats.dropped_events,
+                              "client_restarts": stats.restarts}
         return status
 
     def _reload_command(self, command: Command) -> Mapping[str, Any]:

@@ -76,6 +76,11 @@ class MosquittoBroker:
     def running(self) -> bool:
         return self._process.running
 
+    @property
+    def pid(self) -> int | None:
+        """The broker process (for tests that pause it with SIGSTOP)."""
+        return self._process.pid
+
     def start(self) -> None:
         """Start the broker and return once its ports accept connections."""
         self._process.start()

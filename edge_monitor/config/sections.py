@@ -310,6 +310,11 @@ class MqttSection(Section):
     max_inflight: int = Field(
         default=20, ge=1, le=1000, description="unacknowledged QoS 1 messages"
     )
+    stall_timeout_s: float = Field(
+        default=60.0, ge=1.0, le=3600.0,
+        description="connected with messages in flight and no PUBACK for this long: the "
+        "client is stuck and is restarted (as when paho's network thread ends)",
+    )
     reconnect_min_delay_s: float = Field(
         default=1.0, gt=0.0, le=3600.0,
         description="first reconnect delay, doubled after each failure",

@@ -24,6 +24,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from edge_monitor.config.sections import MqttSection
 from edge_monitor.core.errors import ConfigError
 from edge_monitor.mqtt.commands import CommandRouter
+from edge_monitor.mqtt.health import HealthWatch, check_interval_s, network_thread_alive
 from edge_monitor.mqtt.journal import KIND_EVENT, KIND_STATE
 from edge_monitor.mqtt.outbox import Outbox
 from edge_monitor.mqtt.topics import (
@@ -51,6 +52,7 @@ class MqttStats:
     in_flight: int
     dropped_events: int
     last_error: str | None
+    restarts: int  # by the health check: paho's network thread ended or stopped acknowledging
 
 
 class MqttClient:
@@ -75,6 +77,9 @@ class MqttClient:
         self._paho: paho.Client | None = None
         self._successor: MqttClient | None = None
         self._prepared: paho.Client | None = None
+        self.restarts = 0
+        self._health = HealthWatch(self._problem, self._restart,
+                                   check_interval_s(settings.stall_timeout_s))
 
     # Lifecycle ----------------------------------------------------------------------
 
@@ -94,6 +99,7 @@ class MqttClient:
         self.outbox.start(client)
         client.connect_async(s.host, s.port, s.keepalive_s)
         client.loop_start()
+        self._health.start()
         log.info("MQTT connecting to %s:%d as %s", s.host, s.port, self.topics.root)
 
     def _new_paho(self) -> paho.Client:
@@ -121,9 +127,12 @@ class MqttClient:
     def _isolated(self, callback: Callable[..., None]) -> Callable[..., None]:
         """Wrap a paho callback so no exception reaches paho's network thread: one there
         ends the loop thread, and with it every acknowledgement and command, while the
-        process looks alive."""
+        process looks alive (what gets through, the health check restarts). Callbacks of a
+        client the health check replaced are ignored: its message ids are not ours."""
         @functools.wraps(callback)
         def guarded(*args: object) -> None:
+            if args and args[0] is not self._paho:
+                return
             try:
                 callback(*args)
             except Exception as exc:
@@ -163,6 +172,9 @@ class MqttClient:
         client = self._paho
         if client is None:
             return
+        self._health.stop()
+        client = self._paho  # a restart may have replaced it meanwhile
+        assert client is not None
         if self._connected.is_set():
             self.flush(flush_timeout_s)
         self.commands.stop()
@@ -257,6 +269,7 @@ class MqttClient:
             in_flight=len(outbox.inflight),
             dropped_events=outbox.refused + (journal.dropped_events if journal else 0),
             last_error=self._last_error or outbox.last_error,
+            restarts=self.restarts,
         )
 
     @property
@@ -276,6 +289,53 @@ class MqttClient:
                 log.warning("MQTT client is stopped: %s not published", m.topic)
                 continue
             client.publish(m.topic, m.payload, m.qos, m.retain)
+
+    # Health (the health watch's thread) ----------------------------------------------
+
+    def _problem(self) -> str | None:
+        """What makes this client useless while the process lives on, or None."""
+        client = self._paho
+        if client is None:
+            return None
+        if not network_thread_alive(client):
+            return "paho's network thread has ended"
+        stalled_s = self.outbox.stalled_s()
+        if self._connected.is_set() and stalled_s > self.settings.stall_timeout_s:
+            return (f"no PUBACK for {stalled_s:.0f} s while connected with "
+                    f"{len(self.outbox.inflight)} message(s) in flight (mqtt.stall_timeout_s "
+                    f"{self.settings.stall_timeout_s:g})")
+        return None
+
+    def _restart(self, problem: str) -> None:
+        """Replace the paho client with a fresh one on the same journal; the old one is
+        retired on its own thread (its loop may be hung)."""
+        try:
+            fresh = self._new_paho()
+        except ConfigError as exc:  # e.g. the password file went away: try again later
+            log.error("MQTT client is stuck (%s) and cannot be restarted: %s", problem, exc)
+            return
+        self.restarts += 1
+        self._last_error = f"MQTT client restarted ({self.restarts}): {problem}"
+        log.error("MQTT client stopped making progress: %s; restarting it (restart %d); "
+                  "undelivered messages stay in the journal and are sent again",
+                  problem, self.restarts)
+        old, self._paho = self._paho, fresh
+        self._connected.clear()
+        self.outbox.restart_delivery(fresh)
+        if old is not None:
+            threading.Thread(target=self._retire, args=(old,), name="mqtt-retire",
+                             daemon=True).start()
+        s = self.settings
+        fresh.connect_async(s.host, s.port, s.keepalive_s)
+        fresh.loop_start()
+
+    @staticmethod
+    def _retire(client: paho.Client) -> None:
+        try:
+            client.disconnect()
+            client.loop_stop()
+        except Exception as exc:  # a broken client may fail to close; it is dropped anyway
+            log.warning("closing the replaced MQTT client failed: %s", exc)
 
     # paho callbacks (network thread) -------------------------------------------------
 
@@ -299,7 +359,7 @@ class MqttClient:
         if s.ha_discovery:
             self._send_direct(self._discovery(self._machines))
         self._connected.set()
-        self.outbox.wake()
+        self.outbox.connected_again()
 
     def _on_connect_fail(self, client: paho.Client, userdata: object) -> None:
         s = self.settings

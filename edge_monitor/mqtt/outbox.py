@@ -15,6 +15,7 @@ import logging
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +53,7 @@ class Outbox:
         self.refused = 0  # messages offered after close(): not delivered
         self.inflight: dict[int, int] = {}
         self._last_handed = 0
+        self._progress_at = time.monotonic()  # last PUBACK, (re)connect, or first in flight
         self.last_error: str | None = None
         self.journal: Journal | None = None
         self._client: paho.Client | None = None
@@ -77,10 +79,25 @@ class Outbox:
             return self.journal
 
     def restart_delivery(self, client: paho.Client) -> None:
-        """A new paho client replaces a dead one: what the old one had in flight is handed
-        again, oldest first (its PUBACKs can no longer come)."""
+        """A new paho client replaces a stuck one: what the old one had in flight is
+        handed again, oldest first (its PUBACKs can no longer come); a worker that died is
+        started again."""
         self._client = client
+        self._progress_at = time.monotonic()
         self._inbox.put(_RESTART)
+        if self._worker is not None and not self._worker.is_alive():
+            log.error("the MQTT outbox worker had ended; starting it again")
+            self._worker = threading.Thread(target=self._run, name="mqtt-outbox", daemon=True)
+            self._worker.start()
+
+    def connected_again(self) -> None:
+        """paho (re)connected: resent in-flight messages get a fresh stall timeout."""
+        self._progress_at = time.monotonic()
+        self._inbox.put(_WAKE)
+
+    def stalled_s(self) -> float:
+        """How long messages have been in flight without any PUBACK (0 when none is)."""
+        return time.monotonic() - self._progress_at if self.inflight else 0.0
 
     def close(self) -> int:
         """Stop the worker and close the journal; returns how many messages stay in it."""
@@ -122,10 +139,6 @@ class Outbox:
         """paho's PUBACK (network thread)."""
         self._inbox.put(_Ack(mid))
 
-    def wake(self) -> None:
-        """Connected again: hand the backlog to paho."""
-        self._inbox.put(_WAKE)
-
     def idle(self) -> bool:
         journal = self.journal
         return journal is None or journal.count() == 0
@@ -136,7 +149,7 @@ class Outbox:
         stopping = False
         while not stopping:
             items = [self._inbox.get()]
-            while not self._inbox.empty():  # take the whole burst: one journal transaction
+            while not self._inbox.empty():  # take the whole burst
                 items.append(self._inbox.get_nowait())
             stopping = _STOP in items
             if _RESTART in items:
@@ -144,6 +157,8 @@ class Outbox:
                 self._last_handed = 0
             try:
                 acked = [self.inflight.pop(i.mid, None) for i in items if isinstance(i, _Ack)]
+                if any(seq is not None for seq in acked):
+                    self._progress_at = time.monotonic()
                 if self.journal is not None and any(acked):
                     self.journal.remove(seq for seq in acked if seq is not None)
                 self._pump()
@@ -151,6 +166,9 @@ class Outbox:
                 self.last_error = f"MQTT journal {self.journal_path} failed: {exc}"
                 log.error("%s; messages already journaled are kept and sent later",
                           self.last_error)
+            except Exception as exc:  # one bad turn must not end delivery for good
+                self.last_error = f"MQTT outbox failed: {type(exc).__name__}: {exc}"
+                log.exception("MQTT outbox failed; messages stay in the journal")
 
     def _pump(self) -> None:
         client, journal = self._client, self.journal
@@ -164,6 +182,8 @@ class Outbox:
                 info = client.publish(m.topic, m.payload, m.qos, m.retain)
                 self._last_handed = entry.seq
                 if info.rc in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_NO_CONN):
+                    if not self.inflight:
+                        self._progress_at = time.monotonic()
                     self.inflight[info.mid] = entry.seq
                 else:
                     log.error("paho refused %s on %s (%s); it stays in the journal until restart",
