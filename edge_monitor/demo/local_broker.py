@@ -106,6 +106,14 @@ class LocalMosquitto:
             f"see {self.log_path}"
         )
 
+    def kill(self) -> None:
+        """SIGKILL, as a crash or power cut would: nothing is saved (the fault soak)."""
+        if self._proc is None:
+            return
+        self._proc.kill()
+        self._proc.wait(5)
+        self._proc = None
+
     def stop(self) -> None:
         """Stop gracefully (persistence is saved), or kill after 5 s."""
         if self._proc is None:
