@@ -4,7 +4,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     need=""
-    for pkg in libportaudio2 libsndfile1 mosquitto mosquitto-clients pulseaudio pulseaudio-utils; do
+    # python3-venv: tools/runtime_install_check.py builds a venv with the system Python.
+    for pkg in libportaudio2 libsndfile1 mosquitto mosquitto-clients pulseaudio pulseaudio-utils \
+               python3-venv; do
         dpkg -s "$pkg" >/dev/null 2>&1 || need="$need $pkg"
     done
     if [ -n "$need" ]; then
