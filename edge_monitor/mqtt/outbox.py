@@ -74,9 +74,12 @@ class Outbox:
         """Opened on first use, so a client that is built but never used (`check`) writes
         nothing, and one replacing another at a reload journals from its first message."""
         with self._lock:
-            if self.journal is None:
-                self.journal = Journal(self.journal_path, self.max_events)
-            return self.journal
+            return self._journal_locked()
+
+    def _journal_locked(self) -> Journal:
+        if self.journal is None:
+            self.journal = Journal(self.journal_path, self.max_events)
+        return self.journal
 
     def restart_delivery(self, client: paho.Client) -> None:
         """A new paho client replaces a stuck one: what the old one had in flight is
@@ -123,9 +126,7 @@ class Outbox:
                 log.error("MQTT client is stopped: DROPPED %s on %s", label, message.topic)
                 return
             try:
-                if self.journal is None:
-                    self.journal = Journal(self.journal_path, self.max_events)
-                self.journal.append([(message, kind, label)])
+                self._journal_locked().append([(message, kind, label)])
             except (sqlite3.Error, OSError) as exc:
                 self.last_error = f"MQTT journal {self.journal_path} failed: {exc}"
                 log.error("cannot write %s to the MQTT journal (%s): publishing it without "
