@@ -5,8 +5,8 @@ than the development environment's. This creates a virtual environment with that
 installs the project there without extras (no trainer dependencies, no torch), and in it
 runs `edge-monitor check` and a short `edge-monitor run` (a finite replay, no broker) on a
 `.tar` bundle with a real ONNX model that the development environment builds. It fails
-when torch is importable there, when either command fails, or when no window was scored,
-and prints how long each step took.
+when torch is importable there, when either command fails, or when fewer than 5 windows
+were scored, and prints how long each step took.
 
     .venv/bin/python tools/runtime_install_check.py [--python /usr/bin/python3] [--keep]
 """
@@ -22,6 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import soundfile as sf
 import yaml
 
@@ -31,6 +32,7 @@ sys.path[:0] = [str(REPO), str(REPO / "tests" / "edge_monitor")]
 from test_daemon_bundle import make_bundle  # noqa: E402  (a test helper, on the path above)
 
 FINAL_STATS = re.compile(r"final stats: (\d+) windows \((\d+) scored")
+MIN_WINDOWS = 5
 NO_TORCH = "import importlib.util, sys; sys.exit(importlib.util.find_spec('torch') is not None)"
 
 
@@ -59,10 +61,10 @@ def copy_source(target: Path) -> Path:
 def write_inputs(work: Path) -> Path:
     """A .tar bundle, one normal recording of its machine and a config that replays it."""
     data, tar = make_bundle(work)
-    clip = next(p for p in sorted((data / "fan" / "test").glob("*source_test*"))
-                if "normal" in p.name)
-    audio, rate = sf.read(clip, dtype="float32")
-    sf.write(work / "replay.wav", audio, rate)
+    clips = [p for p in sorted((data / "fan" / "test").glob("*source_test*"))
+             if "normal" in p.name]
+    audio = [sf.read(p, dtype="float32") for p in clips]
+    sf.write(work / "replay.wav", np.concatenate([a for a, _ in audio]), audio[0][1])
     config = {
         "device_id": "runtime-box",
         "state_dir": str(work / "state"),
@@ -103,8 +105,8 @@ def main() -> int:
         ran = step("edge-monitor run (replay)", [str(venv / "bin" / "edge-monitor"), "run",
                                                  "-c", str(config)], cwd=work)
         found = FINAL_STATS.findall(ran)
-        if not found or int(found[-1][1]) == 0:
-            raise SystemExit(f"the replay scored no window:\n{ran}")
+        if not found or int(found[-1][1]) < MIN_WINDOWS:
+            raise SystemExit(f"the replay scored fewer than {MIN_WINDOWS} windows:\n{ran}")
         print(f"[runtime-install] ok: {found[-1][1]} windows scored on Python "
               f"{version.split()[0]} in {time.monotonic() - started:.0f} s")
     finally:
