@@ -97,15 +97,18 @@ def path_of(state_dir: str | Path, machine: str, event_id: str) -> Path:
 
 
 def save(state_dir: str | Path, record: AlarmWindows) -> Path:
-    """Write (or rewrite) the record atomically, then keep the newest MAX_ALARMS files."""
+    """Write (or rewrite) the record atomically; a new alarm's first write drops the files
+    beyond the newest MAX_ALARMS."""
     arrays = {_META: np.frombuffer(json.dumps(record.meta()).encode(), dtype=np.uint8)}
     for name in record.embeddings:
         arrays[_EMBEDDINGS + name] = record.matrix(name)
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
     path = path_of(state_dir, record.machine, record.event_id)
+    first = not path.exists()
     atomic_write_bytes(path, buffer.getvalue())
-    _prune(path.parent, keep=path)
+    if first:
+        _prune(path.parent, keep=path)
     return path
 
 
@@ -114,9 +117,9 @@ def load(state_dir: str | Path, machine: str, event_id: str) -> AlarmWindows:
     path = path_of(state_dir, machine, event_id)
     if not path.is_file():
         raise BadInputError(
-            f"machine {machine}: no stored windows for alarm {event_id}; only alarms of this "
-            f"machine's running daemon are kept (its newest {MAX_ALARMS}), check the "
-            "machine and the event_id"
+            f"machine {machine}: no stored windows for alarm {event_id}: it is not an alarm "
+            f"of this machine, or older than the newest {MAX_ALARMS} kept; check the machine "
+            "and the event_id"
         )
     try:
         with np.load(path, allow_pickle=False) as data:

@@ -50,10 +50,12 @@ class AlarmRecorder:
                 detection: Detection, threshold: float, event_id: str | None) -> None:
         """One scored window; `event_id` is the alarm open after it (None: no alarm).
         Raises OSError when the record cannot be saved."""
-        if detection.score > threshold:
+        if detection.score > threshold and start_frame >= self._last_end:  # could be kept
             problem = window_problem(audio, preprocess(audio, detector.sample_rate_hz,
                                                        detector.preprocess_config))
-            self._recent.append(_Hot(start_frame, end_frame, detection.embeddings, problem))
+            vectors = {name: np.array(v, dtype=np.float32)  # a copy: a runtime may reuse it
+                       for name, v in detection.embeddings.items()}
+            self._recent.append(_Hot(start_frame, end_frame, vectors, problem))
         else:
             self._recent.append(_Hot(start_frame, end_frame, {}, None))
         if event_id is None:
