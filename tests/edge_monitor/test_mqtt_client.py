@@ -270,6 +270,53 @@ def test_event_is_durable_when_publish_returns_and_an_open_alarm_ends_after_rest
     assert last["peak_score"] == 2.0 and last["ended_at"] == last["updated_at"]
 
 
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 512 KiB tmpfs for the journal: a real full disk (needs root with mount rights)."""
+    mount_point = tmp_path / "small"
+    mount_point.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(mount_point)],
+                          capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", str(mount_point)], check=True)
+
+
+def fill(path: Path) -> None:
+    """Write zeros until the file system says it is full."""
+    with open(path, "wb", buffering=0) as handle:
+        try:
+            while True:
+                handle.write(b"\0" * 4096)
+        except OSError:
+            pass
+
+
+def test_full_disk_publishes_from_memory_then_journals_again(
+    small_disk, mosquitto, mqtt_recorder, clients, caplog
+):
+    recorder = mqtt_recorder(mosquitto, [f"{ROOT}/machines/+/events"])
+    client = clients(settings_for(mosquitto), small_disk / "j.sqlite3")
+    wait_until(lambda: client.connected, "the connection")
+    fill(small_disk / "filler")
+    on_full = [alarm("new", new_id()) for _ in range(3)]
+    for event in on_full:
+        client.publish_event(event)
+    recorder.wait_for(lambda ms: len(message_ids(recorder)) >= 3, "the events sent from memory")
+    failures = [r.getMessage() for r in caplog.records if "cannot write" in r.getMessage()]
+    assert failures and "free disk space" in failures[0]
+    assert "journal" in (client.stats().last_error or "")
+    (small_disk / "filler").unlink()
+    freed = alarm("end", new_id())
+    client.publish_event(freed)
+    recorder.wait_for(lambda ms: freed.message_id in message_ids(recorder), "the next event")
+    assert message_ids(recorder) == [e.message_id for e in [*on_full, freed]]
+    wait_until(lambda: client.stats().backlog == 0, "the journal to empty")
+
+
 def test_graceful_stop_says_offline(mosquitto, mqtt_recorder, tmp_path):
     recorder = mqtt_recorder(mosquitto, [f"{ROOT}/availability"])
     client = MqttClient(settings_for(mosquitto), DEVICE, tmp_path / "j.sqlite3", ["pump"])
