@@ -1,19 +1,23 @@
 """Long fuzz profile: every fuzzed surface, with counts of inputs tried and failures.
 
-Uses the strategies and contracts of tests/edge_monitor/fuzz_support.py (the same ones the
-bounded CI suite test_fuzz.py runs) but does not stop at the first failure: every input is
-checked, a SIGALRM guard counts hangs, and at the end it prints per surface the inputs
-tried, how many passed and were refused, and the failures by kind, with the first few
-failing inputs of each kind. Exit 1 when any failure was seen. The `-near` surfaces start from valid
-input (the example config, well-formed commands) so the checks past the first are reached.
+Uses the strategies and contracts of tests/edge_monitor/fuzz_support.py and fuzz_files.py
+(the same ones the bounded CI suites test_fuzz.py and test_fuzz_files.py run) but does not
+stop at the first failure: every input is checked, a SIGALRM guard counts hangs, and at the
+end it prints per surface the inputs tried, how many passed, were refused or put into
+`fault`, and the failures by kind (tracebacks, hangs, wrong exit codes, dead threads,
+changed states, unclear errors), with the first few failing inputs of each kind. Exit 1
+when any failure was seen. The `-near` surfaces start from valid input (the example
+config, well-formed commands) so the checks past the first are reached; the bundle
+surfaces start from a real bundle, the audio surface from real files soundfile writes.
 
-    .venv/bin/python tools/fuzz.py                  # 5000 inputs per surface
-    .venv/bin/python tools/fuzz.py --examples config=2000 commands=10000
+    .venv/bin/python tools/fuzz.py                  # the default counts below
+    .venv/bin/python tools/fuzz.py --examples config=2000 bundle-files=500
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import signal
 import sys
@@ -29,16 +33,22 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "tests" / "edge_monitor")]
 os.environ.setdefault("HYPOTHESIS_PROFILE", "long")
 
+import fuzz_files  # noqa: E402
 import fuzz_support  # noqa: E402  (after the path and the profile are set)
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 HANG_S = 30  # one input taking this long is counted as a hang
 SHOWN_PER_KIND = 3
+DEFAULT_EXAMPLES = {"config": 5000, "config-near": 5000, "commands": 5000, "commands-near": 5000,
+                    "bundle-manifest": 2000, "bundle-files": 2000, "audio-files": 3000}
+FAILURE_KINDS = ("tracebacks", "hangs", "wrong exit codes", "dead threads", "changed states",
+                 "unclear errors")
 
 
-class Hang(Exception):
-    """Raised by the alarm when one input runs past HANG_S."""
+class Hang(BaseException):
+    """Raised by the alarm when one input runs past HANG_S (not an Exception, so that no
+    contract's `except Exception` takes it for a traceback)."""
 
 
 def _alarm(signum: int, frame: FrameType | None) -> None:
@@ -46,10 +56,12 @@ def _alarm(signum: int, frame: FrameType | None) -> None:
 
 
 def _kind(message: str) -> str:
-    if message.startswith("traceback"):
-        return "tracebacks"
-    if message.startswith("exit code"):
-        return "wrong exit codes"
+    prefixes = {"traceback": "tracebacks", "exit code": "wrong exit codes",
+                "wrong exit codes": "wrong exit codes", "hang": "hangs",
+                "dead thread": "dead threads", "changed state": "changed states"}
+    for prefix, kind in prefixes.items():
+        if message.startswith(prefix):
+            return kind
     return "unclear errors"
 
 
@@ -88,10 +100,10 @@ def _config_check(directory: Path) -> Callable[[str], str]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--examples", nargs="*", default=[], metavar="SURFACE=N",
-                        help="inputs per surface (config, config-near, commands, "
-                        "commands-near); default 5000 each")
+                        help="inputs per surface (" + ", ".join(
+                            f"{k} {v}" for k, v in DEFAULT_EXAMPLES.items()) + " by default)")
     args = parser.parse_args()
-    wanted = dict.fromkeys(("config", "config-near", "commands", "commands-near"), 5000)
+    wanted = dict(DEFAULT_EXAMPLES)
     for item in args.examples:
         surface, _, count = item.partition("=")
         if surface not in wanted or not count.isdigit():
@@ -99,6 +111,7 @@ def main() -> int:
                          f"{', '.join(wanted)}")
         wanted[surface] = int(count)
     signal.signal(signal.SIGALRM, _alarm)
+    logging.disable(logging.WARNING)  # refusals are logged by design; the counts say it all
     total_failures = total_tried = 0
     with tempfile.TemporaryDirectory() as directory:
         surfaces = {
@@ -109,21 +122,21 @@ def main() -> int:
                          fuzz_support.check_command_payload),
             "commands-near": ((fuzz_support.nearly_right_commands,),
                                       lambda pair: fuzz_support.check_command_payload(*pair)),
+            "bundle-manifest": ((fuzz_files.manifest_texts(),), fuzz_files.check_manifest_text),
+            "bundle-files": ((fuzz_files.damaged_bundles,), fuzz_files.check_damaged_bundle),
+            "audio-files": ((fuzz_files.audio_specs,), fuzz_files.check_audio_spec),
         }
         for name, (strategies, check) in surfaces.items():
             if wanted[name] == 0:
                 continue
             started = time.monotonic()
             counts, failures = run_surface(wanted[name], strategies, check)
-            failed = sum(counts[k] for k in ("tracebacks", "hangs", "wrong exit codes",
-                                             "unclear errors"))
+            failed = sum(counts[k] for k in FAILURE_KINDS)
             total_failures += failed
             total_tried += counts["tried"]
             print(f"{name}: {counts['tried']} inputs tried in {time.monotonic() - started:.0f} s"
-                  f" ({counts['ok']} accepted, {counts['refused']} refused); tracebacks "
-                  f"{counts['tracebacks']}, hangs {counts['hangs']}, wrong exit codes "
-                  f"{counts['wrong exit codes']}, unclear errors {counts['unclear errors']}",
-                  flush=True)
+                  f" ({counts['ok']} accepted, {counts['refused']} refused, {counts['fault']} "
+                  "fault); " + ", ".join(f"{k} {counts[k]}" for k in FAILURE_KINDS), flush=True)
             for kind, examples_of_kind in failures.items():
                 for failure in examples_of_kind[:SHOWN_PER_KIND]:
                     print(f"  {kind}: {failure}")

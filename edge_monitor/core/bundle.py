@@ -50,7 +50,7 @@ from edge_monitor.core.bank import Bank, load_bank, sha256_file
 from edge_monitor.core.detector import Detector, Member, ScoreNorm
 from edge_monitor.core.embedders.base import Embedder
 from edge_monitor.core.embedders.runtimes import BUILTIN_EMBEDDERS, RUNTIMES, load_embedder
-from edge_monitor.core.errors import BankError, BundleError, ConfigError, one_line
+from edge_monitor.core.errors import BankError, BundleError, ConfigError, one_line, shown
 from edge_monitor.core.preprocess import PreprocessConfig, PreprocessSettings
 from edge_monitor.core.signing import Signer, TrustPolicy, verify_signature
 from edge_monitor.core.windowing import MAX_WINDOW_S, MIN_WINDOW_S
@@ -67,6 +67,8 @@ MAX_WEIGHT = 1e3  # ACP weights sum to 1
 MAX_THRESHOLD = 1e6  # scores are distances (at most 2) or standardised sums of a few models
 MAX_BUILTIN_PARAM = 1 << 16  # n_fft, hop, n_mels of a builtin embedder
 MAX_VERSION_CHARS = 128
+MAX_NAME_CHARS = 128
+MAX_PATH_CHARS = 255  # a path inside the bundle: models/<model>.onnx, banks/<machine>/<model>
 SHA256_PATTERN = r"^[0-9a-f]{64}$"
 Precision = Literal["fp32", "fp16", "int8", "int8-weights"]
 ScoreNormMode = Literal["bank-loo", "none"]
@@ -79,13 +81,15 @@ class _Strict(BaseModel):
 
 
 BuiltinParam = Annotated[int, Field(ge=1, le=MAX_BUILTIN_PARAM)]
+Name = Annotated[str, Field(min_length=1, max_length=MAX_NAME_CHARS)]  # a model or machine
 
 
 class ModelSpec(_Strict):
     """One embedding model of the ensemble."""
 
     runtime: str = Field(description=f"one of {', '.join(RUNTIMES)}")
-    file: str | None = Field(None, description="path inside the bundle; none for builtin")
+    file: str | None = Field(None, max_length=MAX_PATH_CHARS,
+                             description="path inside the bundle; none for builtin")
     sha256: str | None = Field(None, pattern=SHA256_PATTERN)
     builtin: str | None = Field(None, description="builtin embedder name (runtime builtin)")
     params: dict[str, BuiltinParam] = Field(
@@ -103,7 +107,9 @@ class ModelSpec(_Strict):
     @model_validator(mode="after")
     def _file_or_builtin(self) -> ModelSpec:
         if self.runtime not in RUNTIMES:
-            raise ValueError(f"runtime {self.runtime!r} is unknown: use one of {list(RUNTIMES)}")
+            raise ValueError(
+                f"runtime {shown(self.runtime)} is unknown: use one of {list(RUNTIMES)}"
+            )
         if self.runtime == "builtin":
             if self.builtin not in BUILTIN_EMBEDDERS:
                 raise ValueError(
@@ -117,7 +123,7 @@ class ModelSpec(_Strict):
 class BankRef(_Strict):
     """Where one model's bank of a machine lives, and the sha256 of its bank.json."""
 
-    path: str
+    path: str = Field(max_length=MAX_PATH_CHARS)
     sha256: str = Field(pattern=SHA256_PATTERN)
 
 
@@ -142,7 +148,7 @@ class MachineSpec(_Strict):
         number = isinstance(value, (int, float)) and not isinstance(value, bool)
         if not number or not math.isfinite(value) or not 0 < value <= MAX_THRESHOLD:
             raise ValueError(
-                f"{str(value)[:40]!r} is not a finite number in (0, {MAX_THRESHOLD:g}] (NaN or "
+                f"{shown(value)} is not a finite number in (0, {MAX_THRESHOLD:g}] (NaN or "
                 "inf never alarms, 0 or less alarms at every window); remove it to use the "
                 "bank's leave-one-out threshold"
             )
@@ -169,8 +175,8 @@ class Manifest(_Strict):
     created_by: dict[str, str] = Field(default_factory=dict)
     created_at: str | None = None
     preprocess: PreprocessSettings = Field(default_factory=PreprocessSettings)
-    models: dict[str, ModelSpec] = Field(min_length=1)
-    machines: dict[str, MachineSpec] = Field(
+    models: dict[Name, ModelSpec] = Field(min_length=1)
+    machines: dict[Name, MachineSpec] = Field(
         default_factory=dict, description="none: a model-only bundle, every machine learns"
     )
 
@@ -208,7 +214,7 @@ def runtime_version(text: object, path: Path) -> Version:
         return Version(str(text)[:MAX_VERSION_CHARS])
     except InvalidVersion as exc:
         raise BundleError(
-            f"{path}: min_runtime_version {str(text)[:40]!r} is not a version (PEP 440, e.g. "
+            f"{path}: min_runtime_version {shown(text)} is not a version (PEP 440, e.g. "
             "0.1.0); rebuild the bundle with a trainer that writes one"
         ) from exc
 
@@ -237,8 +243,8 @@ def check_tree(root: Path) -> None:
                 raise _unreadable(path, exc) from exc
             if stat.S_ISLNK(info.st_mode):
                 raise BundleError(
-                    f"{path}: is a symbolic link (to {os.readlink(path)!r}); a bundle holds only "
-                    "regular files and directories: copy the bundle with links resolved "
+                    f"{path}: is a symbolic link (to {shown(os.readlink(path))}); a bundle holds "
+                    "only regular files and directories: copy the bundle with links resolved "
                     "(cp -rL) or rebuild it"
                 )
             if stat.S_ISDIR(info.st_mode):
@@ -281,7 +287,7 @@ def _inside(root: Path, relative: str, what: str, manifest_path: Path) -> Path:
     pure = PurePosixPath(relative)
     if pure.is_absolute() or ".." in pure.parts:
         raise BundleError(
-            f"{manifest_path}: {what} path {relative!r} leaves the bundle; paths must be "
+            f"{manifest_path}: {what} path {shown(relative)} leaves the bundle; paths must be "
             "relative and inside it"
         )
     return root / pure
@@ -293,12 +299,12 @@ def _safe_members(archive: Path, tar: tarfile.TarFile) -> list[tarfile.TarInfo]:
         pure = PurePosixPath(member.name)
         if pure.is_absolute() or ".." in pure.parts:
             raise BundleError(
-                f"{archive}: member {member.name!r} would be written outside the bundle "
+                f"{archive}: member {shown(member.name)} would be written outside the bundle "
                 "(absolute path or '..'); refusing the archive"
             )
         if not (member.isfile() or member.isdir()):
             raise BundleError(
-                f"{archive}: member {member.name!r} is a link or special file; a bundle holds "
+                f"{archive}: member {shown(member.name)} is a link or special file; a bundle holds "
                 "only regular files and directories"
             )
     return members
@@ -358,6 +364,12 @@ def _extract(archive: Path, target: Path) -> None:
         ) from exc
 
 
+def _key(part: object) -> str:
+    """One step of a key path in an error: as it is when it is a plain name, else quoted."""
+    text = str(part)
+    return text if text.isprintable() and len(text) <= 40 else shown(text, 40)
+
+
 def read_manifest(root: Path) -> Manifest:
     """Parse and validate manifest.yaml; version problems are reported before schema ones."""
     path = root / MANIFEST_NAME
@@ -376,7 +388,7 @@ def read_manifest(root: Path) -> Manifest:
     fmt = raw.get("format_version")
     if fmt != BUNDLE_FORMAT_VERSION:
         raise BundleError(
-            f"{path}: format_version {fmt!r} is not supported (this runtime reads "
+            f"{path}: format_version {shown(fmt)} is not supported (this runtime reads "
             f"{BUNDLE_FORMAT_VERSION}); rebuild the bundle with a matching trainer or update "
             "edge-monitor"
         )
@@ -390,8 +402,8 @@ def read_manifest(root: Path) -> Manifest:
         return Manifest.model_validate(raw)
     except ValidationError as exc:
         problems = "; ".join(
-            f"{'.'.join(str(p)[:40] for p in err['loc']) or '<root>'}: "
-            f"{err['msg'].removeprefix('Value error, ')[:300]}"
+            f"{'.'.join(_key(p) for p in err['loc']) or '<root>'}: "
+            f"{' '.join(err['msg'].removeprefix('Value error, ').split())[:300]}"
             for err in exc.errors()[:5]
         )
         raise BundleError(f"{path}: invalid manifest: {problems}; rebuild the bundle") from exc

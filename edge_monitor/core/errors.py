@@ -45,6 +45,12 @@ class RuntimeUnavailableError(EdgeMonitorError):
     """An optional inference runtime (onnxruntime, TFLite) is not installed."""
 
 
+def shown(value: object, limit: int = 60) -> str:
+    """A value quoted in an error message (repr), cut short: a hostile input can be huge."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def one_line(exc: BaseException, limit: int = 200) -> str:
     """An exception's text on one line, cut short: parsers (YAML, onnxruntime, libsndfile)
     write several lines, and a refusal is one line a person reads."""

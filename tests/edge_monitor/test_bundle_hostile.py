@@ -203,3 +203,43 @@ def test_bundle_another_user_cannot_read_is_one_clear_line(built, tmp_path) -> N
     assert "Traceback" not in done.stderr and len(errors) == 1, done.stderr
     assert str(private) in errors[0] and "permission denied" in errors[0].lower()
     assert "chmod -R a+rX" in errors[0]
+
+
+# Found by tools/fuzz.py ----------------------------------------------------------------------
+
+def _repin(root: Path) -> None:
+    """Checksums made to match damaged bank files again, so that their parsers are reached."""
+    import json
+
+    from edge_monitor.core.bank import sha256_file
+
+    bank_json = root / "banks" / "fan" / "tiny" / "bank.json"
+    bank = json.loads(bank_json.read_text())
+    bank["files"] = {name: sha256_file(bank_json.parent / name) for name in bank["files"]}
+    bank_json.write_text(json.dumps(bank))
+    _edit_manifest(root, lambda m: m["machines"]["fan"]["banks"]["tiny"].update(
+        sha256=sha256_file(bank_json)))
+
+
+@pytest.mark.parametrize("name", ["meta.npz", "index.usearch"])
+def test_an_empty_bank_file_with_matching_checksums_is_refused(built, tmp_path, name) -> None:
+    copy = _tampered(built[1], tmp_path)
+    (copy / "banks" / "fan" / "tiny" / name).write_bytes(b"")  # np.load: EOFError
+    _repin(copy)
+    _refused(copy, name, "copy the bank again")
+
+
+@pytest.mark.parametrize("text", [":", "a: [1, 2", "{\n\n\n", "\x00"])
+def test_a_yaml_error_is_one_line(built, tmp_path, text) -> None:
+    copy = _tampered(built[1], tmp_path)
+    (copy / MANIFEST_NAME).write_text(text)
+    _refused(copy, "not YAML")
+
+
+def test_a_hostile_key_or_value_is_quoted_short(built, tmp_path) -> None:
+    copy = _tampered(built[1], tmp_path)
+    _edit_manifest(copy, lambda m: m.update({"a\nb" * 50: 1, "format_version": 1}))
+    message = _refused(copy, "Extra inputs are not permitted")
+    assert len(message) < 400
+    _edit_manifest(copy, lambda m: m.update(format_version={"x" * 20_000: 1}))
+    assert len(_refused(copy, "format_version")) < 400
