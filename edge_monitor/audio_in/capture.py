@@ -324,6 +324,15 @@ def negotiate_sample_rate(device: InputDevice, channels: int, sample_rate_hz: in
     return fallback
 
 
+def check_source_rate(sample_rate_hz: object) -> None:
+    """A source's rate within the runtime's audio bounds (edge_monitor.core.audio_io)."""
+    if isinstance(sample_rate_hz, bool) or not isinstance(sample_rate_hz, int) or not (
+        MIN_AUDIO_RATE_HZ <= sample_rate_hz <= MAX_AUDIO_RATE_HZ
+    ):
+        raise ConfigError(f"sample_rate_hz: must be a whole number of Hz in {MIN_AUDIO_RATE_HZ}.."
+                          f"{MAX_AUDIO_RATE_HZ}, got {sample_rate_hz!r}")
+
+
 def check_positive(name: str, value: float) -> None:
     if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
         raise ConfigError(f"{name}: must be a positive number, got {value!r}")

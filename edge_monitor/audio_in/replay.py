@@ -41,7 +41,13 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from edge_monitor.audio_in.capture import Chunk, ChunkQueue, SourceStats, check_positive
+from edge_monitor.audio_in.capture import (
+    Chunk,
+    ChunkQueue,
+    SourceStats,
+    check_positive,
+    check_source_rate,
+)
 from edge_monitor.core.audio_io import SUPPORTED_SUFFIXES, StreamResampler, check_audio_rate
 from edge_monitor.core.errors import AudioFileError, ConfigError, one_line
 
@@ -162,10 +168,7 @@ class ReplaySource:
         queue_s: float = 5.0,
         contiguous: bool = False,
     ) -> None:
-        if isinstance(sample_rate_hz, bool) or not isinstance(sample_rate_hz, int) or (
-            sample_rate_hz < 1
-        ):
-            raise ConfigError(f"sample_rate_hz: must be a whole number > 0, got {sample_rate_hz!r}")
+        check_source_rate(sample_rate_hz)
         if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
             raise ConfigError(f"channels: must be a whole number >= 1, got {channels!r}")
         check_positive("block_s", block_s)

@@ -36,6 +36,7 @@ import soundfile as sf
 from scipy import signal
 
 from edge_monitor.core.atomic import atomic_path, atomic_write_text
+from edge_monitor.core.audio_io import MAX_AUDIO_RATE_HZ, MIN_AUDIO_RATE_HZ
 from edge_monitor.core.errors import BadInputError
 
 log = logging.getLogger(__name__)
@@ -43,8 +44,6 @@ log = logging.getLogger(__name__)
 FAULT_KINDS = ("bearing", "imbalance", "rubbing", "looseness")
 NOISE_COLOURS = ("white", "pink", "brown")
 
-MIN_SAMPLE_RATE_HZ = 8000
-MAX_SAMPLE_RATE_HZ = 192000
 PEAK_LIMIT = 0.89
 """Largest absolute sample value written; the whole clip is scaled down to stay under it."""
 
@@ -170,11 +169,11 @@ def synthesize(
     if (
         isinstance(sample_rate_hz, bool)
         or not isinstance(sample_rate_hz, int)
-        or not MIN_SAMPLE_RATE_HZ <= sample_rate_hz <= MAX_SAMPLE_RATE_HZ
+        or not MIN_AUDIO_RATE_HZ <= sample_rate_hz <= MAX_AUDIO_RATE_HZ
     ):
         raise BadInputError(
             f"sample_rate_hz = {sample_rate_hz!r} is not an integer in "
-            f"[{MIN_SAMPLE_RATE_HZ}, {MAX_SAMPLE_RATE_HZ}]"
+            f"[{MIN_AUDIO_RATE_HZ}, {MAX_AUDIO_RATE_HZ}]"
         )
     n = round(seconds * sample_rate_hz)
     if n < 1:
