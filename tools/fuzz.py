@@ -8,7 +8,8 @@ end it prints per surface the inputs tried, how many passed, were refused or put
 changed states, unclear errors), with the first few failing inputs of each kind. Exit 1
 when any failure was seen. The `-near` surfaces start from valid input (the example
 config, well-formed commands) so the checks past the first are reached; the bundle
-surfaces start from a real bundle, the audio surface from real files soundfile writes.
+surfaces start from a real bundle, the audio surfaces from real files soundfile writes
+(`audio-daemon` back-tests each with a real daemon: exit 2 and the machine in `fault`).
 
     .venv/bin/python tools/fuzz.py                  # the default counts below
     .venv/bin/python tools/fuzz.py --examples config=2000 bundle-files=500
@@ -41,7 +42,8 @@ from hypothesis import strategies as st  # noqa: E402
 HANG_S = 30  # one input taking this long is counted as a hang
 SHOWN_PER_KIND = 3
 DEFAULT_EXAMPLES = {"config": 5000, "config-near": 5000, "commands": 5000, "commands-near": 5000,
-                    "bundle-manifest": 2000, "bundle-files": 2000, "audio-files": 3000}
+                    "bundle-manifest": 2000, "bundle-files": 3000, "audio-files": 5000,
+                    "audio-daemon": 400}
 FAILURE_KINDS = ("tracebacks", "hangs", "wrong exit codes", "dead threads", "changed states",
                  "unclear errors")
 
@@ -111,7 +113,7 @@ def main() -> int:
                          f"{', '.join(wanted)}")
         wanted[surface] = int(count)
     signal.signal(signal.SIGALRM, _alarm)
-    logging.disable(logging.WARNING)  # refusals are logged by design; the counts say it all
+    logging.disable(logging.ERROR)  # refusals are logged by design; the counts say it all
     total_failures = total_tried = 0
     with tempfile.TemporaryDirectory() as directory:
         surfaces = {
@@ -125,6 +127,7 @@ def main() -> int:
             "bundle-manifest": ((fuzz_files.manifest_texts(),), fuzz_files.check_manifest_text),
             "bundle-files": ((fuzz_files.damaged_bundles,), fuzz_files.check_damaged_bundle),
             "audio-files": ((fuzz_files.audio_specs,), fuzz_files.check_audio_spec),
+            "audio-daemon": ((fuzz_files.audio_specs,), fuzz_files.check_audio_daemon),
         }
         for name, (strategies, check) in surfaces.items():
             if wanted[name] == 0:

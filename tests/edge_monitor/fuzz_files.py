@@ -468,3 +468,45 @@ def check_audio_file(path: Path) -> str:
 def check_audio_spec(spec: AudioSpec) -> str:
     with tempfile.TemporaryDirectory() as work:
         return check_audio_file(write_audio_file(spec, Path(work)))
+
+
+# Audio files through the daemon ------------------------------------------------------------
+
+def check_audio_daemon(spec: AudioSpec) -> str:
+    """A back-test of the file by a real daemon (built-in model, no MQTT): exit 0 with the
+    file judged, or, when `read_audio` refuses it, exit 2 with the machine left in `fault`
+    (unreadable input). A daemon error, another exit code or a thread left running breaks
+    the contract."""
+    from daemon_support import DaemonThread, small_config, write_config
+
+    with tempfile.TemporaryDirectory() as work:
+        path = write_audio_file(spec, Path(work))
+        try:
+            read_audio(path, RATE_HZ)
+            readable = True
+        except AudioFileError:
+            readable = False
+        threads = set(threading.enumerate())
+        daemon = DaemonThread(write_config(Path(work), small_config(Path(work), [path])))
+        try:
+            rc = daemon.wait(60)
+        except Exception as exc:
+            raise ContractBroken(f"traceback: the daemon raised {type(exc).__name__}: "
+                                 f"{str(exc)[:300]}") from exc
+        if rc is None:
+            daemon.stop()
+            raise ContractBroken(f"hang: the back-test of {path.name} did not end")
+        processor = daemon.daemon.processor
+        if processor is None or processor.error is not None:
+            raise ContractBroken(f"dead thread: the processing loop failed: "
+                                 f"{getattr(processor, 'error', None)!r}"[:300])
+        machine = processor.snapshot()["machines"]["pump"]
+        if rc != (0 if readable else 2):
+            raise ContractBroken(f"wrong exit codes: {rc} for a file read_audio "
+                                 f"{'accepts' if readable else 'refuses'}")
+        if not readable and not (machine["status"] == "fault"
+                                 and str(machine["reason"]).startswith("unreadable input")):
+            raise ContractBroken(f"wrong exit codes: an unreadable file left the machine "
+                                 f"{machine['status']} ({machine['reason']})")
+        _threads_settled(threads)
+        return "ok" if readable else "fault"

@@ -6,13 +6,14 @@ from __future__ import annotations
 
 from fuzz_files import (
     audio_specs,
+    check_audio_daemon,
     check_audio_spec,
     check_damaged_bundle,
     check_manifest_text,
     damaged_bundles,
     manifest_texts,
 )
-from hypothesis import given
+from hypothesis import given, settings
 
 
 @given(manifest_texts())
@@ -28,3 +29,9 @@ def test_any_damaged_bundle_loads_or_is_refused_in_one_line(spec):
 @given(audio_specs)
 def test_any_audio_file_is_read_or_reported_as_a_fault(spec):
     assert check_audio_spec(spec) in ("ok", "fault")
+
+
+@settings(max_examples=8)  # a back-test each: a few in CI, hundreds in tools/fuzz.py
+@given(audio_specs)
+def test_a_back_test_of_any_audio_file_exits_0_or_2_with_the_machine_in_fault(spec):
+    assert check_audio_daemon(spec) in ("ok", "fault")
