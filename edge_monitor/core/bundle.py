@@ -232,7 +232,8 @@ def check_tree(root: Path) -> None:
     while pending:
         directory = pending.pop()
         try:
-            entries = list(os.scandir(directory))
+            with os.scandir(directory) as listing:
+                entries = list(listing)
         except OSError as exc:
             raise _unreadable(Path(directory), exc) from exc
         for entry in entries:
