@@ -5,8 +5,9 @@ than the development environment's. This creates a virtual environment with that
 installs the project there without extras (no trainer dependencies, no torch), and in it
 runs `edge-monitor check` and a short `edge-monitor run` (a finite replay, no broker) on a
 `.tar` bundle with a real ONNX model that the development environment builds. It fails
-when torch is importable there, when either command fails, or when fewer than 5 windows
-were scored, and prints how long each step took.
+when torch is importable there, when `edge-trainer` does not refuse with one line naming
+the `train` extra, when either command fails, or when fewer than 5 windows were scored, and
+prints how long each step took.
 
     .venv/bin/python tools/runtime_install_check.py [--python /usr/bin/python3] [--keep]
 """
@@ -98,6 +99,14 @@ def main() -> int:
         step("pip install (no extras)", [python, "-m", "pip", "install", "-q",
                                          "--disable-pip-version-check", str(source)])
         step("torch is absent", [python, "-c", NO_TORCH])
+        trainer = subprocess.run([str(venv / "bin" / "edge-trainer"), "--help"],
+                                 capture_output=True, text=True)
+        if trainer.returncode != 2 or "'train' extra" not in trainer.stderr or \
+                "Traceback" in trainer.stderr:
+            raise SystemExit(f"edge-trainer without torch should exit 2 with one line naming "
+                             f"the train extra; it exited {trainer.returncode}:\n"
+                             f"{trainer.stderr}")
+        print(f"[runtime-install] edge-trainer without torch: {trainer.stderr.strip()}")
         checked = step("edge-monitor check", [str(venv / "bin" / "edge-monitor"), "check",
                                               "-c", str(config)], cwd=work)
         if "bank" not in checked:
