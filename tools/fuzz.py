@@ -24,6 +24,7 @@ import signal
 import sys
 import tempfile
 import time
+import warnings
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -114,6 +115,7 @@ def main() -> int:
         wanted[surface] = int(count)
     signal.signal(signal.SIGALRM, _alarm)
     logging.disable(logging.ERROR)  # refusals are logged by design; the counts say it all
+    warnings.filterwarnings("ignore", message="Generating overly large repr")
     total_failures = total_tried = 0
     with tempfile.TemporaryDirectory() as directory:
         surfaces = {

@@ -154,7 +154,7 @@ def check_config_text(text: str, directory: Path) -> str:
     """Run `check`'s own code on `text` written to a file; 'ok' or 'refused', else
     ContractBroken."""
     path = directory / "edge.yaml"
-    path.write_text(text, encoding="utf-8")
+    path.write_text(text, encoding="utf-8", errors="surrogatepass")  # lone surrogates too
     args = argparse.Namespace(config=str(path))
     try:
         with contextlib.redirect_stdout(io.StringIO()):
