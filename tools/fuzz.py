@@ -86,6 +86,10 @@ def run_surface(
             kind = _kind(str(exc))
             counts[kind] += 1
             failures.setdefault(kind, []).append(f"{exc} <- {repr(args)[:300]}")
+        except Exception as exc:  # outside every contract: the harness's or the code's bug
+            counts["tracebacks"] += 1
+            failures.setdefault("tracebacks", []).append(
+                f"uncaught {type(exc).__name__}: {str(exc)[:200]} <- {repr(args)[:300]}")
         except Hang:
             counts["hangs"] += 1
             failures.setdefault("hangs", []).append(f"hang over {HANG_S} s <- {repr(args)[:300]}")
