@@ -194,6 +194,7 @@ _plausible = {
                      odd_text.map(lambda t: "https://" + t), odd_text),
     "sha256": st.one_of(st.from_regex(r"[0-9a-f]{64}", fullmatch=True), odd_text),
     "size_bytes": st.one_of(st.integers(-5, 2**40), values),
+    "event_id": st.one_of(st.uuids().map(str), odd_text, values),
 }
 
 
@@ -201,7 +202,7 @@ _plausible = {
 def _nearly_right(draw: st.DrawFn) -> tuple[str, dict[str, Any]]:
     name = draw(st.sampled_from(sorted(COMMAND_FIELDS)))
     wanted = ["request_id", *COMMAND_FIELDS[name]]
-    body = {field: draw(_plausible[field]) for field in wanted
+    body = {field: draw(_plausible.get(field, values)) for field in wanted
             if draw(st.integers(0, 9)) > 0}  # now and then one is missing
     if draw(st.integers(0, 9)) == 0:
         body[draw(odd_text)] = draw(values)
