@@ -9,6 +9,12 @@ bundle and applies them between two windows. A source whose settings did not cha
 running, so a reload loses no audio. A bad config on reload is logged and the running one
 kept: the daemon never goes deaf because of a typo.
 
+With `web.enabled`, the web view (`edge_monitor.web.server.WebServer`) runs on a thread and
+event loop of its own; the processing loop only appends to its live feed
+(`edge_monitor.pipeline.live`). `Daemon.alarm_feedback` is where "this alarm was normal"
+plugs in: a callable (machine, event_id, requester) -> result the web view's
+POST /api/alarms/<event_id>/normal calls; while it is None the route answers 501.
+
 Enrolment (`edge_monitor.enrolment.control.EnrolmentService`) plugs in through `Daemon.processor`
 (audio taps, `set_enrolling`, `swap_detector`), `Daemon.register_command` and the local
 control socket; at start and reload each machine's detector gets the banks its enrolment
@@ -27,7 +33,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from threadpoolctl import threadpool_limits
 
@@ -62,10 +68,15 @@ from edge_monitor.pipeline.learning import (
     bundle_model,
     load_learned,
 )
+from edge_monitor.pipeline.live import LiveFeed
 from edge_monitor.pipeline.machine import MachineSetup
 from edge_monitor.pipeline.processing import Processor
 from edge_monitor.pipeline.service import Notifier
 from edge_monitor.pipeline.settings import ProcessingSettings
+
+if TYPE_CHECKING:
+    from edge_monitor.web.context import FeedbackHandler, WebContext
+    from edge_monitor.web.server import WebServer
 
 log = logging.getLogger(__name__)
 
@@ -267,6 +278,9 @@ class Daemon:
         self.enrolment: EnrolmentService | None = None
         self.rollout: RolloutService | None = None
         self.serving = Serving("builtin")
+        self.live: LiveFeed | None = None
+        self.web: WebServer | None = None
+        self.alarm_feedback: FeedbackHandler | None = None
         self._reloads: queue.Queue[concurrent.futures.Future[dict[str, Any]]] = queue.Queue()
         self._extra_commands: dict[str, Callable[[Command], Mapping[str, Any] | None]] = {}
 
@@ -312,6 +326,7 @@ class Daemon:
         self.enrolment = EnrolmentService(self, config.state_dir, e.gate(), e.keep_versions,
                                           e.session_expiry_s)
         self.rollout = RolloutService(self, config.state_dir)
+        self._start_web(config)  # first: a port in use fails before anything else runs
         self.mqtt = self._build_mqtt(config)
         if self.mqtt is not None:
             self.mqtt.start()
@@ -321,7 +336,7 @@ class Daemon:
         store = build_clip_store(config)
         self.processor = Processor(
             self.source, plan.settings, plan.machines, self.mqtt,
-            store, self.notifier, self.stop_event,
+            store, self.notifier, self.stop_event, self.live, self._clip_base_url(config),
         )
         self.processor.start()
         self.enrolment.start()
@@ -331,10 +346,15 @@ class Daemon:
                  config.source.kind, self.source.sample_rate_hz, plan.settings.window_s,
                  plan.settings.hop_s)
         try:
+            holding = False
             while not self.stop_event.wait(MAIN_WAIT_S):
                 self._serve_reloads()
                 if self.processor.finished.is_set():
-                    break
+                    if not self._hold_after_replay():
+                        break
+                    if not holding:
+                        log.info("replay finished; holding until stopped (source.replay.hold)")
+                        holding = True
         finally:
             self._shutdown()
         if self.processor.error is not None:
@@ -352,6 +372,63 @@ class Daemon:
                   "fix or remove them", len(bad), len(self.source.files), shown,
                   "; ..." if len(bad) > 3 else "")
         return EXIT_BAD_INPUT
+
+    def _hold_after_replay(self) -> bool:
+        c = self.config
+        return (c is not None and c.source.kind == "replay" and c.source.replay.hold
+                and self.processor is not None and self.processor.error is None)
+
+    # The web view ----------------------------------------------------------------------
+
+    @staticmethod
+    def _clip_base_url(config: Config) -> str | None:
+        return config.web.base_url if config.web.enabled else None
+
+    def _start_web(self, config: Config) -> None:
+        """Start the web view when configured (aiohttp is imported only then)."""
+        if not config.web.enabled:
+            self.live = None
+            return
+        from edge_monitor.web.server import WebServer
+
+        w = config.web
+        if self.live is None or (self.live.timeline_points, self.live.alarms_kept) != (
+            w.timeline_points, w.alarms_kept
+        ):
+            self.live = LiveFeed(w.timeline_points, w.alarms_kept)
+        server = WebServer(w, self._web_context(config.device_id, self.live))
+        server.start()
+        self.web = server
+
+    def _stop_web(self) -> None:
+        if self.web is not None:
+            self.web.stop()
+            self.web = None
+
+    def _web_context(self, device_id: str, live: LiveFeed) -> WebContext:
+        from edge_monitor.web.context import WebContext
+
+        def snapshot() -> dict[str, Any]:
+            return self.processor.snapshot() if self.processor is not None else {}
+
+        def broker() -> dict[str, Any] | None:
+            if self.mqtt is None:
+                return None
+            s = self.mqtt.stats()
+            return {"connected": s.connected, "backlog": s.backlog, "in_flight": s.in_flight,
+                    "dropped_events": s.dropped_events, "last_error": s.last_error}
+
+        def clip_dir() -> Path | None:
+            c = self.config
+            return c.clip_dir if c is not None and c.alarm_audio.enabled else None
+
+        def enrol(name: str, args: Mapping[str, Any], who: str) -> Mapping[str, Any]:
+            if self.enrolment is None:
+                raise EdgeMonitorError("enrolment is not running yet")
+            return self.enrolment.manager.dispatch(name, args, who)
+
+        return WebContext(device_id, live, snapshot, broker, clip_dir,
+                          lambda: self.serving.to_dict(), enrol, lambda: self.alarm_feedback)
 
     def _apply_log_level(self, config: Config) -> None:
         root = logging.getLogger()
@@ -397,6 +474,7 @@ class Daemon:
             self.source.stop()
         if self.mqtt is not None:
             self.mqtt.stop()
+        self._stop_web()
         while not self._reloads.empty():
             self._reloads.get_nowait().set_result({"reloaded": False, "reason": "stopping"})
         log.info("edge-monitor stopped")
@@ -448,6 +526,10 @@ class Daemon:
         if new.alarm_audio != old.alarm_audio or new.state_dir != old.state_dir:
             store = build_clip_store(new)
             self.processor.set_clips(store).result(RELOAD_TIMEOUT_S)
+        if new.web != old.web or new.device_id != old.device_id:
+            self._stop_web()
+            self._start_web(new)
+            self.processor.set_live(self.live, self._clip_base_url(new)).result(RELOAD_TIMEOUT_S)
         self.processor.reconfigure(plan.settings, plan.machines, source).result(RELOAD_TIMEOUT_S)
         if source is not None:
             assert self.source is not None

@@ -5,8 +5,9 @@ cd "$(dirname "$0")/.."
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     need=""
     # python3-venv: tools/runtime_install_check.py builds a venv with the system Python.
+    # chromium + chromium-driver: the web view's browser tests (tests/edge_monitor/test_web.py).
     for pkg in libportaudio2 libsndfile1 mosquitto mosquitto-clients pulseaudio pulseaudio-utils \
-               python3-venv; do
+               python3-venv chromium chromium-driver; do
         dpkg -s "$pkg" >/dev/null 2>&1 || need="$need $pkg"
     done
     if [ -n "$need" ]; then

@@ -2,6 +2,7 @@
 
     edge-monitor demo                      # 300 s of audio, as fast as the box can
     edge-monitor demo --realtime --seconds 600 --keep /tmp/demo
+    edge-monitor demo --web                # and browse http://127.0.0.1:8080/ (Ctrl-C ends)
 
 Needs no microphone, broker or model; see `edge_monitor.demo.scenario` for what runs.
 Exit 0 when the demo ran (whatever it detected), 1 when the daemon failed, 2 on bad options.
@@ -15,6 +16,7 @@ from pathlib import Path
 from edge_monitor.demo.scenario import BROKERS, DemoSettings, run_demo
 
 _DEFAULTS = DemoSettings()
+WEB_PORT = 8080
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -37,13 +39,21 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help=f"fault severity in (0, 1] (default {_DEFAULTS.severity:g})")
     parser.add_argument("--seed", type=int, default=_DEFAULTS.seed,
                         help="seed of the synthetic machine")
+    parser.add_argument("--web", action="store_true",
+                        help="serve the daemon's web view on 127.0.0.1 and keep it up after "
+                             "the replay until Ctrl-C")
+    parser.add_argument("--web-port", type=int, default=WEB_PORT, metavar="PORT",
+                        help=f"port of the web view (default {WEB_PORT})")
+    parser.add_argument("--web-hold", type=float, default=None, metavar="S",
+                        help="with --web: stop S seconds after the replay (default: Ctrl-C)")
 
 
 def run(args: argparse.Namespace) -> int:
     settings = DemoSettings(
         seconds=args.seconds, learning_s=args.learning_seconds, severity=args.severity,
         seed=args.seed, realtime=args.realtime, speed=args.speed, broker=args.broker,
-        keep=args.keep,
+        keep=args.keep, web_port=args.web_port if args.web else None,
+        web_hold_s=args.web_hold,
     )
     result = run_demo(settings)
     return 0 if result.daemon_exit == 0 else 1

@@ -42,7 +42,10 @@ _MUST_EXIST = (
     ("mqtt", "tls_key_file"),
     ("mqtt", "password_file"),
     ("rollout", "tls_ca_file"),
+    ("web", "token_file"),
 )
+# Secret files: a relative path is looked up in $CREDENTIALS_DIRECTORY when it is set.
+_SECRET_KEYS = (("mqtt", "password_file"), ("web", "token_file"))
 
 
 def _line_of(node: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
@@ -168,10 +171,11 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> None:
             for i, value in enumerate(values):
                 if isinstance(value, str) and not Path(value).is_absolute():
                     values[i] = str(base / value)
-    found, secret = _dig(data, ("mqtt", "password_file"))
-    if found and isinstance(secret, str) and secret and not Path(secret).is_absolute():
-        creds = os.environ.get(CREDENTIALS_ENV)
-        data["mqtt"]["password_file"] = str(Path(creds) / secret if creds else base / secret)
+    for loc in _SECRET_KEYS:
+        found, secret = _dig(data, loc)
+        if found and isinstance(secret, str) and secret and not Path(secret).is_absolute():
+            creds = os.environ.get(CREDENTIALS_ENV)
+            _dig(data, loc[:-1])[1][loc[-1]] = str(Path(creds) / secret if creds else base / secret)
 
 
 def _missing_files(config: Config, root: yaml.Node | None, source: str) -> list[str]:

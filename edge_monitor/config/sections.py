@@ -10,10 +10,12 @@ never written in the YAML. Loading and error reporting live in edge_monitor.conf
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -76,6 +78,11 @@ class ReplayConfig(Section):
         default=False,
         description="treat the files as one recording (windows may span two files); false = "
         "each file is a separate recording",
+    )
+    hold: bool = Field(
+        default=False,
+        description="after the last file, keep the daemon up (web view, MQTT, commands) "
+        "until it is stopped, to browse a back-test; false = exit at the end",
     )
 
 
@@ -462,6 +469,120 @@ class RolloutSection(Section):
         "reported as unwatched",
     )
 
+def read_secret(file: Path | None, env: str | None, key: str) -> str | None:
+    """A secret from a file (its first line; the loader made a relative path absolute) or
+    an environment variable; None when neither is set. Read at each call, so a rotated
+    secret file is picked up."""
+    if file is not None:
+        path = Path(file)
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except OSError as exc:
+            raise ConfigError(f"cannot read {key}_file {str(path)!r}: {exc}") from exc
+        return lines[0] if lines else ""
+    if env is not None:
+        value = os.environ.get(env)
+        if value is None:
+            raise ConfigError(f"environment variable {env} ({key}_env) is not set")
+        return value
+    return None
+
+
+LOOPBACK_NAMES = ("localhost",)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether binding `host` keeps a server on this box (127.0.0.0/8, ::1, localhost)."""
+    if host.lower() in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class WebSection(Section):
+    enabled: bool = Field(
+        default=False,
+        description="serve the local web view, clips and Prometheus /metrics from the daemon",
+    )
+    host: str = Field(
+        default="127.0.0.1", min_length=1, max_length=253,
+        description="address to bind; anything but loopback needs web.token_file or "
+        "web.token_env",
+    )
+    port: int = Field(default=8080, ge=1, le=65535, description="TCP port to bind")
+    public_url: str | None = Field(
+        default=None,
+        description="base URL others reach the view at (behind a proxy or a host name), for "
+        "the clip_url of events; null = http://<host>:<port>",
+    )
+    token_file: ConfigPath | None = Field(
+        default=None,
+        description="file whose first line is the access token; a relative path is looked up "
+        "in $CREDENTIALS_DIRECTORY (systemd LoadCredential=) when set",
+    )
+    token_env: str | None = Field(
+        default=None, description="environment variable holding the access token"
+    )
+    commands_enabled: bool = Field(
+        default=False,
+        description="allow state-changing requests (enrolment, alarm feedback); false = "
+        "the view is read-only",
+    )
+    metrics: bool = Field(default=True, description="serve Prometheus metrics on /metrics")
+    timeline_points: int = Field(
+        default=3600, ge=10, le=100_000,
+        description="window scores kept per machine for the live timeline",
+    )
+    alarms_kept: int = Field(
+        default=200, ge=1, le=10_000, description="alarms kept in memory for the alarm list"
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> WebSection:
+        if self.token_file is not None and self.token_env is not None:
+            raise ValueError("set only one of web.token_file and web.token_env")
+        if self.token_env is not None and self.token_env not in os.environ:
+            raise ValueError(
+                f"environment variable {self.token_env} (web.token_env) is not set: "
+                "export it or use token_file"
+            )
+        if self.enabled and not is_loopback(self.host) and not self.has_token:
+            raise ValueError(
+                f"web.host = {self.host!r} serves beyond this box without a token: set "
+                "web.token_file or web.token_env, or bind 127.0.0.1"
+            )
+        if self.public_url is not None:
+            parts = urlsplit(self.public_url)
+            if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or (
+                parts.fragment
+            ):
+                raise ValueError(
+                    f"web.public_url = {self.public_url!r}: give an absolute http(s) URL "
+                    "such as https://box1.plant.example:8080 (no query or fragment)"
+                )
+        return self
+
+    @property
+    def has_token(self) -> bool:
+        return self.token_file is not None or self.token_env is not None
+
+    def token(self) -> str | None:
+        """The access token now (None: no token configured, loopback only)."""
+        value = read_secret(self.token_file, self.token_env, "web.token")
+        if value is not None and not value:
+            raise ConfigError("the web token is empty: write a token in web.token_file")
+        return value
+
+    @property
+    def base_url(self) -> str:
+        """Where clips are fetched from: public_url, else the bind address."""
+        if self.public_url is not None:
+            return self.public_url.rstrip("/")
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
 
 class LoggingConfig(Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
@@ -511,6 +632,9 @@ class Config(Section):
     )
     rollout: RolloutSection = Field(
         default_factory=RolloutSection, description="bundle installs by MQTT command"
+    )
+    web: WebSection = Field(
+        default_factory=WebSection, description="local web view, clip downloads and /metrics"
     )
     logging: LoggingConfig = Field(default_factory=LoggingConfig, description="logging")
 

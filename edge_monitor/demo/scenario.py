@@ -23,6 +23,10 @@ Demo settings differ from the daemon's defaults on purpose, and say why:
   machine's slow wander puts later normal windows up to ~1.1x that maximum; faults score
   10x-100x above it, so 1.5x costs no detection;
 - cooldown 5 s: faults come 25 s apart, the default 60 s cooldown would hide every second one.
+
+With `web_port` (`edge-monitor demo --web`) the daemon also serves its web view on
+127.0.0.1 (commands allowed: it is a private demo box) and, once the replay has ended and
+the summary is printed, keeps it up (`source.replay.hold`) until Ctrl-C or `web_hold_s`.
 """
 
 from __future__ import annotations
@@ -70,6 +74,7 @@ DRAIN_WAIT_S = 5.0
 POLL_S = 0.1
 PAYLOAD_CHARS = 110
 PLAIN_SCORE_EVERY_S = 10.0
+HOLD_DRAIN_S = 1.0  # the replay has ended: its last messages are in flight for a moment
 
 
 @dataclass(frozen=True)
@@ -93,6 +98,8 @@ class DemoSettings:
     speed: float = 0.0
     broker: str = "auto"
     keep: Path | None = None
+    web_port: int | None = None  # serve the web view on this loopback port
+    web_hold_s: float | None = None  # keep it up this long after the replay; None: until Ctrl-C
 
     def __post_init__(self) -> None:
         if self.broker not in BROKERS:
@@ -101,6 +108,12 @@ class DemoSettings:
             raise BadInputError(f"--speed {self.speed}: give a positive factor, or 0 for no pacing")
         if self.realtime and self.speed:
             raise BadInputError("--realtime and --speed exclude each other: pick one")
+        if self.web_port is not None and not 1 <= self.web_port <= 65535:
+            raise BadInputError(f"--web-port {self.web_port}: give a TCP port in 1..65535")
+        if self.web_hold_s is not None and not (
+            math.isfinite(self.web_hold_s) and self.web_hold_s >= 0
+        ):
+            raise BadInputError(f"--web-hold {self.web_hold_s}: give seconds >= 0")
         if self.learning_s < MIN_LEARNING_WINDOWS * self.window_s:
             raise BadInputError(
                 f"learning of {self.learning_s:g} s is too short: the built-in model needs "
@@ -475,12 +488,17 @@ def demo_config(settings: DemoSettings, workdir: Path, audio: Path,
                 "device_name": "edge-monitor demo", "reconnect_min_delay_s": 0.5,
                 "reconnect_max_delay_s": 2.0,
                 "score_interval_s": 0}  # every window: the demo draws the score timeline
+    web = {"enabled": False}
+    if settings.web_port is not None:
+        web = {"enabled": True, "host": LOOPBACK, "port": settings.web_port,
+               "commands_enabled": True}
     return {
         "device_id": DEVICE_ID,
         "state_dir": str(workdir / "state"),
         "source": {"kind": "replay", "replay": {"paths": [str(audio)],
                                                 "realtime": settings.realtime,
-                                                "contiguous": True}},
+                                                "contiguous": True,
+                                                "hold": settings.web_port is not None}},
         "machines": [{"name": MACHINE}],
         "windows": {"window_s": settings.window_s, "hop_s": settings.hop_s},
         "learning": {"seconds": settings.learning_s},
@@ -490,6 +508,7 @@ def demo_config(settings: DemoSettings, workdir: Path, audio: Path,
         # that is not a lost microphone.
         "faults": {"no_audio_s": 5.0 if settings.realtime else 60.0},
         "mqtt": mqtt,
+        "web": web,
         "logging": {"level": "ERROR"},
     }
 
@@ -513,6 +532,11 @@ class _DaemonThread:
 
     def start(self) -> None:
         self.thread.start()
+
+    def replayed(self) -> bool:
+        """The processing loop has run through the whole clip."""
+        processor = self.daemon.processor
+        return processor is not None and processor.finished.is_set()
 
     def when_processing(self, fn: Callable[[Processor], Future[Any]]) -> None:
         """Call `fn` with the processing loop as soon as it runs, and wait for what it asked."""
@@ -563,7 +587,10 @@ def run_demo(settings: DemoSettings, out: TextIO = sys.stdout) -> DemoResult:
         out.write(f"daemon: edge-monitor run -c {config_path}  (replay {pace}; built-in "
                   f"logmel-stats model learns the first {settings.learning_end_s:g} s; "
                   f"{settings.window_s:g} s windows every {settings.hop_s:g} s; threshold x"
-                  f"{settings.threshold_scale:g}, alarm on {settings.k} of {settings.n})\n\n")
+                  f"{settings.threshold_scale:g}, alarm on {settings.k} of {settings.n})\n")
+        if settings.web_port is not None:
+            out.write(f"web view: http://{LOOPBACK}:{settings.web_port}/\n")
+        out.write("\n")
         out.flush()
         printer = Printer(settings, schedule, tree, out)
         daemon = _DaemonThread(config_path)
@@ -571,7 +598,7 @@ def run_demo(settings: DemoSettings, out: TextIO = sys.stdout) -> DemoResult:
         if broker is None:
             local = LocalPublisher(tree, inbox)
             daemon.when_processing(lambda processor: processor.set_publisher(local))
-        _pump(daemon, inbox, printer, broker is not None)
+        _pump(daemon, inbox, printer, broker is not None, settings.web_port is not None)
         printer.finish()
         if daemon.error is not None:
             raise daemon.error
@@ -583,6 +610,11 @@ def run_demo(settings: DemoSettings, out: TextIO = sys.stdout) -> DemoResult:
             write_results(workdir, result, schedule, settings)
             out.write(f"kept: {workdir} (machine.flac, schedule.csv, scores.csv, alarms.csv, "
                       "the config, state/ with the learned bank and alarm clips)\n")
+        if settings.web_port is not None:
+            _hold_web(daemon, settings, out)
+            if daemon.error is not None:
+                raise daemon.error
+            result.daemon_exit = daemon.rc if daemon.rc is not None else 1
         return result
     finally:
         if subscriber is not None:
@@ -613,19 +645,38 @@ def _start_broker(choice: str, workdir: Path) -> tuple[LocalMosquitto | None, st
 
 
 def _pump(daemon: _DaemonThread, inbox: queue.Queue[Received], printer: Printer,
-          via_broker: bool) -> None:
-    """Print messages until the daemon has stopped and the subscriber has seen `offline`."""
+          via_broker: bool, holding: bool = False) -> None:
+    """Print messages until the daemon has stopped and the subscriber has seen `offline`;
+    `holding` (the web view stays up): until the replay has ended and its last messages
+    are in."""
     try:
-        while daemon.thread.is_alive():
+        while daemon.thread.is_alive() and not (holding and daemon.replayed()):
             _drain(inbox, printer, POLL_S)
     except KeyboardInterrupt:
         printer.note("interrupted: stopping the daemon")
         daemon.daemon.request_stop()
         daemon.thread.join()
-    deadline = time.monotonic() + DRAIN_WAIT_S
+    deadline = time.monotonic() + (HOLD_DRAIN_S if holding else DRAIN_WAIT_S)
     while time.monotonic() < deadline and not (printer.offline or not via_broker):
         _drain(inbox, printer, POLL_S)
     _drain(inbox, printer, 0.0)
+
+
+def _hold_web(daemon: _DaemonThread, settings: DemoSettings, out: TextIO) -> None:
+    """Keep the daemon (and so its web view) up after the replay, then stop it."""
+    hold = settings.web_hold_s
+    url = f"http://{LOOPBACK}:{settings.web_port}/"
+    out.write(f"web view: {url} stays up "
+              f"{'until Ctrl-C' if hold is None else f'for {hold:g} s (or until Ctrl-C)'}\n")
+    out.flush()
+    deadline = None if hold is None else time.monotonic() + hold
+    try:
+        while daemon.thread.is_alive() and (deadline is None or time.monotonic() < deadline):
+            time.sleep(POLL_S)  # not join(): a Ctrl-C inside Thread.join can break the join
+    except KeyboardInterrupt:
+        out.write("stopping the daemon\n")
+    daemon.daemon.request_stop()
+    daemon.thread.join()
 
 
 def _drain(inbox: queue.Queue[Received], printer: Printer, wait_s: float) -> None:

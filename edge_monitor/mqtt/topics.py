@@ -182,6 +182,7 @@ class AlarmEvent:
     model_version: str
     bank_version: str
     clip_path: str | None = None
+    clip_url: str | None = None  # where a subscriber fetches the clip (the web view is on)
     ended_at: datetime | None = None
     message_id: str = field(default_factory=new_id)
     reason: str | None = None
@@ -211,7 +212,7 @@ class AlarmEvent:
             peak_score=math.nan if body["peak_score"] is None else body["peak_score"],
             threshold=math.nan if body["threshold"] is None else body["threshold"],
             model_version=body["model_version"], bank_version=body["bank_version"],
-            clip_path=body["clip_path"],
+            clip_path=body["clip_path"], clip_url=body.get("clip_url"),
             ended_at=None if body["ended_at"] is None else moment("ended_at"),
             message_id=body["message_id"], reason=body.get("reason"),
         )
@@ -219,7 +220,7 @@ class AlarmEvent:
     def ended(self, reason: str, at: datetime) -> AlarmEvent:
         """The `end` of this alarm, sent by the daemon itself (`reason` in END_REASONS)."""
         return replace(self, type="end", updated_at=at, ended_at=at, clip_path=None,
-                       message_id=new_id(), reason=reason)
+                       clip_url=None, message_id=new_id(), reason=reason)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -236,6 +237,7 @@ class AlarmEvent:
             "model_version": self.model_version,
             "bank_version": self.bank_version,
             "clip_path": self.clip_path,
+            "clip_url": self.clip_url,
             "reason": self.reason,
         }
 

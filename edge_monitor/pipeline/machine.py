@@ -87,6 +87,7 @@ class Machine:
         self.judge_from_frame = 0  # windows starting earlier overlap a fault: never judged
         self.enrolling = False
         self.last_score: float | None = None
+        self.level_dbfs: float | None = None  # RMS of the channel's last chunk (level meter)
         self.last_threshold: float | None = None
         self.taps: list[AudioTap] = []
         self.scored = 0  # windows this detector scored (a swap or reload starts again)
@@ -125,7 +126,8 @@ class Machine:
             except Exception:
                 log.exception("machine %s: an audio tap failed; removing it", self.name)
                 self.taps.remove(tap)
-        if dbfs(mono) < self.settings.preprocess.silence_dbfs:
+        self.level_dbfs = dbfs(mono)
+        if self.level_dbfs < self.settings.preprocess.silence_dbfs:
             self.silent_s += mono.shape[0] / rate
         else:
             self.silent_s = 0.0
@@ -194,7 +196,9 @@ class Machine:
         """Score a window; a model that fails or gives a non-finite score faults the machine
         (a bundle rollout watches for this) instead of stopping the loop."""
         try:
+            started = time.perf_counter()
             detection = detector.score(audio)
+            self.reporter.observe_inference(self, time.perf_counter() - started)
             if not math.isfinite(detection.score):
                 raise EdgeMonitorError(f"the model gave a non-finite score ({detection.score})")
         except Exception as exc:  # any runtime failure of a model, whatever its library
@@ -301,7 +305,7 @@ class Machine:
             self.setup.learner = old_learner  # keep what was learned so far, with this model
         self.taps, self.enrolling = old.taps, old.enrolling
         self.last_score, self.last_threshold = old.last_score, old.last_threshold
-        self.silent_s = old.silent_s
+        self.silent_s, self.level_dbfs = old.silent_s, old.level_dbfs
         if self.settings.decision == old.settings.decision:
             old.recorder.state_dir = self.recorder.state_dir  # the open alarm's windows too
             self.decision, self.recorder = old.decision, old.recorder

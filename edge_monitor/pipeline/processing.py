@@ -25,6 +25,7 @@ from edge_monitor.audio_in.capture import AudioSource, Chunk
 from edge_monitor.core.detector import Detector
 from edge_monitor.core.errors import EdgeMonitorError
 from edge_monitor.pipeline.health import InputHealth
+from edge_monitor.pipeline.live import LiveFeed
 from edge_monitor.pipeline.machine import AudioTap, Machine, MachineSetup
 from edge_monitor.pipeline.reporting import ClipSaver, Publisher, Reporter, utc_now
 from edge_monitor.pipeline.service import Notifier
@@ -49,6 +50,8 @@ class Processor:
         clips: ClipSaver | None,
         notifier: Notifier,
         stop: threading.Event,
+        live: LiveFeed | None = None,
+        clip_base_url: str | None = None,
     ) -> None:
         self.source = source
         self.settings = settings
@@ -58,6 +61,7 @@ class Processor:
         self.finished = threading.Event()
         self.health = InputHealth(source, settings)
         self.reporter = Reporter(publisher, clips, self.health, self.counters)
+        self.reporter.live, self.reporter.clip_base_url = live, clip_base_url
         self._machines = [self._new_machine(m, settings) for m in machines]
         self._configure_reporter()
         self._calls: queue.Queue[tuple[Callable[[], Any], Future[Any]]] = queue.Queue()
@@ -126,6 +130,12 @@ class Processor:
     def set_clips(self, clips: ClipSaver | None) -> Future[Any]:
         """Save alarm clips to another store (a reload changed alarm_audio)."""
         return self.submit(lambda: setattr(self.reporter, "clips", clips))
+
+    def set_live(self, live: LiveFeed | None, clip_base_url: str | None) -> Future[Any]:
+        """Feed another web view (a reload turned it on, off or moved it)."""
+        def apply() -> None:
+            self.reporter.live, self.reporter.clip_base_url = live, clip_base_url
+        return self.submit(apply)
 
     def reconfigure(
         self, settings: ProcessingSettings, machines: list[MachineSetup],

@@ -1,5 +1,6 @@
 """Where the processing loop's outcomes go: states, alarm events and scores to the publisher
-(the MQTT client), alarm audio to the clip store, the logs, and a snapshot for `status`.
+(the MQTT client), alarm audio to the clip store, scores and alarms to the web view's live
+feed (when the web view is on), the logs, and a snapshot for `status` and the web view.
 
 Runs on the processing thread; only `snapshot()` is called from other threads.
 """
@@ -17,9 +18,17 @@ import numpy as np
 
 from edge_monitor.core.errors import EdgeMonitorError
 from edge_monitor.mqtt.journal import KIND_EVENT, KIND_STATE
-from edge_monitor.mqtt.topics import AlarmEvent, MachineState, Message, ScoreSample, TopicTree
+from edge_monitor.mqtt.topics import (
+    AlarmEvent,
+    MachineState,
+    Message,
+    ScoreSample,
+    TopicTree,
+    ratio,
+)
 from edge_monitor.pipeline.decision import Outcome, Transition
 from edge_monitor.pipeline.health import InputHealth
+from edge_monitor.pipeline.live import LiveFeed
 from edge_monitor.pipeline.settings import Counters
 
 if TYPE_CHECKING:
@@ -67,6 +76,11 @@ class Reporter:
         # Per machine: audio time of the last score sent; a machine absent is due at once.
         self._score_sent_at: dict[str, datetime] = {}
         self.threshold_scale = 1.0
+        # The web view's feed and the base of clip URLs (None: the web view is off).
+        self.live: LiveFeed | None = None
+        self.clip_base_url: str | None = None
+        # Clip (path, url) of each open alarm, so its update and end messages carry them too.
+        self._alarm_clips: dict[str, tuple[str, str | None]] = {}
         # The systemd status line is sent once per loop turn, after every machine settled.
         self.status_changed = False
         self._snapshot: dict[str, Any] = {}
@@ -88,7 +102,10 @@ class Reporter:
     def publish_score(self, machine: Machine, sample: ScoreSample) -> None:
         """Score telemetry, at most one per `score_interval_s` of audio and machine (one
         message a second per machine loads Home Assistant's recorder for nothing), and at
-        once after a state change."""
+        once after a state change. The web view's feed gets every window."""
+        if self.live is not None and sample.threshold is not None:
+            self.live.add_score(machine.name, sample.at.timestamp(), sample.score,
+                                sample.threshold)
         if not self.score_telemetry or self.publisher is None:
             return
         last = self._score_sent_at.get(machine.name)
@@ -98,16 +115,30 @@ class Reporter:
         p = self.publisher
         p.send(p.topics.score_message(machine.name, sample), None, machine.name)
 
+    def observe_inference(self, machine: Machine, seconds: float) -> None:
+        if self.live is not None:
+            self.live.observe_inference(machine.name, seconds)
+
+    def _save_clip(self, machine: Machine, t: Transition, audio: np.ndarray) -> None:
+        """Save the alarm's audio; remember its path and URL for the alarm's messages."""
+        assert self.clips is not None
+        try:
+            path = self.clips.save(machine.name, audio, machine.model_rate_hz, t.event_id,
+                                   t.at.timestamp())
+        except (OSError, EdgeMonitorError) as exc:
+            self.counters.clip_errors += 1
+            self.health.set_disk_fault(f"cannot save the alarm clip of {machine.name}: {exc}")
+            return
+        url = f"{self.clip_base_url}/clips/{path.name}" if self.clip_base_url else None
+        self._alarm_clips[t.event_id] = (str(path), url)
+
     def publish_event(self, machine: Machine, t: Transition, audio: np.ndarray | None) -> None:
         detector = machine.setup.detector
-        clip_path = None
         if t.kind == "new" and audio is not None and self.clips is not None:
-            try:
-                clip_path = str(self.clips.save(machine.name, audio, machine.model_rate_hz,
-                                                t.event_id, t.at.timestamp()))
-            except (OSError, EdgeMonitorError) as exc:
-                self.counters.clip_errors += 1
-                self.health.set_disk_fault(f"cannot save the alarm clip of {machine.name}: {exc}")
+            self._save_clip(machine, t, audio)
+        clip_path, clip_url = self._alarm_clips.get(t.event_id, (None, None))
+        if t.kind == "end":
+            self._alarm_clips.pop(t.event_id, None)
         event = AlarmEvent(
             type=t.kind,
             event_id=t.event_id,
@@ -119,8 +150,11 @@ class Reporter:
             model_version=detector.model_version if detector else "",
             bank_version=detector.bank_version if detector else "",
             clip_path=clip_path,
+            clip_url=clip_url,
             ended_at=t.ended_at,
         )
+        if self.live is not None:
+            self.live.add_alarm(event.to_dict())
         if self.publisher is not None:  # durable when send() returns: logged after it
             self.publisher.send(self.publisher.topics.event_message(event), KIND_EVENT,
                                 f"{t.kind} {t.event_id} ({event.message_id})")
@@ -160,18 +194,23 @@ class Reporter:
         machines = {}
         for m in self.machines:
             d, det = m.decision, m.setup.detector
+            threshold = det.threshold * self.threshold_scale if det else None
             machines[m.name] = {
                 "status": d.status,
                 "reason": d.reason,
                 "since": d.since.isoformat() if d.since else None,
                 "score": m.last_score,
-                "threshold": det.threshold * self.threshold_scale if det else None,
+                "threshold": threshold,
+                "ratio": ratio(m.last_score, threshold),
                 "model_version": det.model_version if det else None,
                 "bank_version": det.bank_version if det else None,
                 "learning_progress": m.setup.learner.progress if m.setup.learner else None,
                 "alarm_event_id": d.alarm_event_id,
                 "scored_windows": m.scored,
                 "model_errors": m.model_errors,
+                "level_dbfs": round(m.level_dbfs, 1) if m.level_dbfs is not None else None,
+                "silent_s": round(m.silent_s, 1),
+                "clipped_windows": m.clipped_run,
             }
         c = self.counters
         snapshot = {

@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from web_support import chromium  # noqa: F401  (fixture: a headless Debian Chromium)
 
 from edge_monitor.audio_in.capture import refresh_devices
 

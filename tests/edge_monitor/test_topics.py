@@ -78,7 +78,8 @@ def test_ratio_is_score_over_threshold_or_null(score, threshold, expected):
 
 def test_event_payload_and_message():
     end = AlarmEvent("end", "e-1", "pump", T0, T0, 2.5, 1.0, "model-3", "bank-7",
-                     clip_path="/clips/e-1.flac", ended_at=T0, message_id="m-1")
+                     clip_path="/clips/e-1.flac", ended_at=T0, message_id="m-1",
+                     clip_url="http://box1:8080/clips/e-1.flac")
     message = TopicTree("box1").event_message(end)
     assert message.topic == "edge-monitor/box1/machines/pump/events"
     assert (message.qos, message.retain) == (1, False)
@@ -87,14 +88,16 @@ def test_event_payload_and_message():
         "started_at": "2026-11-22T21:04:05.123Z", "updated_at": "2026-11-22T21:04:05.123Z",
         "ended_at": "2026-11-22T21:04:05.123Z", "peak_score": 2.5, "threshold": 1.0,
         "ratio": 2.5, "model_version": "model-3", "bank_version": "bank-7",
-        "clip_path": "/clips/e-1.flac", "reason": None,
+        "clip_path": "/clips/e-1.flac", "clip_url": "http://box1:8080/clips/e-1.flac",
+        "reason": None,
     }
     assert AlarmEvent.from_json(message.payload).to_json().encode() == message.payload
     assert alarm_of(message) == ("end", "e-1")
     state = TopicTree("box1").state_message("pump", MachineState("normal", 0, 1, T0))
     assert alarm_of(state) is None
     restart = end.ended("restart", T0 + timedelta(seconds=5))
-    assert (restart.type, restart.reason, restart.clip_path) == ("end", "restart", None)
+    assert (restart.type, restart.reason, restart.clip_path, restart.clip_url) == (
+        "end", "restart", None, None)
     assert restart.message_id != end.message_id and restart.ended_at == restart.updated_at
     with pytest.raises(ValueError, match="reason"):
         AlarmEvent("new", "e-1", "pump", T0, T0, 2.5, 1.0, "m", "b", reason="restart")
