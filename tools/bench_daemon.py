@@ -8,13 +8,18 @@ Prints, per model (the built-in logmel-stats; and each model of a bundle given w
   2. the whole daemon (`edge-monitor run`, a real process) on the replay source as fast as
      it goes: windows per second and real-time factor end to end;
   3. the whole daemon "live": the replay source paced in real time, as a microphone would
-     deliver audio: CPU load in % of one core, peak RSS (VmHWM), late windows, dropped audio.
+     deliver audio: CPU load in % of one core, peak RSS (VmHWM), late windows, dropped audio;
+  4. with --web: the web view's cost. The daemon runs in this process, live at 16 kHz, with
+     the web view off, on and idle, and on with one browser's event stream open plus a
+     Prometheus scrape every 15 s (both from a separate process): CPU in % of one core of
+     the whole process and of each thread (from /proc/self/task), and the thread count; the
+     processing thread is the audio path. Also the live feed's cost per window.
 
 Audio is a synthetic machine (edge_monitor.demo.synth) with faults, so alarms, clips and MQTT
 events happen as they would on site. A mosquitto broker is started on a free loopback port
 when the binary is installed. Nothing here asserts: it measures and prints.
 
-    .venv/bin/python tools/bench_daemon.py [--bundle DIR] [--live-s 60] [--hop-s 1.0]
+    .venv/bin/python tools/bench_daemon.py [--bundle DIR] [--live-s 60] [--hop-s 1.0] [--web]
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -38,9 +44,10 @@ from threadpoolctl import threadpool_limits
 from edge_monitor.core.audio_io import StreamResampler, resample
 from edge_monitor.core.detector import Detector
 from edge_monitor.core.preprocess import PreprocessConfig, preprocess
-from edge_monitor.daemon import BLAS_THREADS
+from edge_monitor.daemon import BLAS_THREADS, Daemon
 from edge_monitor.demo.synth import MachineSpec, demo_timeline, synthesize, write_audio
 from edge_monitor.pipeline.learning import BankLearner, builtin_embedder, learned_detector
+from edge_monitor.pipeline.live import LiveFeed
 
 RATE = 16000
 LEARN_S = 300.0
@@ -93,6 +100,94 @@ def stage_costs(detector: Detector, audio: np.ndarray, device_rate: int, hop_s: 
     mean = float(np.mean(total))
     print(f"  real-time factor at hop {hop_s:g} s: {mean / hop_s:.4f} "
           f"(= {100 * mean / hop_s:.2f}% of one core for the window work alone)")
+
+
+WEB_WARMUP_S = 5.0
+WEB_MODES = ("web off", "web on, idle", "web on, 1 page + scrape/15 s")
+# A browser's event stream and a Prometheus scrape, from a process of their own.
+CLIENT = """
+import sys, threading, time, urllib.request
+base = sys.argv[1]
+def scrape():
+    while True:
+        urllib.request.urlopen(base + "/metrics").read()
+        time.sleep(15)
+threading.Thread(target=scrape, daemon=True).start()
+stream = urllib.request.urlopen(base + "/api/stream")
+while stream.read(1024):
+    pass
+"""
+
+
+def feed_cost_us(n: int = 100_000) -> float:
+    """Microseconds the processing thread spends per window on the live feed."""
+    feed = LiveFeed()
+    t0 = time.perf_counter()
+    for i in range(n):
+        feed.add_score("machine", float(i), 0.5, 1.0)
+        feed.observe_inference("machine", 0.004)
+    return (time.perf_counter() - t0) / n * 1e6
+
+
+def thread_cpu_s() -> dict[int, float]:
+    """CPU seconds of each thread of this process, by native id."""
+    out = {}
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            fields = Path(f"/proc/self/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        out[int(tid)] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return out
+
+
+def web_cost(workdir: Path, short: Path, hop_s: float, port: int, seconds: float) -> None:
+    """The daemon in this process, live, with the web view off / idle / in use."""
+    print(f"\n[web view cost: daemon live (real-time replay at {RATE} Hz), {seconds:.0f} s per "
+          f"mode after {WEB_WARMUP_S:g} s of warm-up; % of one core]")
+    print(f"  live feed: {feed_cost_us():.2f} us per window on the processing thread "
+          "(add_score + observe_inference)")
+    print(f"  {'mode':<30} {'process':>8} {'processing':>11} {'web':>6} {'threads':>8}")
+    for mode in WEB_MODES:
+        web_port = free_port()
+        config_path = daemon_config(workdir, [short], True, hop_s, port, None, loop=True,
+                                    rate=RATE)
+        config = yaml.safe_load(config_path.read_text())
+        config["web"] = {"enabled": mode != WEB_MODES[0], "port": web_port}
+        config["logging"] = {"level": "WARNING"}
+        config_path.write_text(yaml.safe_dump(config))
+        daemon = Daemon(config_path)
+        runner = threading.Thread(target=daemon.run, name="bench-daemon", daemon=True)
+        runner.start()
+        while daemon.processor is None or not daemon.processor.alive:
+            time.sleep(0.05)
+        client = None
+        if mode == WEB_MODES[2]:
+            client = subprocess.Popen([sys.executable, "-c", CLIENT,
+                                       f"http://127.0.0.1:{web_port}"])
+        time.sleep(WEB_WARMUP_S)
+        names = {t.native_id: t.name for t in threading.enumerate()}
+        before, t0 = thread_cpu_s(), time.monotonic()
+        time.sleep(seconds)
+        after, wall = thread_cpu_s(), time.monotonic() - t0
+        threads = len(after)
+        names.update({t.native_id: t.name for t in threading.enumerate()})
+        if client is not None:
+            client.terminate()
+            client.wait(10)
+        daemon.request_stop()
+        runner.join(60)
+
+        used: dict[str, float] = {}
+        for tid, cpu in after.items():
+            name = names.get(tid, "other")
+            used[name] = used.get(name, 0.0) + cpu - before.get(tid, 0.0)
+        process = 100 * sum(used.values()) / wall
+        processing = 100 * used.get("processing", 0.0) / wall
+        web = f"{100 * used.get('web', 0.0) / wall:6.2f}" if mode != WEB_MODES[0] else f"{'-':>6}"
+        print(f"  {mode:<30} {process:8.2f} {processing:11.2f} {web} {threads:8d}")
+    print("  (threads: all of the process, this benchmark's main thread included; the audio "
+          "path is the replay reader and the processing thread in every mode)")
 
 
 def free_port() -> int:
@@ -196,6 +291,10 @@ def main() -> int:
     parser.add_argument("--live-rates", type=int, nargs="+", default=[16000, 48000],
                         help="device rates of the live runs (48000: the daemon resamples)")
     parser.add_argument("--skip-daemon", action="store_true", help="stage costs only")
+    parser.add_argument("--web", action="store_true",
+                        help="also measure the web view's cost (three more live runs)")
+    parser.add_argument("--web-only", action="store_true",
+                        help="learn the bank, then measure only the web view's cost")
     args = parser.parse_args()
     # The generated config lives in a temporary directory: give it an absolute bundle path.
     args.bundle = args.bundle.resolve() if args.bundle is not None else None
@@ -236,6 +335,9 @@ def main() -> int:
         fast = run_daemon(daemon_config(workdir, [clip], False, args.hop_s, port, args.bundle,
                                         bundle_machine=bundle_machine),
                           workdir / "fast.log", None)
+        if args.web_only:
+            web_cost(workdir, short, args.hop_s, port, args.live_s)
+            return 0
         judged_s = total_s - LEARN_S if args.bundle is None else total_s
         print(f"\n[daemon, replay as fast as possible] {total_s:.0f} s of audio "
               f"({judged_s:.0f} s judged) in {fast['wall_s']:.1f} s: {fast['windows']:.0f} "
@@ -251,6 +353,8 @@ def main() -> int:
                   f"one core, peak RSS {live['peak_rss_mb']:.0f} MB, {live['windows']:.0f} "
                   f"windows ({live['scored']:.0f} scored), late {live['late']:.0f}, max lag "
                   f"{live['max_lag_s']:.2f} s, dropped chunks {live['dropped']:.0f}")
+        if args.web and args.bundle is None:
+            web_cost(workdir, short, args.hop_s, port, args.live_s)
     finally:
         if broker is not None:
             broker.terminate()

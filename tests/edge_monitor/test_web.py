@@ -146,6 +146,13 @@ def _points(driver: WebDriver) -> int:
     return int(cards[0].get_attribute("data-points") or 0) if cards else 0
 
 
+def _alarm_rows(driver: WebDriver) -> list[str]:
+    """The alarm rows' text, read at once (the list is rebuilt when an alarm changes)."""
+    return driver.execute_script(
+        "return Array.from(document.querySelectorAll('#alarms tbody tr[data-event-id]'))"
+        ".map((row) => row.innerText);")
+
+
 def _open(driver: WebDriver, url: str) -> None:
     driver.get(url)
     wait_for(lambda: driver.find_element(By.TAG_NAME, "body").get_attribute("data-connected")
@@ -175,10 +182,9 @@ def test_page_shows_the_live_timeline_and_plays_the_alarm(web: WebDaemon, chromi
     assert not web.replayed(), "the replay ended before the page could watch it"
     before = wait_for(lambda: _points(chromium), "a first point on the timeline")
     wait_for(lambda: _points(chromium) > before, "the timeline to update")
-    row = wait_for(lambda: [r for r in chromium.find_elements(
-        By.CSS_SELECTOR, "#alarms tbody tr[data-event-id]") if "ended" in r.text],
-        "an ended alarm in the list")[0]
-    assert "pump" in row.text and "×" in row.text
+    row = wait_for(lambda: [text for text in _alarm_rows(chromium) if "ended" in text],
+                   "an ended alarm in the list")[0]
+    assert "pump" in row and "×" in row
     loaded = chromium.execute_async_script(LOAD_AUDIO)
     assert loaded["error"] is None and loaded["duration"] > 0, loaded
     clip = http(loaded["src"])
@@ -363,8 +369,7 @@ def test_demo_web_view_screenshot(chromium: WebDriver, tmp_path: Path) -> None:
         text = "".join(output)
         assert "Result: every injected fault raised an alarm" in text, text
         _open(chromium, f"http://127.0.0.1:{port}/")
-        rows = chromium.find_elements(By.CSS_SELECTOR, "#alarms tbody tr[data-event-id]")
-        assert len(rows) == 4, text  # the demo's four faults, each one alarm
+        assert len(_alarm_rows(chromium)) == 4, text  # the demo's four faults, each one alarm
         assert wait_for(lambda: (seen := chromium.execute_script(IMAGES_LOADED)) and all(seen),
                         "the spectrograms")
         assert _points(chromium) > 100
