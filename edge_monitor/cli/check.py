@@ -3,8 +3,8 @@
 Exit 0 when the daemon would start with this config; exit 2 with one line per problem when
 it would not. It goes the daemon's own way: the same loader, the same plan (bundle or learned
 banks), the audio source, the clip store and the MQTT client built as `run` builds them, the
-password read and the TLS files loaded. Nothing is started (no audio device is opened, no
-broker contacted) and nothing is written.
+password read and the TLS files loaded, the web view's token read. Nothing is started (no
+audio device is opened, no broker contacted, no port bound) and nothing is written.
 """
 
 from __future__ import annotations
@@ -38,6 +38,13 @@ def run(args: argparse.Namespace) -> int:
     mqtt = build_mqtt(config)
     if mqtt is not None:
         mqtt.prepare()  # reads the password, loads the TLS files; connects nowhere
+    web = config.web
+    web_line = "off"
+    if web.enabled:
+        token = web.token()  # a missing or empty token file fails here, as in `run`
+        access = "token required" if token else "loopback only, no token"
+        mode = "commands allowed" if web.commands_enabled else "read-only"
+        web_line = f"{web.base_url} ({access}, {mode})"
     print(f"{args.config}: OK")
     print(f"  device {config.device_id}, state in {config.state_dir}, {source}")
     serving = plan.serving
@@ -60,4 +67,5 @@ def run(args: argparse.Namespace) -> int:
             what = (f"no bank yet; learns from the next {learning_amount(setup.learner)} with "
                     f"model {setup.learner.model.name}")
         print(f"  machine {setup.name} (channel {setup.channel}): {what}")
+    print(f"  web view: {web_line}")
     return 0

@@ -327,11 +327,12 @@ class WebServer:
                     seq, points = live.scores_since(seq)
                     await response.write(_sse("scores", _points(points)))
                     last_write = now
-                if live.alarm_version != alarm_version:
+                alarms_changed = live.alarm_version != alarm_version
+                if alarms_changed:
                     alarm_version = live.alarm_version
                     await response.write(_sse("alarms", await self._alarm_list()))
                     last_write = now
-                if now - last_status >= STATUS_EVERY_S:
+                if alarms_changed or now - last_status >= STATUS_EVERY_S:
                     await response.write(_sse("status", await self._status_body()))
                     last_status = last_write = now
                 if now - last_write >= KEEPALIVE_S:

@@ -7,6 +7,7 @@ parts it reads are plain functions returning what a daemon would.
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from http.cookies import SimpleCookie
@@ -15,10 +16,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from daemon_support import DaemonThread, small_config, synth, write_config, write_flac
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from web_support import http, post_json, wait_for
 
+from edge_monitor.cli import main
 from edge_monitor.config.loader import load_config
 from edge_monitor.config.sections import WebSection
 from edge_monitor.core.errors import ConfigError
@@ -136,3 +139,32 @@ def test_the_browser_logs_in_with_the_token(served: Served, chromium: WebDriver)
     wait_for(lambda: chromium.find_element(By.TAG_NAME, "body").get_attribute("data-connected")
              == "yes", "the page's event stream after login")
     assert chromium.find_element(By.CSS_SELECTOR, 'article[data-machine="pump"]')
+
+
+def test_check_reads_the_token_and_names_the_view(tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    token = tmp_path / "token"
+    token.write_text(TOKEN + "\n")
+    path = tmp_path / "edge.yaml"
+    web = {"enabled": True, "host": "0.0.0.0", "port": 9090, "token_file": "token",
+           "public_url": "https://box1.plant.example"}
+    path.write_text(yaml.safe_dump({"state_dir": str(tmp_path / "state"), "web": web}))
+    assert main(["check", "-c", str(path)]) == 0
+    assert "web view: https://box1.plant.example (token required, read-only)" in \
+        capsys.readouterr().out
+    token.write_text("")
+    assert main(["check", "-c", str(path)]) == 2
+    assert "web token is empty" in capsys.readouterr().err
+
+
+def test_a_port_in_use_stops_the_daemon_at_start_naming_the_key(tmp_path: Path) -> None:
+    clip = write_flac(tmp_path / "machine.flac", synth(3.0))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = small_config(tmp_path, [clip], web={"enabled": True, "port": port})
+        daemon = DaemonThread(write_config(tmp_path, config))
+        with pytest.raises(ConfigError, match=f"web: cannot listen on 127.0.0.1:{port}.*web.port"):
+            daemon.wait(30)
+    assert daemon.daemon.processor is None and daemon.daemon.mqtt is None
