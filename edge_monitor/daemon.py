@@ -11,9 +11,8 @@ kept: the daemon never goes deaf because of a typo.
 
 With `web.enabled`, the web view (`edge_monitor.web.server.WebServer`) runs on a thread and
 event loop of its own; the processing loop only appends to its live feed
-(`edge_monitor.pipeline.live`). `Daemon.alarm_feedback` is where "this alarm was normal"
-plugs in: a callable (machine, event_id, requester) -> result the web view's
-POST /api/alarms/<event_id>/normal calls; while it is None the route answers 501.
+(`edge_monitor.pipeline.live`); its enrolment and "this alarm was normal" requests go to the
+enrolment manager, as the control socket's and the MQTT commands do.
 
 Enrolment (`edge_monitor.enrolment.control.EnrolmentService`) plugs in through `Daemon.processor`
 (audio taps, `set_enrolling`, `swap_detector`), `Daemon.register_command` and the local
@@ -75,7 +74,7 @@ from edge_monitor.pipeline.service import Notifier
 from edge_monitor.pipeline.settings import ProcessingSettings
 
 if TYPE_CHECKING:
-    from edge_monitor.web.context import FeedbackHandler, WebContext
+    from edge_monitor.web.context import WebContext
     from edge_monitor.web.server import WebServer
 
 log = logging.getLogger(__name__)
@@ -280,7 +279,6 @@ class Daemon:
         self.serving = Serving("builtin")
         self.live: LiveFeed | None = None
         self.web: WebServer | None = None
-        self.alarm_feedback: FeedbackHandler | None = None
         self._reloads: queue.Queue[concurrent.futures.Future[dict[str, Any]]] = queue.Queue()
         self._extra_commands: dict[str, Callable[[Command], Mapping[str, Any] | None]] = {}
 
@@ -427,8 +425,13 @@ class Daemon:
                 raise EdgeMonitorError("enrolment is not running yet")
             return self.enrolment.manager.dispatch(name, args, who)
 
+        def alarm_was_normal(machine: str, event_id: str, who: str) -> Mapping[str, Any]:
+            if self.enrolment is None:
+                raise EdgeMonitorError("enrolment is not running yet")
+            return self.enrolment.manager.alarm_was_normal(machine, event_id, who)
+
         return WebContext(device_id, live, snapshot, broker, clip_dir,
-                          lambda: self.serving.to_dict(), enrol, lambda: self.alarm_feedback)
+                          lambda: self.serving.to_dict(), enrol, alarm_was_normal)
 
     def _apply_log_level(self, config: Config) -> None:
         root = logging.getLogger()

@@ -16,7 +16,8 @@ from edge_monitor.pipeline.live import LiveFeed
 
 # (command, arguments, requester) -> result: the enrolment manager's dispatch.
 EnrolHandler = Callable[[str, Mapping[str, Any], str], Mapping[str, Any]]
-# (machine, event_id, requester) -> result: "this alarm was normal".
+# (machine, event_id, requester) -> result: "this alarm was normal" (the enrolment
+# manager's alarm_was_normal).
 FeedbackHandler = Callable[[str, str, str], Mapping[str, Any]]
 
 
@@ -31,4 +32,4 @@ class WebContext:
     clip_dir: Callable[[], Path | None]  # None: alarm audio is not saved
     serving: Callable[[], dict[str, Any]]  # which bundle serves
     enrol: EnrolHandler | None = None
-    feedback: Callable[[], FeedbackHandler | None] = lambda: None
+    feedback: FeedbackHandler | None = None

@@ -280,7 +280,7 @@ class WebServer:
             "serving": ctx.serving(),
             "enrolment": enrolment,
             "commands_enabled": self.settings.commands_enabled,
-            "feedback": self.settings.commands_enabled and ctx.feedback() is not None,
+            "feedback": self.settings.commands_enabled and ctx.feedback is not None,
             "clips": ctx.clip_dir() is not None,
         }
 
@@ -425,7 +425,7 @@ class WebServer:
         refused = self._commands_refused()
         if refused is not None:
             return refused
-        handler = self.context.feedback()
+        handler = self.context.feedback
         if handler is None:
             return _error(501, "alarm feedback is not available in this daemon")
         event_id = request.match_info["event_id"]

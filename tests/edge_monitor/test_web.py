@@ -219,6 +219,20 @@ def test_enrolment_from_the_page(web: WebDaemon, chromium: WebDriver) -> None:
     assert enrolled != before
 
 
+def test_this_alarm_was_normal_from_the_page(web: WebDaemon, chromium: WebDriver) -> None:
+    _open(chromium, web.base + "/")
+    before = web.status()["snapshot"]["machines"]["pump"]
+    wait_for(lambda: [t for t in _alarm_rows(chromium) if "ended" in t], "the ended alarm")
+    chromium.find_element(By.CSS_SELECTOR, "#alarms tr[data-event-id] button").click()
+    notice = chromium.find_element(By.ID, "notice")
+    wait_for(lambda: notice.get_attribute("data-outcome"), "the feedback's reply")
+    assert notice.get_attribute("data-outcome") == "done", notice.text
+    assert "alarm marked normal" in notice.text and "windows added" in notice.text
+    after = web.status()["snapshot"]["machines"]["pump"]
+    assert after["bank_version"] != before["bank_version"]
+    assert after["threshold"] >= before["threshold"]
+
+
 # After the replay ----------------------------------------------------------------------
 
 

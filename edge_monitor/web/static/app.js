@@ -189,7 +189,17 @@ function showAlarms(list) {
     if (feedback && !a.earlier) {
       const button = document.createElement("button");
       button.textContent = "this alarm was normal";
-      button.addEventListener("click", () => post(`/api/alarms/${encodeURIComponent(a.event_id)}/normal`, {}));
+      button.addEventListener("click", async () => {
+        const notice = document.getElementById("notice");
+        notice.textContent = "adding the alarm's windows to the bank…";
+        const reply = await post(`/api/alarms/${encodeURIComponent(a.event_id)}/normal`, {}, "notice");
+        if (reply.ok) {
+          const r = reply.result;
+          notice.textContent = `${a.machine}: alarm marked normal, ${r.windows} windows added; ` +
+            `threshold ${fmt(r.threshold_old, 5)} → ${fmt(r.threshold_new, 5)}`;
+        }
+        notice.dataset.outcome = reply.ok ? "done" : "refused";
+      });
       actions.appendChild(button);
     }
     row.appendChild(actions);
@@ -198,14 +208,14 @@ function showAlarms(list) {
   scheduleDraw();
 }
 
-async function post(url, body) {
+async function post(url, body, target = "enrol-state") {
   const response = await fetch(url, {
     method: "POST", credentials: "same-origin",
     headers: { "Content-Type": "application/json", "X-CSRF-Token": csrfToken },
     body: JSON.stringify(body),
   });
   const reply = await response.json().catch(() => ({ error: response.statusText }));
-  document.getElementById("enrol-state").textContent = response.ok ? "done" : `refused: ${reply.error}`;
+  document.getElementById(target).textContent = response.ok ? "done" : `refused: ${reply.error}`;
   return reply;
 }
 
