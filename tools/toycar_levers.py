@@ -2,13 +2,15 @@
 
     .venv/bin/python tools/toycar_levers.py --data ../shared/data/toycar \
         --model frozen=../shared/weights/efficientat/mn04_as_mAP_432.pt --model ft=runs/r1 \
-        [--k 1,3] [--variants knn,dads,...] [--out runs/levers.json]
+        [--k 1,3] [--variants knn,dads,...] [--window-s 4 --hop-s 2] [--out runs/levers.json]
 
 A model is any spec `trainer.model_spec` reads (builtin, run directory, release file, student,
 export.json:NAME). Embeddings go through the product's path (read_audio, preprocess, embedder)
-and its cache. The table has one row per model, variant and k; the last lines say what picking
-the best row on half the test clips is worth on the other half (split-half validation), which
-is the honest figure for a choice made on these clips.
+and its cache; with --window-s the bank holds one entry per window of each training clip
+instead of one per clip, and a test clip scores the max / mean of its windows
+(trainer.window_bank). The table has one row per model, variant and k; the last lines say
+what picking the best row on half the test clips is worth on the other half (split-half
+validation), which is the honest figure for a choice made on these clips.
 """
 
 from __future__ import annotations
@@ -22,13 +24,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from edge_monitor.core.scoring_config import VARIANTS
+from edge_monitor.core.embedders.base import Embedder
+from edge_monitor.core.scoring_config import VARIANTS, ScoringConfig
 from trainer.bootstrap import bootstrap_figures, validated_choice
 from trainer.cli_commands.eval import default_cache_dir
-from trainer.dcase_data import read_dataset
+from trainer.dcase_data import Clip, read_dataset
 from trainer.embed_cache import EmbeddingCache, EmbedOptions
 from trainer.evaluate import evaluate_embeddings
 from trainer.model_spec import load_embedder
+from trainer.window_bank import evaluate_window_level
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,6 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--trim-db", type=float, default=EmbedOptions().trim_quiet_db,
                         help="trim quiet ends this far under the median level (0 = off)")
     parser.add_argument("--cache", type=Path, default=default_cache_dir())
+    parser.add_argument("--window-s", type=float, default=0.0,
+                        help="window-level bank: window length in seconds (0 = one entry a clip)")
+    parser.add_argument("--hop-s", type=float, default=None, help="window hop (default half)")
     parser.add_argument("--out", type=Path, default=None, help="write the rows as JSON")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
@@ -55,21 +62,15 @@ def main(argv: list[str] | None = None) -> int:
     rows, candidates = [], {}
     for spec in args.model:
         embedder = load_embedder(spec)
-        cache = EmbeddingCache(args.cache, embedder, EmbedOptions(trim_quiet_db=args.trim_db))
-        train_emb = cache.embed_paths([c.path for c in train], progress=False)
-        test_emb = cache.embed_paths([c.path for c in test], progress=False)
-        for k in ks:
-            chosen = {f"{name}/k{k}": config.replace(k=k) for name, config in variants.items()}
-            result = evaluate_embeddings(train, train_emb, test, test_emb, chosen)
-            for section in result.sections:
-                label = f"{embedder.name} {section.variant}"
-                figures = bootstrap_figures(section.scores, is_anomaly, domains)
-                candidates[label] = section.scores
-                rows.append({"model": embedder.name, "variant": section.variant,
-                             **{n: [i.value, i.low, i.high] for n, i in figures.items()}})
-                print(f"| {embedder.name} | {section.variant} | {figures['auc_source'].value:.1f} "
-                      f"| {figures['auc_target'].value:.1f} | {figures['pauc'].value:.1f} "
-                      f"| {figures['hmean']} |", flush=True)
+        options = EmbedOptions(trim_quiet_db=args.trim_db)
+        for label, scores in clip_scores(embedder, train, test, variants, ks, options, args):
+            figures = bootstrap_figures(scores, is_anomaly, domains)
+            candidates[f"{embedder.name} {label}"] = scores
+            rows.append({"model": embedder.name, "variant": label,
+                         **{n: [i.value, i.low, i.high] for n, i in figures.items()}})
+            print(f"| {embedder.name} | {label} | {figures['auc_source'].value:.1f} "
+                  f"| {figures['auc_target'].value:.1f} | {figures['pauc'].value:.1f} "
+                  f"| {figures['hmean']} |", flush=True)
     validated, picks = validated_choice(candidates, is_anomaly, domains)
     best_in_sample = max(rows, key=lambda r: r["hmean"][0])
     print(f"best in-sample: {best_in_sample['model']} {best_in_sample['variant']} "
@@ -79,6 +80,29 @@ def main(argv: list[str] | None = None) -> int:
         args.out.write_text(json.dumps({"rows": rows, "split_half_validated": validated,
                                         "picks": picks}, indent=2) + "\n")
     return 0
+
+
+def clip_scores(
+    embedder: Embedder, train: list[Clip], test: list[Clip],
+    variants: dict[str, ScoringConfig], ks: list[int], options: EmbedOptions,
+    args: argparse.Namespace,
+) -> list[tuple[str, np.ndarray]]:
+    """(label, test clip scores) for every variant and k, clip- or window-level bank."""
+    out = []
+    for k in ks:
+        chosen = {f"{name}/k{k}": config.replace(k=k) for name, config in variants.items()}
+        if args.window_s > 0:
+            hop = args.hop_s or args.window_s / 2
+            scores = evaluate_window_level(embedder, train, test, chosen, args.window_s, hop,
+                                           options)
+            out += [(f"{label} w{args.window_s:g}s", s) for label, s in scores.items()]
+            continue
+        cache = EmbeddingCache(args.cache, embedder, options)
+        train_emb = cache.embed_paths([c.path for c in train], progress=False)
+        test_emb = cache.embed_paths([c.path for c in test], progress=False)
+        result = evaluate_embeddings(train, train_emb, test, test_emb, chosen)
+        out += [(section.variant, section.scores) for section in result.sections]
+    return out
 
 
 if __name__ == "__main__":
