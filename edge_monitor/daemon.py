@@ -38,6 +38,7 @@ from threadpoolctl import threadpool_limits
 
 from edge_monitor.audio_in.capture import AudioSource, SoundDeviceSource
 from edge_monitor.audio_in.replay import ReplaySource
+from edge_monitor.config.directories import prepare_dir
 from edge_monitor.config.loader import load_config
 from edge_monitor.config.sections import Config
 from edge_monitor.core.bundle import Bundle, load_bundle
@@ -53,7 +54,7 @@ from edge_monitor.core.errors import (
 from edge_monitor.core.preprocess import PreprocessConfig
 from edge_monitor.core.signing import Signer, TrustPolicy
 from edge_monitor.enrolment.bank_store import BankStore
-from edge_monitor.enrolment.control import EnrolmentService
+from edge_monitor.enrolment.control import EnrolmentService, check_socket_path, socket_path
 from edge_monitor.fleet.rollout import RolloutService
 from edge_monitor.fleet.store import BundleStore
 from edge_monitor.mqtt.client import MqttClient
@@ -139,9 +140,10 @@ def learning_amount(learner: BankLearner) -> str:
 
 
 def _banked(config: Config, name: str, channel: int, detector: Detector,
-            origin: str) -> MachineSetup:
-    """A machine with a detector, its enrolled banks applied when it has some."""
-    applied = BankStore(config.state_dir, name).apply(detector)
+            origin: str, enrolled: bool = True) -> MachineSetup:
+    """A machine with a detector, its enrolled banks applied when it has some (and
+    `enrolled`: an offline rollback plans without them)."""
+    applied = BankStore(config.state_dir, name).apply(detector) if enrolled else detector
     origin = origin if applied is detector else "enrolled on site"
     return MachineSetup(name, channel, detector=applied, bank_origin=origin)
 
@@ -149,6 +151,7 @@ def _banked(config: Config, name: str, channel: int, detector: Detector,
 def learned_setup(
     config: Config, name: str, channel: int, embedder: Embedder,
     preprocess_config: PreprocessConfig, model: LearnedModel | None = None,
+    enrolled: bool = True,
 ) -> MachineSetup:
     """A machine whose bank is learned on site: its saved bank when it still fits the model
     and settings (with enrolled banks applied), else a learner. `model` defaults to the
@@ -160,17 +163,19 @@ def learned_setup(
         log.info("machine %s: using the learned bank %s", name, bank.version)
         return _banked(config, name, channel,
                        learner.detector(bank, config.decision.false_alarm_rate),
-                       "learned on site")
+                       "learned on site", enrolled)
     log.info("machine %s: no learned bank of model %s yet; learning from the next %s",
              name, learner.model.name, learning_amount(learner))
     return MachineSetup(name, channel, learner=learner)
 
 
-def plan_machines(config: Config, bundle_path: Path | None = None) -> Plan:
+def plan_machines(config: Config, bundle_path: Path | None = None,
+                  enrolled: bool = True) -> Plan:
     """Detectors (from the bundle, or learned banks on disk) or learners, per machine.
 
     The bundle is `bundle_path` when given (a rollout checking a candidate), else the one
     `bundle/install` made current (edge_monitor.fleet.store), else `model.bundle`.
+    `enrolled` False leaves the enrolled banks out (an offline rollback of a bad one).
     Raises ConfigError/BundleError/BankError when the config and the models disagree.
     """
     preprocess_config = config.preprocess.to_preprocess_config()
@@ -189,11 +194,12 @@ def plan_machines(config: Config, bundle_path: Path | None = None) -> Plan:
             key = m.bundle_machine or m.name
             if key in detectors:
                 setups.append(_banked(config, m.name, m.channel, detectors[key],
-                                      "from the bundle"))
+                                      "from the bundle", enrolled))
             elif manifest.learns(key):
                 model, spec = next(iter(manifest.models.items()))
                 setups.append(learned_setup(config, m.name, m.channel, embedders[model],
-                                            bundle.preprocess, bundle_model(model, spec)))
+                                            bundle.preprocess, bundle_model(model, spec),
+                                            enrolled))
             else:
                 raise ConfigError(
                     f"machines: {m.name!r} looks for {key!r} in the bundle, which has "
@@ -211,7 +217,8 @@ def plan_machines(config: Config, bundle_path: Path | None = None) -> Plan:
         window_s = config.windows.window_s or BUILTIN_WINDOW_S
         for m in config.machines:
             setups.append(learned_setup(config, m.name, m.channel,
-                                        builtin_embedder(model_rate, window_s), preprocess_config))
+                                        builtin_embedder(model_rate, window_s), preprocess_config,
+                                        enrolled=enrolled))
     if config.windows.hop_s > window_s:
         raise ConfigError(
             f"windows.hop_s = {config.windows.hop_s} is longer than the {window_s} s window: "
@@ -251,16 +258,68 @@ def build_mqtt(config: Config) -> MqttClient | None:
     return MqttClient(config.mqtt, config.device_id, config.journal_path, machines)
 
 
-def prepare_state_dir(config: Config) -> None:
+def daemon_directories(config: Config) -> list[tuple[str, Path, bool]]:
+    """(key, path, written) of every directory the daemon uses: the state directory, the
+    clip directory when clips are saved, and the enrolment import directory (only read)."""
+    dirs = [("state_dir", config.state_dir, True)]
+    if config.alarm_audio.enabled:
+        dirs.append(("alarm_audio.dir", config.clip_dir, True))
+    dirs.append(("enrolment.import_dir", config.import_dir, False))
+    return dirs
+
+
+def prepare_directories(config: Config, create: bool) -> dict[str, str]:
+    """Check (`check`) or create (`run`) every directory of the config the same way; returns
+    key -> how it stands (edge_monitor.config.directories)."""
     try:
-        config.state_dir.mkdir(parents=True, exist_ok=True)
-        probe = config.state_dir / ".write-check"
-        probe.write_text("ok\n")
-    except OSError as exc:
+        check_socket_path(socket_path(config.state_dir))
+    except BadInputError as exc:
+        raise ConfigError(f"state_dir = {str(config.state_dir)!r}: {exc}") from None
+    return {key: prepare_dir(key, path, create, written)
+            for key, path, written in daemon_directories(config)}
+
+
+@dataclass
+class Assembly:
+    """What `run` builds from a config before any thread starts; `check` builds the same
+    and starts nothing, so whatever `run` would refuse, `check` refuses."""
+
+    directories: dict[str, str]
+    plan: Plan
+    mqtt: MqttClient | None
+    source: AudioSource
+    clips: ClipStore | None
+    processor: Processor
+
+
+def assemble(
+    config: Config, create: bool,
+    mqtt_factory: Callable[[Config], MqttClient | None] = build_mqtt,
+    notifier: Notifier | None = None, stop: threading.Event | None = None,
+    live: LiveFeed | None = None, clip_base_url: str | None = None,
+) -> Assembly:
+    """Directories (created when `create`), plan, MQTT client (password read, TLS loaded,
+    not connected), audio source (not opened), clip store and the processing loop with every
+    machine's window buffers (not started; `live` and `clip_base_url` are the web view's)."""
+    directories = prepare_directories(config, create)
+    plan = plan_machines(config)
+    mqtt = mqtt_factory(config)
+    if mqtt is not None:
+        mqtt.prepare()
+    source = build_source(config, plan.model_rate_hz)
+    clips = build_clip_store(config)
+    try:
+        processor = Processor(source, plan.settings, plan.machines, mqtt, clips,
+                              notifier or Notifier(), stop or threading.Event(), live,
+                              clip_base_url)
+    except MemoryError as exc:
+        where = "the bundle's models[].window_s" if plan.serving.origin != "builtin" else \
+            "windows.window_s"
         raise ConfigError(
-            f"state_dir = {str(config.state_dir)!r} is not writable ({exc.strerror or exc}): "
-            "create it for the daemon's user or point state_dir elsewhere"
-        ) from exc
+            f"window {plan.settings.window_s:g} s at {plan.model_rate_hz} Hz ({where}): its "
+            f"buffers do not fit in memory ({exc}); use a model that takes windows of seconds"
+        ) from None
+    return Assembly(directories, plan, mqtt, source, clips, processor)
 
 
 class Daemon:
@@ -316,26 +375,27 @@ class Daemon:
         threadpool_limits(limits=BLAS_THREADS, user_api="blas")
         config = load_config(self.config_path)
         self._apply_log_level(config)
-        prepare_state_dir(config)
-        plan = plan_machines(config)
-        self.config, self.serving = config, plan.serving
-        self._install_signals()
         e = config.enrolment
-        self.enrolment = EnrolmentService(self, config.state_dir, e.gate(), e.keep_versions,
-                                          e.session_expiry_s)
-        self.rollout = RolloutService(self, config.state_dir)
+        # Built first: they register their MQTT commands, which _build_mqtt hands the client.
+        enrolment = EnrolmentService(self, config.state_dir, e.gate(), e.keep_versions,
+                                     e.session_expiry_s, config.import_dir)
+        rollout = RolloutService(self, config.state_dir)
         self._start_web(config)  # first: a port in use fails before anything else runs
-        self.mqtt = self._build_mqtt(config)
+        try:
+            built = assemble(config, True, self._build_mqtt, self.notifier, self.stop_event,
+                             self.live, self._clip_base_url(config))
+        except BaseException:
+            self._stop_web()
+            raise
+        plan = built.plan
+        self.config, self.serving = config, plan.serving
+        self.enrolment, self.rollout = enrolment, rollout
+        self._install_signals()
+        self.mqtt, self.source, self.processor = built.mqtt, built.source, built.processor
         if self.mqtt is not None:
             self.mqtt.start()
             self.mqtt.end_open_alarms()  # the alarms a crash of the last run left open
-        self.source = build_source(config, plan.model_rate_hz)
         self.source.start()
-        store = build_clip_store(config)
-        self.processor = Processor(
-            self.source, plan.settings, plan.machines, self.mqtt,
-            store, self.notifier, self.stop_event, self.live, self._clip_base_url(config),
-        )
         self.processor.start()
         self.enrolment.start()
         self.rollout.publish()
@@ -510,7 +570,7 @@ class Daemon:
     def _apply_reload(self) -> dict[str, Any]:
         assert self.config is not None and self.processor is not None
         new = load_config(self.config_path)
-        prepare_state_dir(new)
+        prepare_directories(new, create=True)
         plan = plan_machines(new)
         old = self.config
         source = None
@@ -520,6 +580,7 @@ class Daemon:
         if new.enrolment != old.enrolment and self.enrolment is not None:
             e = new.enrolment
             self.enrolment.manager.configure(e.gate(), e.keep_versions, e.session_expiry_s)
+            self.enrolment.server.import_dir = new.import_dir
         if source is not None:
             source.start()
         if new.mqtt != old.mqtt or new.device_id != old.device_id or new.state_dir != old.state_dir:

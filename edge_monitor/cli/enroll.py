@@ -10,8 +10,10 @@
 
 With the daemon running (its control socket in state_dir answers), everything goes through
 it: live recording shares its capture, and the new bank is swapped in without a restart.
-Files are copied into state_dir for the daemon to read (the service's sandbox hides /tmp and
-/home from it), so run the command as the service's user: `sudo -u edge-monitor ...`.
+Files are copied into the import directory (enrolment.import_dir, default
+<state_dir>/enrol-inbox), the only place the daemon reads recordings from over its socket
+(and one its sandbox can see), so run the command as the service's user:
+`sudo -u edge-monitor ...`.
 Without a daemon, files are enrolled straight into the bank store under state_dir, and the
 daemon serves the new bank when it starts or reloads (SIGHUP).
 """
@@ -33,7 +35,13 @@ from typing import Any
 from edge_monitor.cli.score import expand_files
 from edge_monitor.config.loader import load_config
 from edge_monitor.core.detector import Detector
-from edge_monitor.core.errors import AudioFileError, BadInputError, ConfigError, EdgeMonitorError
+from edge_monitor.core.errors import (
+    AudioFileError,
+    BadInputError,
+    BankError,
+    ConfigError,
+    EdgeMonitorError,
+)
 from edge_monitor.enrolment.bank_store import BankStore
 from edge_monitor.enrolment.control import daemon_running, request, socket_path
 from edge_monitor.enrolment.manager import EnrolmentManager
@@ -45,7 +53,6 @@ log = logging.getLogger(__name__)
 POLL_S = 1.0
 # Embedding many minutes of files (or a large model) takes a while on a small box.
 BUILD_TIMEOUT_S = 900.0
-INBOX_DIR = "enrol-inbox"
 # How long past the requested seconds a live recording may take (gaps, faults) before giving up.
 RECORDING_GRACE_S = 60.0
 
@@ -97,11 +104,11 @@ def run(args: argparse.Namespace) -> int:
     files = [str(p.resolve()) for p in expand_files(args.files)] if args.files else []
     path = socket_path(config.state_dir)
     if daemon_running(path):
-        return _online(args, path, files)
+        return _online(args, path, files, config.import_dir)
     return _offline(args, config, files)
 
 
-def _online(args: argparse.Namespace, path: Path, files: list[str]) -> int:
+def _online(args: argparse.Namespace, path: Path, files: list[str], import_dir: Path) -> int:
     machine = args.machine
     if args.status:
         _print(request(path, {"command": "enroll/status"}))
@@ -113,7 +120,7 @@ def _online(args: argparse.Namespace, path: Path, files: list[str]) -> int:
         _print(request(path, {"command": "enroll/false-alarm", "machine": machine,
                               "event_id": args.false_alarm}, BUILD_TIMEOUT_S))
     elif files:
-        with _staged(files, path.parent) as staged:
+        with _staged(files, import_dir) as staged:
             _print(request(path, {"command": "enroll/files", "machine": machine,
                                   "files": staged}, BUILD_TIMEOUT_S))
     else:
@@ -122,11 +129,18 @@ def _online(args: argparse.Namespace, path: Path, files: list[str]) -> int:
 
 
 @contextlib.contextmanager
-def _staged(files: list[str], state_dir: Path) -> Iterator[list[str]]:
-    """Copies of `files` in the state directory, the one place the sandboxed service reads
-    (systemd's PrivateTmp and ProtectHome hide /tmp and /home from it); removed afterwards."""
-    inbox = state_dir / INBOX_DIR / f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
-    inbox.mkdir(parents=True)
+def _staged(files: list[str], import_dir: Path) -> Iterator[list[str]]:
+    """Copies of `files` in the import directory (enrolment.import_dir), the one place the
+    daemon reads recordings from over its socket, and where the sandboxed service can (its
+    PrivateTmp and ProtectHome hide /tmp and /home from it); removed afterwards."""
+    inbox = import_dir / f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
+    try:
+        inbox.mkdir(parents=True)
+    except OSError as exc:
+        raise BadInputError(
+            f"cannot copy the recordings into {import_dir} (enrolment.import_dir): "
+            f"{exc.strerror or exc}; run as the service's user (sudo -u edge-monitor ...)"
+        ) from exc
     try:
         staged = []
         for i, name in enumerate(files):
@@ -182,10 +196,12 @@ def _offline(args: argparse.Namespace, config: Any, files: list[str]) -> int:
             "live recording needs the running daemon (`edge-monitor run -c CONF`), whose input "
             "it shares; start it, or enrol recordings given as files"
         )
-    detectors = {args.machine: _offline_detector(config, args.machine)}
+    detectors = {args.machine: _offline_detector(config, args.machine, args.rollback)}
+    e = config.enrolment
     manager = EnrolmentManager(
         config.state_dir, get_detector=detectors.get,
         swap_detector=lambda machine, detector: detectors.__setitem__(machine, detector),
+        gate=e.gate(), keep=e.keep_versions,  # the daemon's settings, not the defaults
     )
     if args.rollback:
         _print(manager.rollback(args.machine, _user()))
@@ -197,15 +213,23 @@ def _offline(args: argparse.Namespace, config: Any, files: list[str]) -> int:
     return 0
 
 
-def _offline_detector(config: Any, machine: str) -> Detector:
-    """The detector the daemon would run for `machine`: bundle or learned bank, plus store."""
+def _offline_detector(config: Any, machine: str, rollback: bool = False) -> Detector:
+    """The detector the daemon would run for `machine`: bundle or learned bank, plus store.
+    For a rollback, enrolled banks the daemon would refuse (threshold 0) are rolled back
+    from the bundle's or learned banks instead of blocking their own undoing."""
     from edge_monitor.daemon import plan_machines
 
-    plan = plan_machines(config)
+    plan = plan_machines(config, enrolled=False)
     setup = next(s for s in plan.machines if s.name == machine)
     if setup.detector is None:
         raise BadInputError(
             f"machine {machine}: has no bank yet: let the daemon learn it first, or configure "
             "a bundle (model.bundle)"
         )
-    return BankStore(config.state_dir, machine).apply(setup.detector)
+    try:
+        return BankStore(config.state_dir, machine).apply(setup.detector)
+    except BankError as exc:
+        if not rollback:
+            raise
+        log.warning("%s; rolling back from the base banks", exc)
+        return setup.detector

@@ -30,6 +30,7 @@ _PATH_KEYS = (
     ("state_dir",),
     ("model", "bundle"),
     ("alarm_audio", "dir"),
+    ("enrolment", "import_dir"),
     ("mqtt", "tls_ca_file"),
     ("mqtt", "tls_cert_file"),
     ("mqtt", "tls_key_file"),

@@ -30,6 +30,7 @@ CREDENTIALS_ENV = "CREDENTIALS_DIRECTORY"
 DEFAULT_STATE_DIR = Path("/var/lib/edge-monitor")
 PROVIDERS = ("CPU", "CUDA", "TensorRT")
 SEGMENT_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+IMPORT_DIR_NAME = "enrol-inbox"  # under state_dir: `edge-monitor enroll` copies files here
 DEFAULT_KEEP = 5  # bank versions kept per model (the current and the previous always stay)
 PENDING_TIMEOUT_S = 3600.0  # an uncommitted enrolment older than this may be discarded
 MAX_PATH_CHARS = 4096  # Linux PATH_MAX; longer paths fail with OSError when opened
@@ -439,6 +440,11 @@ class EnrolmentSection(Section):
         description="an enrolment left uncommitted this long after its recording ended is "
         "discarded when another one starts",
     )
+    import_dir: ConfigPath | None = Field(
+        default=None,
+        description="the only directory whose recordings `enroll/files` on the control socket "
+        "may read (links and '..' resolved first); null = <state_dir>/enrol-inbox",
+    )
 
     def gate(self) -> QualityGateConfig:
         return QualityGateConfig(min_seconds=self.min_seconds, min_windows=self.min_windows)
@@ -663,6 +669,10 @@ class Config(Section):
     @property
     def clip_dir(self) -> Path:
         return self.alarm_audio.dir or self.state_dir / "clips"
+
+    @property
+    def import_dir(self) -> Path:
+        return self.enrolment.import_dir or self.state_dir / IMPORT_DIR_NAME
 
     @property
     def journal_path(self) -> Path:

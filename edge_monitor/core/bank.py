@@ -12,9 +12,12 @@ and dimensions and names the file and the fix when anything is off.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
 import logging
+import os
 import shutil
 import tempfile
 import zipfile
@@ -28,7 +31,7 @@ import numpy as np
 from usearch.index import Index
 
 from edge_monitor.core.atomic import atomic_path, atomic_write_text, fsync_dir
-from edge_monitor.core.errors import BankError, ConfigError, one_line
+from edge_monitor.core.errors import BankError, ConfigError, StorageError, one_line
 from edge_monitor.core.neighbours import build_usearch_index
 from edge_monitor.core.scoring_config import ScoringConfig
 
@@ -40,6 +43,7 @@ INDEX_NAME = "index.usearch"
 META_NAME = "meta.npz"
 MAX_DIM = 1 << 16
 MAX_COUNT = 10_000_000  # entries of one bank; a bank of a few hours of windows holds ~10^4
+LOW_SPACE_BYTES = 1 << 20  # a failed write with less free than this was the disk being full
 META_ARRAYS = (
     "domains", "clip_ids", "parents", "densities", "loo_scores", "loo_rows", "recordings", "start_s"
 )
@@ -99,51 +103,79 @@ def sha256_file(path: Path) -> str:
 
 
 def save_bank(bank: Bank, directory: str | Path) -> Path:
-    """Write `bank` into a new directory atomically (built aside, renamed into place)."""
+    """Write `bank` into a new directory atomically (built aside, renamed into place).
+
+    A failed write (a full disk, a read-only mount) raises StorageError naming the
+    directory and the cause, and leaves nothing behind: banks already there are untouched.
+    """
     final = Path(directory)
     if final.exists():
         raise BankError(f"{final}: already exists; banks are immutable, write a new version")
-    final.parent.mkdir(parents=True, exist_ok=True)
     bank.version = bank.version or bank.content_version()
-    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    index = build_usearch_index(bank.embeddings)
+    staging: Path | None = None
     try:
-        index = build_usearch_index(bank.embeddings)
-        with atomic_path(staging / INDEX_NAME) as tmp:
-            index.save(str(tmp))
-        with atomic_path(staging / META_NAME) as tmp, open(tmp, "wb") as handle:
-            np.savez(
-                handle,
-                domains=bank.domains.astype(str),
-                clip_ids=bank.clip_ids.astype(str),
-                parents=bank.parents.astype(np.int64),
-                densities=bank.densities.astype(np.float32),
-                loo_scores=bank.loo_scores.astype(np.float32),
-                loo_rows=bank.loo_rows.astype(np.int64),
-                recordings=bank.recordings.astype(str),
-                start_s=bank.start_s.astype(np.float64),
-            )
-        manifest = {
-            "format_version": BANK_FORMAT_VERSION,
-            "version": bank.version,
-            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "dim": bank.dim,
-            "count": len(bank),
-            "scoring": bank.config.to_dict(),
-            "group_medians": bank.group_medians,
-            "overlap_s": bank.overlap_s,
-            "info": bank.info,
-            "files": {
-                INDEX_NAME: sha256_file(staging / INDEX_NAME),
-                META_NAME: sha256_file(staging / META_NAME),
-            },
-        }
-        atomic_write_text(staging / MANIFEST_NAME, json.dumps(manifest, indent=2) + "\n")
+        final.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+        _write_files(bank, index, staging)
         staging.rename(final)
         fsync_dir(final.parent)
+    except (OSError, RuntimeError) as exc:  # usearch reports a failed write as RuntimeError
+        raise write_error(final, exc) from exc
     finally:
-        if staging.exists():
+        if staging is not None and staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
     return final
+
+
+def write_error(path: Path, exc: BaseException) -> StorageError:
+    """One line for a failed write: the path, the cause (the disk's free space when it is
+    full, which usearch does not say) and the fix."""
+    if isinstance(exc, OSError) and exc.errno is not None:
+        cause = os.strerror(exc.errno)
+    else:
+        cause = str(exc) or type(exc).__name__
+    existing = next((p for p in (path, *path.parents) if p.exists()), None)
+    if existing is not None:
+        with contextlib.suppress(OSError):
+            free = shutil.disk_usage(existing).free
+            if (isinstance(exc, OSError) and exc.errno == errno.ENOSPC) or free < LOW_SPACE_BYTES:
+                cause = f"no space left on the device ({free} bytes free)"
+    return StorageError(f"{path}: cannot write the bank: {cause}; free space or fix the "
+                        "mount, then try again (banks already stored are unchanged)")
+
+
+def _write_files(bank: Bank, index: Index, staging: Path) -> None:
+    with atomic_path(staging / INDEX_NAME) as tmp:
+        index.save(str(tmp))
+    with atomic_path(staging / META_NAME) as tmp, open(tmp, "wb") as handle:
+        np.savez(
+            handle,
+            domains=bank.domains.astype(str),
+            clip_ids=bank.clip_ids.astype(str),
+            parents=bank.parents.astype(np.int64),
+            densities=bank.densities.astype(np.float32),
+            loo_scores=bank.loo_scores.astype(np.float32),
+            loo_rows=bank.loo_rows.astype(np.int64),
+            recordings=bank.recordings.astype(str),
+            start_s=bank.start_s.astype(np.float64),
+        )
+    manifest = {
+        "format_version": BANK_FORMAT_VERSION,
+        "version": bank.version,
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "dim": bank.dim,
+        "count": len(bank),
+        "scoring": bank.config.to_dict(),
+        "group_medians": bank.group_medians,
+        "overlap_s": bank.overlap_s,
+        "info": bank.info,
+        "files": {
+            INDEX_NAME: sha256_file(staging / INDEX_NAME),
+            META_NAME: sha256_file(staging / META_NAME),
+        },
+    }
+    atomic_write_text(staging / MANIFEST_NAME, json.dumps(manifest, indent=2) + "\n")
 
 
 def _read_manifest(directory: Path) -> dict[str, Any]:

@@ -41,6 +41,11 @@ class DatasetError(BadInputError):
     """A data set tree or file name does not follow the expected layout."""
 
 
+class StorageError(EdgeMonitorError):
+    """A file could not be written (disk full, read-only mount, permissions); what was
+    there before is left as it was."""
+
+
 class RuntimeUnavailableError(EdgeMonitorError):
     """An optional inference runtime (onnxruntime, TFLite) is not installed."""
 

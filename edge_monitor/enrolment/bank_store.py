@@ -27,6 +27,7 @@ import errno
 import fcntl
 import json
 import logging
+import math
 import os
 import shutil
 from collections.abc import Callable, Iterator, Mapping
@@ -36,7 +37,7 @@ from typing import Any
 
 from edge_monitor.config.sections import DEFAULT_KEEP
 from edge_monitor.core.atomic import atomic_write_text
-from edge_monitor.core.bank import Bank, load_bank, save_bank
+from edge_monitor.core.bank import Bank, load_bank, save_bank, write_error
 from edge_monitor.core.detector import Detector, ScoreNorm
 from edge_monitor.core.errors import BankError, EdgeMonitorError
 
@@ -47,6 +48,8 @@ POINTER_NAME = "current.json"
 LOCK_NAME = ".lock"
 POINTER_FORMAT_VERSION = 1
 MAX_HISTORY = 200
+# A threshold this small is 0 but for float rounding (duplicate entries are ~1e-7 apart).
+ZERO_THRESHOLD = 1e-6
 
 Versions = dict[str, str]  # model (member) name -> bank version
 
@@ -63,7 +66,20 @@ def detector_versions(detector: Detector) -> Versions:
     return {m.name: m.bank.version for m in detector.members}
 
 
-def rebank(detector: Detector, banks: Mapping[str, Bank]) -> Detector:
+def require_usable_threshold(detector: Detector, banks: str, fix: str) -> Detector:
+    """`detector`, or BankError when its threshold is 0 but for rounding, or below (every
+    window would alarm: the bank's entries duplicate one another) or not finite."""
+    threshold = detector.threshold
+    if math.isfinite(threshold) and threshold > ZERO_THRESHOLD:
+        return detector
+    why = "every window would alarm: its entries duplicate one another" if (
+        math.isfinite(threshold)) else "it would never alarm, or always"
+    raise BankError(f"machine {detector.machine}: {banks} give threshold {threshold:.3g}, "
+                    f"refused ({why}); {fix}")
+
+
+def rebank(detector: Detector, banks: Mapping[str, Bank],
+           fix: str = "nothing was changed") -> Detector:
     """`detector` with new banks, its threshold and ensemble score norms rebuilt from them.
 
     A bundle standardises each ensemble member's score by its bank's leave-one-out scores;
@@ -78,7 +94,8 @@ def rebank(detector: Detector, banks: Mapping[str, Bank]) -> Detector:
                 member.norm = ScoreNorm.from_loo(member.bank.loo_scores)
         swapped = Detector(swapped.machine, swapped.members, swapped.false_alarm_rate,
                            swapped.preprocess_config, swapped.model_version)
-    return swapped
+    versions = {name: bank.version for name, bank in banks.items()}
+    return require_usable_threshold(swapped, f"banks {versions}", fix)
 
 
 class StoreLock:
@@ -232,7 +249,9 @@ class BankStore:
                       self.machine, exc, detector_versions(detector))
             return detector
         log.info("machine %s: serving enrolled banks %s", self.machine, pointer["current"])
-        return rebank(detector, banks)
+        return rebank(detector, banks, (
+            f"roll back that enrolment (`edge-monitor enroll -c CONF --machine {self.machine} "
+            f"--rollback`) or delete {self.pointer_path} to serve the bundle's banks"))
 
     # Writing (hold the StoreLock) ------------------------------------------------------
 
@@ -358,7 +377,10 @@ class BankStore:
         pointer["updated_at"] = _now()
         pointer["history"] = [*pointer["history"], {"at": pointer["updated_at"], **event}]
         pointer["history"] = pointer["history"][-MAX_HISTORY:]
-        atomic_write_text(self.pointer_path, json.dumps(pointer, indent=2) + "\n")
+        try:
+            atomic_write_text(self.pointer_path, json.dumps(pointer, indent=2) + "\n")
+        except OSError as exc:
+            raise write_error(self.pointer_path, exc) from exc
         return pointer
 
 

@@ -8,6 +8,14 @@ enroll/commit, enroll/cancel, enroll/rollback, enroll/status, enroll/false-alarm
 to the same `EnrolmentManager.dispatch` as the MQTT commands; the requester is the peer's
 user name (SO_PEERCRED), which the audit log records.
 
+The socket is a privilege boundary (any member of the daemon's group may connect), so a
+request reads no file but the daemon's own: `enroll/files` takes only regular files inside
+the import directory (`enrolment.import_dir`, default `<state_dir>/enrol-inbox`, where
+`edge-monitor enroll` copies recordings), checked after links and `..` are resolved, and
+the resolved paths are what is read. Every request is served on its own thread, bounded in
+number, size and reading time; whatever a request holds (bytes, JSON, a handler's bug) it
+gets one reply line and the server keeps serving.
+
 `EnrolmentService` plugs enrolment into a running `edge_monitor.daemon.Daemon` through its
 public hooks: the processing loop's operations (detector, swap_detector, set_enrolling,
 add_tap, remove_tap), `register_command` for MQTT, and this socket.
@@ -27,7 +35,13 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from edge_monitor.config.sections import DEFAULT_KEEP, PENDING_TIMEOUT_S, QualityGateConfig
+from edge_monitor.config.sections import (
+    DEFAULT_KEEP,
+    IMPORT_DIR_NAME,
+    PENDING_TIMEOUT_S,
+    QualityGateConfig,
+    check_path,
+)
 from edge_monitor.core.errors import BadInputError, EdgeMonitorError
 from edge_monitor.enrolment.manager import EnrolmentManager
 from edge_monitor.enrolment.session import MAX_SECONDS
@@ -40,7 +54,12 @@ SOCKET_MODE = 0o660
 MAX_REQUEST_BYTES = 64 * 1024
 MAX_SOCKET_PATH = 107  # sun_path holds 108 bytes with the terminating NUL
 ACCEPT_POLL_S = 0.2
-CLIENT_TIMEOUT_S = 120.0  # for reading a request; handlers may run longer
+CLIENT_TIMEOUT_S = 120.0  # the client's wait for a reply, and the server's for sending it
+READ_TIMEOUT_S = 10.0  # for the request line: `edge-monitor enroll` sends it at once
+MAX_CLIENTS = 16  # requests served at once; each holds a thread
+MAX_FILES = 10_000  # paths in one enroll/files request
+SHOWN_CHARS = 200  # of a value quoted in an error
+MAX_ERROR_CHARS = 600  # an error reply is one line a person reads
 
 # Fields each command takes besides "command".
 COMMAND_FIELDS: dict[str, tuple[str, ...]] = {
@@ -72,7 +91,7 @@ def socket_path(state_dir: str | Path) -> Path:
     return Path(state_dir) / SOCKET_NAME
 
 
-def _check_path(path: Path) -> None:
+def check_socket_path(path: Path) -> None:
     if len(os.fsencode(path)) > MAX_SOCKET_PATH:
         raise BadInputError(
             f"control socket path {path} is longer than {MAX_SOCKET_PATH} bytes, the limit "
@@ -80,17 +99,72 @@ def _check_path(path: Path) -> None:
         )
 
 
-def validate_request(body: Any) -> tuple[str, dict[str, Any]]:
-    """Check a control request; returns (command, arguments) or raises BadInputError."""
+def _shown(value: Any) -> str:
+    """A value quoted in an error, one line and cut short."""
+    text = repr(value)
+    return text if len(text) <= SHOWN_CHARS else f"{text[:SHOWN_CHARS]}...'"
+
+
+def _reply_text(message: str) -> str:
+    """An error reply's text: newlines escaped, cut to MAX_ERROR_CHARS."""
+    flat = message.replace("\r", "\\r").replace("\n", "\\n")
+    return flat if len(flat) <= MAX_ERROR_CHARS else f"{flat[:MAX_ERROR_CHARS]}..."
+
+
+def confined(files: Any, import_dir: Path) -> list[str]:
+    """The resolved paths of `files`, each a regular file inside `import_dir` once links and
+    `..` are resolved; else BadInputError naming the first bad one and the fix."""
+    if not isinstance(files, list) or not files or len(files) > MAX_FILES or not all(
+        isinstance(f, str) for f in files
+    ):
+        raise BadInputError(f"files must be a non-empty list of at most {MAX_FILES} absolute "
+                            "paths")
+    root = import_dir.resolve()
+    where = f"the import directory {str(root)!r} (enrolment.import_dir)"
+    resolved = []
+    for name in files:
+        try:
+            check_path(Path(name))
+        except ValueError as exc:
+            raise BadInputError(f"files: {_shown(name)}: {exc}") from None
+        path = Path(name)
+        if not path.is_absolute():
+            raise BadInputError(f"files: {_shown(name)} is not an absolute path")
+        try:
+            # Where it leads first: nothing is said about files outside, not even whether
+            # they exist.
+            real = path.resolve()
+            inside = real.is_relative_to(root)
+            if inside:
+                real = path.resolve(strict=True)
+                inside = real.is_relative_to(root)  # the whole chain of links, again
+        except (OSError, RuntimeError) as exc:  # RuntimeError: a link loop
+            reason = os.strerror(exc.errno) if getattr(exc, "errno", None) else "a link loop"
+            raise BadInputError(f"files: {_shown(name)} cannot be read ({reason})") from None
+        if not inside:
+            raise BadInputError(
+                f"files: {_shown(name)} is outside {where} once links and '..' are "
+                "resolved: copy the recording there (`edge-monitor enroll` does)"
+            )
+        if not real.is_file():
+            raise BadInputError(f"files: {_shown(name)} is not a regular file")
+        resolved.append(str(real))
+    return resolved
+
+
+def validate_request(body: Any, import_dir: Path) -> tuple[str, dict[str, Any]]:
+    """Check a control request; returns (command, arguments) or raises BadInputError.
+    File paths must lie in `import_dir` (see `confined`)."""
     if not isinstance(body, dict):
         raise BadInputError("a control request must be a JSON object with a 'command'")
     name = body.get("command")
-    if name not in COMMAND_FIELDS:
-        raise BadInputError(f"unknown command {name!r}: use one of {', '.join(COMMAND_FIELDS)}")
+    if not isinstance(name, str) or name not in COMMAND_FIELDS:
+        raise BadInputError(f"unknown command {_shown(name)}: use one of "
+                            f"{', '.join(COMMAND_FIELDS)}")
     fields = COMMAND_FIELDS[name]
     unknown = sorted(set(body) - {"command", *fields})
     if unknown:
-        raise BadInputError(f"{name} does not take {unknown}; it takes {list(fields)}")
+        raise BadInputError(f"{name} does not take {_shown(unknown)}; it takes {list(fields)}")
     missing = [f for f in fields if f not in body]
     if missing:
         raise BadInputError(f"{name} needs {missing}")
@@ -105,16 +179,11 @@ def validate_request(body: Any) -> tuple[str, dict[str, Any]]:
             0 < seconds <= MAX_SECONDS
         ):
             raise BadInputError(
-                f"seconds = {seconds!r}: give a number above 0 and at most {MAX_SECONDS:g}"
+                f"seconds = {_shown(seconds)}: give a number above 0 and at most {MAX_SECONDS:g}"
             )
         args["seconds"] = float(seconds)
     if "files" in fields:
-        files = body["files"]
-        if not isinstance(files, list) or not files or not all(
-            isinstance(f, str) and os.path.isabs(f) for f in files
-        ):
-            raise BadInputError("files must be a non-empty list of absolute paths")
-        args["files"] = files
+        args["files"] = confined(body["files"], import_dir)
     return name, args
 
 
@@ -131,17 +200,26 @@ def _peer_user(conn: socket.socket) -> str:
 
 
 class ControlServer:
-    """Serves control requests on a unix socket; each connection on its own short thread."""
+    """Serves control requests on a unix socket; each connection on its own short thread,
+    at most MAX_CLIENTS at a time (more are answered `busy` at once)."""
 
-    def __init__(self, path: str | Path, handler: Handler) -> None:
+    def __init__(self, path: str | Path, handler: Handler,
+                 import_dir: str | Path | None = None) -> None:
         self.path = Path(path)
-        _check_path(self.path)
         self.handler = handler
+        self.import_dir = Path(import_dir) if import_dir else self.path.parent / IMPORT_DIR_NAME
         self._sock: socket.socket | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._clients = threading.BoundedSemaphore(MAX_CLIENTS)
+
+    @property
+    def alive(self) -> bool:
+        """True while the accepting thread runs."""
+        return self._thread is not None and self._thread.is_alive()
 
     def start(self) -> None:
+        check_socket_path(self.path)
         self._remove_stale()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -195,39 +273,79 @@ class ControlServer:
                 if not self._stop.is_set():
                     log.exception("control socket failed")
                 return
+            try:
+                self._dispatch(conn)
+            except Exception:  # e.g. no thread can be started: drop this client, go on
+                log.exception("control request could not be served")
+                conn.close()
+
+    def _dispatch(self, conn: socket.socket) -> None:
+        if not self._clients.acquire(blocking=False):
+            with conn:
+                _send(conn, _error(f"busy: {MAX_CLIENTS} control requests are being served; "
+                                   "try again", 1))
+            return
+        try:
             threading.Thread(target=self._serve, args=(conn,), name="control-request",
                              daemon=True).start()
+        except BaseException:
+            self._clients.release()
+            raise
 
     def _serve(self, conn: socket.socket) -> None:
-        with conn:
-            conn.settimeout(CLIENT_TIMEOUT_S)
-            try:
-                reply = self._answer(conn)
-            except Exception as exc:  # a bug in a handler must not kill the server
-                log.exception("control request crashed")
-                reply = {"ok": False, "error": f"internal error: {type(exc).__name__}: {exc}",
-                         "exit_code": 1}
-            try:
-                conn.sendall(json.dumps(reply).encode() + b"\n")
-            except OSError as exc:
-                log.warning("control client went away before the reply: %s", exc)
+        try:
+            with conn:
+                conn.settimeout(READ_TIMEOUT_S)
+                try:
+                    reply = self._answer(conn)
+                except Exception as exc:  # a bug in a handler must not kill the server
+                    log.exception("control request crashed")
+                    reply = _error(f"internal error: {type(exc).__name__}: {exc}", 1)
+                _send(conn, reply)
+        except Exception:
+            log.exception("control request failed")
+        finally:
+            self._clients.release()
 
     def _answer(self, conn: socket.socket) -> dict[str, Any]:
         requester = _peer_user(conn)
         try:
             data = _read_line(conn)
-            name, args = validate_request(json.loads(data.decode("utf-8")))
+            name, args = validate_request(json.loads(data.decode("utf-8")), self.import_dir)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            return {"ok": False, "error": f"request is not JSON: {exc}", "exit_code": 2}
+            return _error(f"request is not JSON: {exc}", 2)
+        except RecursionError:
+            return _error("request is nested too deeply to be a control request", 2)
+        except TimeoutError:
+            return _error(f"no request line within {READ_TIMEOUT_S:g} s", 2)
         except EdgeMonitorError as exc:
-            return {"ok": False, "error": str(exc), "exit_code": exc.exit_code}
+            return _error(str(exc), exc.exit_code)
         log.info("control request %s from %s", name, requester)
+        conn.settimeout(CLIENT_TIMEOUT_S)
         try:
             result = self.handler(name, args, requester)
         except EdgeMonitorError as exc:
             log.warning("control request %s failed: %s", name, exc)
-            return {"ok": False, "error": str(exc), "exit_code": exc.exit_code}
+            return _error(str(exc), exc.exit_code)
         return {"ok": True, "result": dict(result)}
+
+
+def _error(message: str, exit_code: int) -> dict[str, Any]:
+    return {"ok": False, "error": _reply_text(message), "exit_code": exit_code}
+
+
+def _send(conn: socket.socket, reply: dict[str, Any]) -> None:
+    """Send one reply line; a reply that cannot be encoded becomes an error reply."""
+    try:
+        line = json.dumps(reply, allow_nan=False).encode() + b"\n"
+    except (TypeError, ValueError) as exc:
+        log.error("control reply cannot be encoded: %s", exc)
+        line = json.dumps(_error(f"internal error: the reply cannot be encoded ({exc})",
+                                 1)).encode() + b"\n"
+    try:
+        conn.sendall(line)
+    except OSError as exc:
+        log.warning("control client went away before the reply: %s", exc)
 
 
 def _read_line(conn: socket.socket) -> bytes:
@@ -289,6 +407,7 @@ class EnrolmentService:
         gate: QualityGateConfig | None = None,
         keep: int = DEFAULT_KEEP,
         pending_timeout_s: float = PENDING_TIMEOUT_S,
+        import_dir: str | Path | None = None,
     ) -> None:
         self.daemon = daemon
 
@@ -309,7 +428,7 @@ class EnrolmentService:
             keep=keep,
             pending_timeout_s=pending_timeout_s,
         )
-        self.server = ControlServer(socket_path(state_dir), self.manager.dispatch)
+        self.server = ControlServer(socket_path(state_dir), self.manager.dispatch, import_dir)
         for name, handler in self.manager.command_handlers().items():
             daemon.register_command(name, handler)
 

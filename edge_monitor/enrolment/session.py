@@ -28,6 +28,7 @@ from edge_monitor.config.sections import QualityGateConfig
 from edge_monitor.core.audio_io import decode_audio, resample
 from edge_monitor.core.bank import Bank
 from edge_monitor.core.detector import Detector
+from edge_monitor.core.embedders.base import l2_normalise
 from edge_monitor.core.errors import BadInputError, EdgeMonitorError
 from edge_monitor.core.preprocess import preprocess
 from edge_monitor.core.scoring import TARGET, TARGET_SYN, build_bank
@@ -40,11 +41,30 @@ log = logging.getLogger(__name__)
 
 MAX_SECONDS = 3600.0
 CALLBACK_TIMEOUT_S = 30.0
+# Cosine distance under which two windows are one sound: float rounding of equal audio,
+# far below the distance between any two windows of a real recording.
+DUPLICATE_DISTANCE = 1e-6
 # A file up to this many windows long is embedded whole (as the trainer embeds clips).
 WHOLE_FILE_WINDOWS = 1.5
 
 RECORDING, RECORDED, COMMITTING = "recording", "recorded", "committing"
 DONE, CANCELLED, FAILED = "done", "cancelled", "failed"
+
+
+def duplicate_rows(old: np.ndarray, new: np.ndarray,
+                   distance: float = DUPLICATE_DISTANCE) -> np.ndarray:
+    """Mask of the rows of `new` within cosine `distance` of a row of `old` or of an earlier
+    row of `new` that is kept (so one of several equal rows stays)."""
+    unit = l2_normalise(np.asarray(new, dtype=np.float64))
+    duplicate = np.zeros(len(unit), dtype=bool)
+    if len(old):
+        known = l2_normalise(np.asarray(old, dtype=np.float64))
+        duplicate |= (unit @ known.T).max(axis=1) >= 1.0 - distance
+    similar = unit @ unit.T >= 1.0 - distance
+    for i in range(1, len(unit)):
+        if not duplicate[i]:
+            duplicate[i] = bool(np.any(similar[i, :i] & ~duplicate[:i]))
+    return duplicate
 
 
 def wait_for(result: Any, what: str) -> Any:
@@ -127,6 +147,7 @@ class Enrolment:
         self._vectors: dict[str, list[np.ndarray]] = {m.name: [] for m in detector.members}
         self._ids: list[str] = []
         self._windower: Windower | None = None
+        self.duplicates = 0  # windows dropped at commit as duplicates
         self._lock = threading.Lock()
 
     # Collecting ------------------------------------------------------------------------
@@ -214,13 +235,42 @@ class Enrolment:
             return self.gate.verdict()
 
     def build_banks(self, detector: Detector) -> dict[str, Bank]:
-        """New banks: the current banks' original entries plus the enrolled target entries."""
+        """New banks: the current banks' original entries plus the enrolled target entries,
+        less the windows that duplicate an entry or one another (see `_drop_duplicates`)."""
         self.quality()
         with self._lock:
             ids = list(self._ids)
             vectors = {name: np.vstack(v) for name, v in self._vectors.items()}
+        ids, vectors = self._drop_duplicates(detector, ids, vectors)
         return extended_banks(detector, vectors, ids,
                               {"enrolled_at": self.started_at, "enrolled_from": "recording"})
+
+    def _drop_duplicates(
+        self, detector: Detector, ids: list[str], vectors: dict[str, np.ndarray],
+    ) -> tuple[list[str], dict[str, np.ndarray]]:
+        """Windows at zero distance (in any model) from a bank entry or an earlier window are
+        dropped, with a log line: the same recording enrolled twice would otherwise give
+        leave-one-out scores of 0 and a threshold of 0 (every window an alarm). Too few new
+        windows left is an error: nothing new to learn."""
+        duplicate = np.zeros(len(ids), dtype=bool)
+        for member in detector.members:
+            old = member.bank.embeddings[member.bank.domains != TARGET_SYN]
+            duplicate |= duplicate_rows(old, vectors[member.name])
+        self.duplicates = int(duplicate.sum())
+        if not self.duplicates:
+            return ids, vectors
+        kept = len(ids) - self.duplicates
+        log.info("machine %s: dropped %d duplicate window(s) of %d (zero distance to the bank "
+                 "or to another enrolled window)", self.machine, self.duplicates, len(ids))
+        if kept < self.gate.config.min_windows:
+            raise BadInputError(
+                f"machine {self.machine}: {self.duplicates} of {len(ids)} enrolled windows "
+                f"duplicate what the bank already holds or one another (the same recording "
+                f"enrolled twice?), leaving {kept}, fewer than the {self.gate.config.min_windows}"
+                " needed; nothing was changed: enrol a new recording"
+            )
+        ids = [i for i, dup in zip(ids, duplicate, strict=True) if not dup]
+        return ids, {name: v[~duplicate] for name, v in vectors.items()}
 
     def summary(self) -> dict[str, Any]:
         report = self.gate.report.to_dict()
@@ -286,7 +336,8 @@ class Enrolment:
             "new_versions": pointer["current"],
             "threshold_old": detector.threshold,
             "threshold_new": new_detector.threshold,
-            "windows": report.accepted,
+            "windows": report.accepted - self.duplicates,
+            "duplicates_dropped": self.duplicates,
             "seconds": round(report.accepted_seconds, 3),
             "quality": report.to_dict(),
             "build_s": round(time.monotonic() - started, 3),

@@ -4,6 +4,7 @@ against a running daemon (replay source) and without one (offline, into the bank
 from __future__ import annotations
 
 import json
+import re
 import socket
 import stat
 import subprocess
@@ -69,9 +70,43 @@ def cli(capsys):
         ({"command": "enroll/cancel", "machine": "pump", "force": 1}, "does not take"),
     ],
 )
-def test_bad_requests_are_refused(body, words):
+def test_bad_requests_are_refused(body, words, tmp_path):
     with pytest.raises(BadInputError, match=words):
-        validate_request(body)
+        validate_request(body, tmp_path)
+
+
+def test_enroll_files_reads_only_regular_files_inside_the_import_dir(tmp_path):
+    """Issue 12: `enroll/files` opened any absolute path the daemon could read."""
+    inbox = tmp_path / "state" / "enrol-inbox"
+    inbox.mkdir(parents=True)
+    clip = inbox / "ok.flac"
+    clip.write_bytes(b"x")
+    (inbox / "sub").mkdir()
+    (inbox / "out.flac").symlink_to("/etc/passwd")
+    (inbox / "gone.flac").symlink_to("/nonexistent/secret.flac")
+    (inbox / "loop").symlink_to(inbox / "loop")
+    (tmp_path / "outside.flac").write_bytes(b"x")
+
+    def files(*names: str) -> list[str]:
+        return validate_request({"command": "enroll/files", "machine": "pump",
+                                 "files": list(names)}, inbox)[1]["files"]
+
+    assert files(str(clip), f"{inbox}/sub/../ok.flac") == [str(clip), str(clip)]
+    refusals = {
+        "/etc/passwd": "is outside the import directory",
+        f"{inbox}/../outside.flac": "is outside the import directory",
+        str(inbox / "out.flac"): "is outside the import directory",  # a link out
+        str(inbox / "gone.flac"): "is outside the import directory",  # existence not told
+        str(inbox / "absent.flac"): "cannot be read (No such file or directory)",
+        str(inbox / "loop"): "cannot be read",
+        str(inbox / "sub"): "is not a regular file",
+        f"{inbox}/a\x00b": "NUL byte",
+        "/" + "d" * 5000: "over the limit of 4096",
+    }
+    for name, words in refusals.items():
+        with pytest.raises(BadInputError, match=re.escape(words)) as caught:
+            files(str(clip), name)
+        assert "\n" not in str(caught.value) and len(str(caught.value)) < 400
 
 
 def test_round_trip_exit_codes_and_stale_socket(tmp_path):
@@ -97,7 +132,13 @@ def test_round_trip_exit_codes_and_stale_socket(tmp_path):
         with pytest.raises(ControlError, match="live recording needs") as caught:
             request(path, {"command": "enroll/start", "machine": "pump", "seconds": 5})
         assert caught.value.exit_code == 2
-        clips = write_clips(tmp_path / "clips", NEW_SPEC, 5)
+        outside = write_clips(tmp_path / "clips", NEW_SPEC, 5)
+        audited = len(manager.audit.read())
+        with pytest.raises(ControlError, match="outside the import directory") as caught:
+            request(path, {"command": "enroll/files", "machine": "pump",
+                           "files": [str(c) for c in outside]})
+        assert caught.value.exit_code == 2 and len(manager.audit.read()) == audited
+        clips = write_clips(tmp_path / "enrol-inbox", NEW_SPEC, 5)
         result = request(path, {"command": "enroll/files", "machine": "pump",
                                 "files": [str(c) for c in clips]})
         assert result["new_versions"] == {"logmel-stats": detectors["pump"].bank_version}
@@ -140,7 +181,8 @@ def test_cli_enrols_files_through_the_running_daemon(tmp_path, replay_daemon, cl
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
     assert result["old_versions"] == {"logmel-stats": before}
-    # The files went through a copy in state_dir (what a sandboxed service can read).
+    # The files went through a copy in the import directory (what a sandboxed service can
+    # read, and the only place the socket lets it read from).
     assert not any((tmp_path / "state" / "enrol-inbox").iterdir())
     # Swapped into the running daemon, no restart.
     snap = daemon.wait_until(
@@ -206,6 +248,6 @@ def test_cli_offline_enrols_into_the_store_for_the_next_start(tmp_path, cli):
 def test_socket_path_too_long_is_a_clear_error(tmp_path):
     deep = tmp_path / ("d" * 120)
     with pytest.raises(BadInputError, match="shorter state_dir"):
-        ControlServer(socket_path(deep), lambda *a: {})
+        ControlServer(socket_path(deep), lambda *a: {}).start()
     assert not daemon_running(tmp_path / "control.sock")
 

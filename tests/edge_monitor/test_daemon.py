@@ -13,6 +13,7 @@ import itertools
 import json
 import logging
 import re
+import shutil
 import socket
 import uuid
 from datetime import datetime
@@ -153,7 +154,6 @@ def test_watchdog_ready_status_and_stopping_reach_the_notify_socket(tmp_path):
 
 def test_disk_error_is_a_fault_that_clears_by_itself(tmp_path):
     blocker = tmp_path / "blocked"
-    blocker.write_text("a file where the clip directory should be\n")
     audio = synth(20.0, (FaultSegment("rubbing", 13.0, 20.0),), seed=7)
     learn = write_flac(tmp_path / "a.flac", audio[: 12 * RATE])
     faulty = write_flac(tmp_path / "b.flac", audio[12 * RATE:])
@@ -163,6 +163,11 @@ def test_disk_error_is_a_fault_that_clears_by_itself(tmp_path):
                           alarm_audio={"dir": str(blocker / "clips")})
     daemon = DaemonThread(write_config(tmp_path, config))
     try:
+        # A clip directory that is a file is refused at start (`check` and `run` alike); one
+        # that breaks while the daemon runs is a fault that clears when it is repaired.
+        daemon.wait_until(lambda s: s["windows"] > 0, "a first window")
+        shutil.rmtree(blocker)
+        blocker.write_text("a file where the clip directory should be\n")
         snap = daemon.wait_until(
             lambda s: (s["machines"]["pump"]["reason"] or "").startswith("disk error"),
             "a disk fault")

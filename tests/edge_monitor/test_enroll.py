@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from enroll_support import (
@@ -94,8 +96,10 @@ def test_enrol_from_files_teaches_the_new_normal(tmp_path, detector, new_clips, 
     assert record["old_versions"] == result["old_versions"]
     assert record["new_versions"] == result["new_versions"]
 
-    # A second enrolment builds on the current bank: both enrolments' entries are kept.
-    again = manager.enrol_files("pump", new_clips[:4], "tech-ben")
+    # A second enrolment (another recording of the new sound) builds on the current bank:
+    # both enrolments' entries are kept.
+    more = write_clips(tmp_path / "more", dataclasses.replace(NEW_SPEC, seed=5), 4)
+    again = manager.enrol_files("pump", more, "tech-ben")
     bank2 = box.detectors["pump"].members[0].bank
     assert int(np.sum(bank2.domains == TARGET)) == 10
     assert again["old_versions"] == result["new_versions"]

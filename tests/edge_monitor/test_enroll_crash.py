@@ -8,6 +8,7 @@ started again.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -27,6 +28,7 @@ from edge_monitor.enrolment.control import daemon_running, request, socket_path
 from edge_monitor.enrolment.manager import EnrolmentManager
 
 HERE = Path(__file__).resolve().parent
+OTHER_SPEC = dataclasses.replace(NEW_SPEC, seed=99)  # another recording of the new sound
 WAIT_S = 60.0
 
 # Enrols clip sets in a loop in its own process. With "pause", it stops itself (SIGSTOP)
@@ -51,11 +53,13 @@ if mode == "pause":
     bank_store.BankStore._write_pointer = paused
 detectors = {{"pump": BankStore(state, "pump").apply(make_detector(seconds=12.0))}}
 manager = EnrolmentManager(state, detectors.get, detectors.__setitem__, gate=GATE)
-clips = write_clips(state.parent / "worker-clips", NEW_SPEC, 4)
 for round_ in range(1000):
-    result = manager.enrol_files("pump", clips[round_ % 2:], "worker")
+    # A new recording each round: one enrolled before is dropped as duplicate windows.
+    clips = write_clips(state.parent / f"worker-clips-{{round_}}",
+                        dataclasses.replace(NEW_SPEC, seed=100 + round_), 4)
+    result = manager.enrol_files("pump", clips, "worker")
     print("committed", json.dumps(result["new_versions"]), flush=True)
-""".replace("import os,", "import json, os,")
+""".replace("import os,", "import dataclasses, json, os,")
 
 
 def worker(state: Path, mode: str) -> subprocess.Popen[str]:
@@ -102,9 +106,7 @@ def test_kill_between_bank_write_and_pointer_serves_the_old_bank(tmp_path):
     # The lock died with the worker; the next enrolment runs and prunes the orphan.
     detectors = {"pump": detector}
     manager = EnrolmentManager(state, detectors.get, detectors.__setitem__, gate=GATE)
-    # Five clips, not the worker's four: within the same second the same clips would give
-    # the orphan's very content (and version), which is then rightly kept.
-    manager.enrol_files("pump", write_clips(clips_dir, NEW_SPEC, 5), "t")
+    manager.enrol_files("pump", write_clips(tmp_path / "other", OTHER_SPEC, 4), "t")
     assert not orphans & {p.name for p in versions_dir.iterdir()}
 
 
@@ -147,7 +149,8 @@ def test_daemon_killed_while_recording_restarts_on_the_old_bank(tmp_path):
 
     daemon = start_daemon()
     try:
-        clips = write_clips(tmp_path / "new", NEW_SPEC, 22)  # the daemon's gate wants 20 s
+        # In the import directory (the only one the socket reads); the gate wants 20 s.
+        clips = write_clips(loaded.import_dir / "new", NEW_SPEC, 22)
         enrolled = request(sock, {"command": "enroll/files", "machine": "pump",
                                   "files": [str(c) for c in clips]})["new_versions"]
         request(sock, {"command": "enroll/start", "machine": "pump", "seconds": 60})
