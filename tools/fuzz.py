@@ -9,7 +9,8 @@ changed states, unclear errors), with the first few failing inputs of each kind.
 when any failure was seen. The `-near` surfaces start from valid input (the example
 config, well-formed commands) so the checks past the first are reached; the bundle
 surfaces start from a real bundle, the audio surfaces from real files soundfile writes
-(`audio-daemon` back-tests each with a real daemon: exit 2 and the machine in `fault`).
+(`audio-daemon` back-tests each with a real daemon: exit 2 and the machine in `fault`);
+`control` sends requests to a real running control server.
 
     .venv/bin/python tools/fuzz.py                  # the default counts below
     .venv/bin/python tools/fuzz.py --examples config=2000 bundle-files=500
@@ -44,7 +45,7 @@ HANG_S = 30  # one input taking this long is counted as a hang
 SHOWN_PER_KIND = 3
 DEFAULT_EXAMPLES = {"config": 5000, "config-near": 5000, "commands": 5000, "commands-near": 5000,
                     "bundle-manifest": 2000, "bundle-files": 3000, "audio-files": 5000,
-                    "audio-daemon": 400}
+                    "audio-daemon": 400, "control": 5000}
 FAILURE_KINDS = ("tracebacks", "hangs", "wrong exit codes", "dead threads", "changed states",
                  "unclear errors")
 
@@ -122,6 +123,7 @@ def main() -> int:
     warnings.filterwarnings("ignore", message="Generating overly large repr")
     total_failures = total_tried = 0
     with tempfile.TemporaryDirectory() as directory:
+        control = fuzz_support.ControlTarget(Path(directory) / "control")
         surfaces = {
             "config": ((fuzz_support.config_texts(),), _config_check(Path(directory))),
             "config-near": ((fuzz_support.near_config_texts(),),
@@ -134,6 +136,8 @@ def main() -> int:
             "bundle-files": ((fuzz_files.damaged_bundles,), fuzz_files.check_damaged_bundle),
             "audio-files": ((fuzz_files.audio_specs,), fuzz_files.check_audio_spec),
             "audio-daemon": ((fuzz_files.audio_specs,), fuzz_files.check_audio_daemon),
+            "control": ((fuzz_support.control_payloads(control.paths()),),
+                        lambda payload: fuzz_support.check_control_request(control, payload)),
         }
         for name, (strategies, check) in surfaces.items():
             if wanted[name] == 0:
@@ -149,6 +153,7 @@ def main() -> int:
             for kind, examples_of_kind in failures.items():
                 for failure in examples_of_kind[:SHOWN_PER_KIND]:
                     print(f"  {kind}: {failure}")
+        control.close()
     print(f"all surfaces: {total_tried} inputs tried, {total_failures} failures")
     return 1 if total_failures else 0
 

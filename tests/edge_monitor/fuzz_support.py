@@ -251,3 +251,157 @@ def check_command_payload(name: str, payload: bytes) -> str:
     if not isinstance(command, Command) or command.name not in COMMAND_FIELDS:
         raise ContractBroken(f"parsed into something that is not a known command: {command!r}")
     return "ok"
+
+
+# Control-socket requests -------------------------------------------------------------------
+
+REPLY_TIMEOUT_S = 30.0  # far above any reply; past it the input counts as a hang
+
+
+class ControlTarget:
+    """A real control server (edge_monitor.enrolment.control) in front of a real enrolment
+    manager and detector, in `directory`, with hostile files in its import directory: a
+    garbage "recording", an empty one, a link out to /etc/passwd, a FIFO, a folder. No
+    request can change what it serves: it has no live input and no recording to enrol."""
+
+    def __init__(self, directory: Path) -> None:
+        from enroll_support import GATE, make_detector
+
+        from edge_monitor.config.sections import IMPORT_DIR_NAME
+        from edge_monitor.enrolment.control import ControlServer, socket_path
+        from edge_monitor.enrolment.manager import EnrolmentManager
+
+        self.state_dir = directory / "state"
+        self.inbox = self.state_dir / IMPORT_DIR_NAME
+        self.inbox.mkdir(parents=True)
+        (self.inbox / "garbage.flac").write_bytes(os.urandom(4096))
+        (self.inbox / "empty.wav").write_bytes(b"")
+        (self.inbox / "passwd.wav").symlink_to("/etc/passwd")
+        os.mkfifo(self.inbox / "fifo.wav")
+        (self.inbox / "folder").mkdir()
+        self.detectors = {"pump": make_detector(seconds=6.0)}
+        self.manager = EnrolmentManager(self.state_dir, self.detectors.get,
+                                        self.detectors.__setitem__, gate=GATE)
+        self.socket = socket_path(self.state_dir)
+        self.server = ControlServer(self.socket, self.manager.dispatch, self.inbox)
+        self.server.start()
+
+    def paths(self) -> list[str]:
+        inbox = str(self.inbox)
+        return [f"{inbox}/garbage.flac", f"{inbox}/empty.wav", f"{inbox}/passwd.wav",
+                f"{inbox}/fifo.wav", f"{inbox}/folder", f"{inbox}/absent.flac",
+                f"{inbox}/../control.sock", f"{inbox}/folder/../../enrolment-audit.jsonl",
+                "/etc/passwd", "/dev/zero", "/proc/self/environ", str(self.socket), "rel.wav",
+                f"{inbox}/a\x00b.wav", "/" + "d" * 5000, inbox]
+
+    def snapshot(self) -> tuple[Any, ...]:
+        """What serves and what is stored: must not change."""
+        pointer = self.state_dir / "banks" / "pump" / "current.json"
+        return (self.detectors["pump"].bank_version,
+                pointer.read_bytes() if pointer.exists() else None,
+                self.manager.status()["active"])
+
+    def send(self, payload: bytes) -> bytes:
+        """One connection: send `payload`, close the sending side, read the reply."""
+        import socket
+
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(REPLY_TIMEOUT_S)
+            sock.connect(str(self.socket))
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                sock.sendall(payload)
+                sock.shutdown(socket.SHUT_WR)
+            reply = b""
+            while True:
+                try:
+                    piece = sock.recv(65536)
+                except ConnectionResetError:
+                    break
+                if not piece:
+                    break
+                reply += piece
+            return reply
+
+    def close(self) -> None:
+        self.server.stop()
+
+
+def _request_bodies(target_paths: list[str]) -> st.SearchStrategy[Any]:
+    from edge_monitor.enrolment.control import COMMAND_FIELDS as CONTROL_FIELDS
+
+    paths = st.one_of(st.sampled_from(target_paths), odd_text, huge_text)
+    plausible = {
+        "machine": st.one_of(st.just("pump"), st.just("press"), odd_text, values),
+        "seconds": st.one_of(st.floats(allow_nan=True, allow_infinity=True),
+                             st.integers(-10, 10_000), values),
+        "files": st.one_of(st.lists(paths, min_size=1, max_size=4), values,
+                           st.lists(values, max_size=3)),
+    }
+
+    @st.composite
+    def body(draw: st.DrawFn) -> dict[str, Any]:
+        name = draw(st.one_of(st.sampled_from(sorted(CONTROL_FIELDS)), values))
+        fields = CONTROL_FIELDS.get(name, ()) if isinstance(name, str) else ()
+        out: dict[str, Any] = {"command": name} if draw(st.integers(0, 9)) else {}
+        for field_name in fields:
+            if draw(st.integers(0, 9)):
+                out[field_name] = draw(plausible[field_name])
+        if not draw(st.integers(0, 7)):
+            out[draw(odd_text)] = draw(values)
+        return out
+
+    return body()
+
+
+def control_payloads(target_paths: list[str]) -> st.SearchStrategy[bytes]:
+    """Requests as bytes on the wire: near-right JSON requests with hostile paths, any JSON,
+    random bytes, deep nesting, lines past the size limit, and no newline at all."""
+    line = st.builds(lambda body, ascii_only: _json_bytes(body, ascii_only) + b"\n",
+                     _request_bodies(target_paths), st.booleans())
+    return st.one_of(
+        line,
+        line.map(lambda data: data[:-1]),  # no newline: the request ends at EOF
+        st.builds(lambda body: _json_bytes(body, False) + b"\n", values),
+        st.binary(max_size=3000),
+        st.builds(lambda o, n: _nested(o, n, "1").encode() + b"\n",
+                  st.sampled_from(["[", '{"a":']), st.integers(0, 20_000)),
+        st.builds(lambda n: b'{"command": "enroll/files", "machine": "pump", "files": ["/'
+                  + b"a" * n + b'"]}\n', st.integers(60_000, 200_000)),
+        yaml_noise.map(lambda text: text.encode("utf-8", "surrogatepass") + b"\n"),
+    )
+
+
+def check_control_request(target: ControlTarget, payload: bytes) -> str:
+    """Send one request to the running server; 'ok' or 'refused', else ContractBroken: the
+    reply must be one JSON line (an error: one short line with an exit code), the server
+    thread alive and answering, and what it serves unchanged."""
+    before = target.snapshot()
+    try:
+        raw = target.send(payload)
+    except TimeoutError as exc:
+        raise ContractBroken(f"hang: no reply within {REPLY_TIMEOUT_S:g} s") from exc
+    lines = raw.split(b"\n")
+    if len(lines) != 2 or lines[1] != b"":
+        raise ContractBroken(f"reply is not one line: {raw[:300]!r}")
+    try:
+        reply = json.loads(lines[0])
+    except ValueError as exc:
+        raise ContractBroken(f"reply is not JSON: {raw[:300]!r}") from exc
+    if not target.server.alive:
+        raise ContractBroken("dead thread: the control server stopped accepting")
+    if target.snapshot() != before:
+        raise ContractBroken(f"changed state: {before!r} -> {target.snapshot()!r}")
+    if not isinstance(reply, dict) or not isinstance(reply.get("ok"), bool):
+        raise ContractBroken(f"reply is not {{'ok': ...}}: {raw[:300]!r}")
+    if reply["ok"]:
+        return "ok"
+    error = reply.get("error")
+    if not isinstance(error, str) or not error or "\n" in error or (
+        len(error) > MAX_ERROR_LINE_CHARS
+    ):
+        raise ContractBroken(f"error is not one short line: {str(error)[:300]!r}")
+    if reply.get("exit_code") not in (1, 2):
+        raise ContractBroken(f"exit code {reply.get('exit_code')!r} in {raw[:300]!r}")
+    if error.startswith("internal error"):
+        raise ContractBroken(f"traceback: {error[:300]}")
+    return "refused"

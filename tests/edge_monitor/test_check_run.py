@@ -159,3 +159,13 @@ def test_a_bundle_window_of_1e9_s_is_refused_by_check_as_by_run(tmp_path, capsys
         model={"bundle": str(tmp_path / "bundle")}, machines=[{"name": "fan"}],
         windows={"window_s": None, "hop_s": 0.5}), "big.yaml")
     assert "window_s" in both_refuse(path, capsys)
+
+
+@pytest.mark.parametrize(("overrides", "words"), [
+    ({"state_dir": "/tmp/a\x00b"}, "state_dir = '/tmp/a\\x00b': the path contains a NUL byte"),
+    ({"mqtt": {"enabled": True, "client_id": "c" * 70_000}}, "mqtt.client_id"),
+    ({"mqtt": {"enabled": True, "host": "h" * 300_000}}, "mqtt.host"),
+])
+def test_values_run_once_tracebacked_on_are_refused_by_both(tmp_path, capsys, overrides, words):
+    line = both_refuse(config_file(tmp_path, **overrides), capsys)
+    assert words in line and len(line) < 600

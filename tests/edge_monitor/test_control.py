@@ -9,6 +9,7 @@ import socket
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -30,6 +31,7 @@ from edge_monitor.core.errors import BadInputError
 from edge_monitor.daemon import plan_machines
 from edge_monitor.enrolment.bank_store import BankStore
 from edge_monitor.enrolment.control import (
+    MAX_CLIENTS,
     ControlError,
     ControlServer,
     daemon_running,
@@ -251,3 +253,60 @@ def test_socket_path_too_long_is_a_clear_error(tmp_path):
         ControlServer(socket_path(deep), lambda *a: {}).start()
     assert not daemon_running(tmp_path / "control.sock")
 
+
+
+def _raw(path: Path, payload: bytes) -> dict:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as raw:
+        raw.connect(str(path))
+        raw.sendall(payload)
+        return json.loads(raw.makefile().readline())
+
+
+def test_no_request_can_kill_the_server(tmp_path):
+    """A handler's bug, a reply that is not JSON, deep nesting, a line past the limit and a
+    flood of idle clients each get one error line; the server serves the next request."""
+    def handler(name, args, requester):
+        if name == "enroll/commit":
+            raise KeyError("a bug")
+        if name == "enroll/cancel":
+            return {"threshold": float("nan")}
+        return {"active": None}
+
+    path = socket_path(tmp_path)
+    server = ControlServer(path, handler)
+    server.start()
+    try:
+        bug = _raw(path, b'{"command": "enroll/commit", "machine": "pump"}\n')
+        assert bug["exit_code"] == 1 and bug["error"].startswith("internal error: KeyError")
+        nan = _raw(path, b'{"command": "enroll/cancel", "machine": "pump"}\n')
+        assert "cannot be encoded" in nan["error"]
+        deep = _raw(path, b"[" * 20_000 + b"\n")
+        assert "nested too deeply" in deep["error"] and deep["exit_code"] == 2
+        huge = _raw(path, b'{"command": "' + b"x" * 100_000 + b'"}\n')
+        assert "request longer than" in huge["error"]
+        idle = [socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) for _ in range(MAX_CLIENTS)]
+        for client in idle:
+            client.connect(str(path))
+        try:
+            # Every request thread is taken by a client that sends nothing: the next one is
+            # told at once instead of waiting behind them.
+            for _ in range(100):  # until the server has accepted all of them
+                busy = _raw(path, b'{"command": "enroll/status"}\n')
+                if not busy["ok"]:
+                    break
+                time.sleep(0.05)
+            assert busy["error"].startswith("busy:") and busy["exit_code"] == 1
+        finally:
+            for client in idle:
+                client.close()
+        for _ in range(100):  # until the idle clients' threads have seen them go
+            try:
+                assert request(path, {"command": "enroll/status"}) == {"active": None}
+                break
+            except ControlError:
+                time.sleep(0.05)
+        else:
+            raise AssertionError("the server never served again after the idle clients left")
+        assert server.alive
+    finally:
+        server.stop()

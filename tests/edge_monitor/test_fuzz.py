@@ -1,5 +1,6 @@
-"""Property-based fuzzing of configs and MQTT command payloads (bounded CI profile; the
-long profile with counts is tools/fuzz.py). Contracts in fuzz_support."""
+"""Property-based fuzzing of configs, MQTT command payloads and control-socket requests
+(bounded CI profile; the long profile with counts is tools/fuzz.py). Contracts in
+fuzz_support."""
 
 from __future__ import annotations
 
@@ -8,15 +9,19 @@ from pathlib import Path
 
 import pytest
 from fuzz_support import (
+    ControlTarget,
     check_command_payload,
     check_config_text,
+    check_control_request,
     command_names,
     command_payloads,
     config_texts,
+    control_payloads,
     near_config_texts,
     nearly_right_commands,
 )
 from hypothesis import given
+from hypothesis import strategies as st
 
 
 @pytest.mark.filterwarnings("ignore:Generating overly large repr")
@@ -40,3 +45,17 @@ def test_nearly_right_commands_parse_or_are_refused_in_one_line(pair):
 def test_the_example_config_with_hostile_values_passes_or_is_refused(text):
     with tempfile.TemporaryDirectory() as directory:
         assert check_config_text(text, Path(directory)) in ("ok", "refused")
+
+
+@pytest.fixture(scope="module")
+def control(tmp_path_factory):
+    """One running control server for the whole suite: state must survive every input."""
+    target = ControlTarget(tmp_path_factory.mktemp("control"))
+    yield target
+    target.close()
+
+
+@given(data=st.data())
+def test_any_control_request_gets_one_line_and_changes_nothing(control, data):
+    payload = data.draw(control_payloads(control.paths()))
+    assert check_control_request(control, payload) in ("ok", "refused")
