@@ -336,6 +336,7 @@ def _request_bodies(target_paths: list[str]) -> st.SearchStrategy[Any]:
                              st.integers(-10, 10_000), values),
         "files": st.one_of(st.lists(paths, min_size=1, max_size=4), values,
                            st.lists(values, max_size=3)),
+        "event_id": st.one_of(st.uuids().map(str), odd_text, values),
     }
 
     @st.composite
@@ -345,7 +346,7 @@ def _request_bodies(target_paths: list[str]) -> st.SearchStrategy[Any]:
         out: dict[str, Any] = {"command": name} if draw(st.integers(0, 9)) else {}
         for field_name in fields:
             if draw(st.integers(0, 9)):
-                out[field_name] = draw(plausible[field_name])
+                out[field_name] = draw(plausible.get(field_name, values))
         if not draw(st.integers(0, 7)):
             out[draw(odd_text)] = draw(values)
         return out
