@@ -152,9 +152,10 @@ def confined(files: Any, import_dir: Path) -> list[str]:
     return resolved
 
 
-def validate_request(body: Any, import_dir: Path) -> tuple[str, dict[str, Any]]:
+def validate_request(body: Any, import_dir: Path | None = None) -> tuple[str, dict[str, Any]]:
     """Check a control request; returns (command, arguments) or raises BadInputError.
-    File paths must lie in `import_dir` (see `confined`)."""
+    File paths must lie in `import_dir` (see `confined`); without one (the web view), a
+    request naming files is refused."""
     if not isinstance(body, dict):
         raise BadInputError("a control request must be a JSON object with a 'command'")
     name = body.get("command")
@@ -183,6 +184,8 @@ def validate_request(body: Any, import_dir: Path) -> tuple[str, dict[str, Any]]:
             )
         args["seconds"] = float(seconds)
     if "files" in fields:
+        if import_dir is None:
+            raise BadInputError(f"{name} is not accepted here: it reads files on this box")
         args["files"] = confined(body["files"], import_dir)
     return name, args
 

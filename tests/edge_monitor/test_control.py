@@ -77,6 +77,14 @@ def test_bad_requests_are_refused(body, words, tmp_path):
         validate_request(body, tmp_path)
 
 
+def test_without_an_import_dir_no_request_names_files(tmp_path):
+    (tmp_path / "a.flac").write_bytes(b"x")
+    body = {"command": "enroll/files", "machine": "pump", "files": [str(tmp_path / "a.flac")]}
+    with pytest.raises(BadInputError, match="not accepted here: it reads files"):
+        validate_request(body)
+    assert validate_request(body, tmp_path)[1]["files"] == [str(tmp_path / "a.flac")]
+
+
 def test_enroll_files_reads_only_regular_files_inside_the_import_dir(tmp_path):
     """Issue 12: `enroll/files` opened any absolute path the daemon could read."""
     inbox = tmp_path / "state" / "enrol-inbox"
