@@ -387,6 +387,7 @@ def test_demo_web_view_screenshot(chromium: WebDriver, tmp_path: Path) -> None:
         assert wait_for(lambda: (seen := chromium.execute_script(IMAGES_LOADED)) and all(seen),
                         "the spectrograms")
         assert _points(chromium) > 100
+        chromium.set_window_size(1100, 1250)  # the whole page: timeline and four alarms
         chromium.save_screenshot(str(screenshot_path(tmp_path, "web_view.png")))
     finally:
         demo.send_signal(signal.SIGINT)
