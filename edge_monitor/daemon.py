@@ -569,6 +569,10 @@ class Daemon:
 
     def _apply_reload(self) -> dict[str, Any]:
         assert self.config is not None and self.processor is not None
+        if not self.processor.alive:
+            raise BadInputError(
+                "the replay has ended and the daemon only holds (source.replay.hold): there "
+                "is nothing running to reload; restart the daemon to apply the config")
         new = load_config(self.config_path)
         prepare_directories(new, create=True)
         plan = plan_machines(new)

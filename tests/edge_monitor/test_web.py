@@ -30,7 +30,7 @@ from daemon_support import write_flac as write_clip
 from prometheus_client.parser import text_string_to_metric_families
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
-from web_support import http, post_json, screenshot_path, wait_for
+from web_support import connected, http, post_json, screenshot_path, wait_for
 
 from edge_monitor.demo.local_broker import find_mosquitto, free_port
 from edge_monitor.demo.scenario import Received, Subscriber, private_mosquitto
@@ -155,8 +155,7 @@ def _alarm_rows(driver: WebDriver) -> list[str]:
 
 def _open(driver: WebDriver, url: str) -> None:
     driver.get(url)
-    wait_for(lambda: driver.find_element(By.TAG_NAME, "body").get_attribute("data-connected")
-             == "yes", "the page's event stream")
+    wait_for(lambda: connected(driver), "the page's event stream")
 
 
 LOAD_AUDIO = """

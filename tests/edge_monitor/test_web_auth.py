@@ -19,7 +19,7 @@ import yaml
 from daemon_support import DaemonThread, small_config, synth, write_config, write_flac
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
-from web_support import http, post_json, wait_for
+from web_support import connected, http, post_json, wait_for
 
 from edge_monitor.cli import main
 from edge_monitor.config.loader import load_config
@@ -136,8 +136,7 @@ def test_the_browser_logs_in_with_the_token(served: Served, chromium: WebDriver)
     wait_for(lambda: chromium.current_url.endswith("/login"), "the login page")
     chromium.find_element(By.NAME, "token").send_keys(TOKEN)
     chromium.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
-    wait_for(lambda: chromium.find_element(By.TAG_NAME, "body").get_attribute("data-connected")
-             == "yes", "the page's event stream after login")
+    wait_for(lambda: connected(chromium), "the page's event stream after login")
     assert chromium.find_element(By.CSS_SELECTOR, 'article[data-machine="pump"]')
 
 

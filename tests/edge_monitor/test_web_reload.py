@@ -5,9 +5,11 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
+import pytest
 from daemon_support import DaemonThread, small_config, synth, write_config, write_flac
 from web_support import http, wait_for
 
+from edge_monitor.core.errors import EdgeMonitorError
 from edge_monitor.demo.local_broker import free_port
 
 
@@ -39,5 +41,20 @@ def test_reload_starts_moves_and_stops_the_web_view(tmp_path: Path) -> None:
         assert daemon.daemon.request_reload().result(30)["reloaded"]
         assert _refused(second) and daemon.daemon.web is None
         assert daemon.daemon.processor.reporter.live is None
+    finally:
+        assert daemon.stop() == 0
+
+
+def test_a_reload_while_holding_after_the_replay_is_refused(tmp_path: Path) -> None:
+    clip = write_flac(tmp_path / "machine.flac", synth(3.0))
+    config = small_config(tmp_path, [clip])
+    config["source"]["replay"]["hold"] = True
+    daemon = DaemonThread(write_config(tmp_path, config))
+    try:
+        wait_for(lambda: daemon.daemon.processor is not None
+                 and daemon.daemon.processor.finished.is_set(), "the end of the replay")
+        with pytest.raises(EdgeMonitorError, match=r"source.replay.hold.*restart the daemon"):
+            daemon.daemon.request_reload().result(30)
+        assert daemon.daemon.stop_event.is_set() is False  # still holding
     finally:
         assert daemon.stop() == 0

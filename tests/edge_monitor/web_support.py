@@ -72,6 +72,17 @@ def wait_for(predicate: Callable[[], Any], what: str, timeout_s: float = WAIT_S)
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def connected(driver: Any) -> bool:
+    """Whether the page's event stream is up (False between two pages, as after a login)."""
+    from selenium.common.exceptions import WebDriverException
+
+    try:
+        return driver.execute_script(
+            "return document.body ? document.body.dataset.connected : null") == "yes"
+    except WebDriverException:
+        return False
+
+
 def screenshot_path(tmp_path: Path, name: str) -> Path:
     target = os.environ.get(SCREENSHOT_ENV)
     directory = Path(target) if target else tmp_path
