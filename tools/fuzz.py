@@ -19,6 +19,7 @@ surfaces start from a real bundle, the audio surfaces from real files soundfile 
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import logging
 import os
 import signal
@@ -118,6 +119,7 @@ def main() -> int:
             parser.error(f"--examples {item!r}: give SURFACE=N with SURFACE one of "
                          f"{', '.join(wanted)}")
         wanted[surface] = int(count)
+    faulthandler.enable()  # a crash in a native library prints where it happened
     signal.signal(signal.SIGALRM, _alarm)
     logging.disable(logging.ERROR)  # refusals are logged by design; the counts say it all
     warnings.filterwarnings("ignore", message="Generating overly large repr")
@@ -143,6 +145,7 @@ def main() -> int:
             if wanted[name] == 0:
                 continue
             started = time.monotonic()
+            print(f"{name}: running {wanted[name]} inputs", file=sys.stderr, flush=True)
             counts, failures = run_surface(wanted[name], strategies, check)
             failed = sum(counts[k] for k in FAILURE_KINDS)
             total_failures += failed
