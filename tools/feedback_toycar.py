@@ -2,8 +2,9 @@
 the repeat false alarms of the same condition without hiding real anomalies?
 
 For each scoring variant: a bundle whose bank holds only the source-domain training clips
-(built-in logmel-stats embedder). The daemon (`edge-monitor run`, fast replay) hears the 10
-target-domain training clips, a car in another condition than the bank knows: it alarms.
+(`--model`: the built-in logmel-stats embedder by default, or an exported model). The
+daemon (`edge-monitor run`, fast replay) hears the 10 target-domain training clips, a car
+in another condition than the bank knows: it alarms.
 The first of those alarms is marked normal with `edge-monitor enroll --false-alarm EVENT_ID`
 (offline, into the bank store, as for an offline enrolment), which adds that alarm's stored
 windows to the bank. Then, with the detector the daemon serves before and after:
@@ -14,7 +15,8 @@ windows to the bank. Then, with the detector the daemon serves before and after:
   the hit rate on the 25 + 25 anomalous clips;
 - AUC(source), AUC(target) and pAUC of the clip scores, as DCASE computes them.
 
-    .venv/bin/python tools/feedback_toycar.py --data ../shared/data/toycar --work /tmp/fb-toycar
+    .venv/bin/python tools/feedback_toycar.py --data ../shared/data/toycar --work /tmp/fb-toycar \
+        [--model runs/mn04-export/export.json:mn04]
 
 This script may import trainer (for the DCASE reader and the bundle builder); the runtime
 does not.
@@ -49,12 +51,11 @@ from edge_monitor.enrolment import alarm_windows
 from edge_monitor.enrolment.bank_store import BankStore
 from edge_monitor.pipeline.decision import DecisionMachine
 from trainer.bundle_builder import ModelEntry, build_bundle
+from trainer.cli_commands.bundle import model_entry
 from trainer.dcase_data import Clip, read_dataset
 
 log = logging.getLogger("feedback_toycar")
 REPO = Path(__file__).resolve().parent.parent
-MODEL = ModelEntry(name="logmel-stats", runtime="builtin", builtin="logmel-stats",
-                   sample_rate_hz=16000, window_s=10.0, dim=256)
 
 
 def served_detector(config_path: Path, machine: str) -> Detector:
@@ -142,7 +143,8 @@ def judge(detector: Detector, normals: dict[str, list[Clip]], anomalies: list[Cl
     }
 
 
-def run_variant(name: str, clips: list[Clip], work: Path, cache: Path) -> dict[str, Any]:
+def run_variant(name: str, clips: list[Clip], work: Path, cache: Path,
+                model: ModelEntry) -> dict[str, Any]:
     train_source = [c for c in clips if c.split == "train" and c.domain == "source"]
     episode = [c for c in clips if c.split == "train" and c.domain == "target"]
     test = [c for c in clips if c.split == "test"]
@@ -152,7 +154,7 @@ def run_variant(name: str, clips: list[Clip], work: Path, cache: Path) -> dict[s
     root = work / name
     shutil.rmtree(root, ignore_errors=True)
     root.mkdir(parents=True)
-    bundle = build_bundle(root / "bundle", [MODEL], train_source, variant(name), cache_dir=cache)
+    bundle = build_bundle(root / "bundle", [model], train_source, variant(name), cache_dir=cache)
     machine = train_source[0].machine
     episode_config = write_config(root, bundle, machine, episode, "episode")
     before = served_detector(episode_config, machine)
@@ -187,12 +189,16 @@ def main() -> int:
     parser.add_argument("--work", type=Path, default=Path("/tmp/feedback-toycar"))
     parser.add_argument("--variants", nargs="+", default=["knn", "dads-dwmin"],
                         choices=sorted(VARIANTS))
+    parser.add_argument("--model", default="logmel-stats", metavar="SPEC",
+                        help="a builtin name or EXPORT.json:NAME (as edge-trainer bundle takes)")
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
-    clips = read_dataset(args.data)
+    clips = read_dataset(args.data.resolve())  # the daemon configs it writes name absolute paths
     args.work.mkdir(parents=True, exist_ok=True)
-    rows = [run_variant(v, clips, args.work, args.work / "embedding-cache") for v in args.variants]
+    model = model_entry(args.model)
+    rows = [run_variant(v, clips, args.work, args.work / "embedding-cache", model)
+            for v in args.variants]
     print(f"{'variant':<11} {'':<7} {'FA(tgt)':>8} {'FA(src)':>8} {'hit(tgt)':>9} "
           f"{'hit(src)':>9} {'AUC(src)':>9} {'AUC(tgt)':>9} {'pAUC':>7} {'threshold':>10}")
     for row in rows:
