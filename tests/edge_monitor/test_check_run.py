@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import contextlib
 import os
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
 from daemon_support import small_config, synth, write_config, write_flac
+from disk_support import mounted_tmpfs
 
 from edge_monitor import cli
 
@@ -50,14 +50,8 @@ def unwritable_dir(path: Path) -> Iterator[Path]:
         finally:
             path.chmod(0o755)
         return
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(path)],
-                             capture_output=True, check=False)
-    if mounted.returncode != 0:
-        pytest.skip(f"root cannot mount a read-only tmpfs here: {mounted.stderr.decode()}")
-    try:
+    with mounted_tmpfs(path, "ro,size=64k"):
         yield path
-    finally:
-        subprocess.run(["umount", str(path)], check=True)
 
 
 def test_a_state_dir_that_is_a_file(tmp_path, capsys):

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from disk_support import mounted_tmpfs
 from enroll_support import NEW_SPEC, looping_replay, make_detector, write_clips
 
 from edge_monitor import cli
@@ -133,14 +134,8 @@ def tiny_disk(tmp_path):
     """A 1 MiB tmpfs (root only): writes past it fail with ENOSPC, as on a full SD card."""
     if os.geteuid() != 0:
         pytest.skip("mounting a tmpfs needs root; the RLIMIT_FSIZE test below runs for anyone")
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)],
-                          capture_output=True, check=False)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
-    yield mount
-    subprocess.run(["umount", str(mount)], check=True)
+    with mounted_tmpfs(tmp_path / "disk", "size=1m") as mount:
+        yield mount
 
 
 def fill(directory: Path) -> None:
