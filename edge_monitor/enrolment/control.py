@@ -108,7 +108,7 @@ def _shown(value: Any) -> str:
 def _reply_text(message: str) -> str:
     """An error reply's text: newlines escaped, cut to MAX_ERROR_CHARS."""
     flat = message.replace("\r", "\\r").replace("\n", "\\n")
-    return flat if len(flat) <= MAX_ERROR_CHARS else f"{flat[:MAX_ERROR_CHARS]}..."
+    return flat if len(flat) <= MAX_ERROR_CHARS else f"{flat[:MAX_ERROR_CHARS - 3]}..."
 
 
 def confined(files: Any, import_dir: Path) -> list[str]:

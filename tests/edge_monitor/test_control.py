@@ -32,6 +32,7 @@ from edge_monitor.daemon import plan_machines
 from edge_monitor.enrolment.bank_store import BankStore
 from edge_monitor.enrolment.control import (
     MAX_CLIENTS,
+    MAX_ERROR_CHARS,
     ControlError,
     ControlServer,
     daemon_running,
@@ -292,6 +293,11 @@ def test_no_request_can_kill_the_server(tmp_path):
         assert "nested too deeply" in deep["error"] and deep["exit_code"] == 2
         huge = _raw(path, b'{"command": "' + b"x" * 100_000 + b'"}\n')
         assert "request longer than" in huge["error"]
+        # Found by tools/fuzz.py: a validator quoting a 10 000-character machine name in
+        # full; the reply is cut to one short line.
+        long_name = _raw(path, json.dumps({"command": "enroll/commit",
+                                           "machine": "\U0001f642" * 10_000}).encode() + b"\n")
+        assert long_name["exit_code"] == 2 and len(long_name["error"]) <= MAX_ERROR_CHARS
         idle = [socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) for _ in range(MAX_CLIENTS)]
         for client in idle:
             client.connect(str(path))
