@@ -18,7 +18,7 @@ from edge_monitor.audio_in.capture import resolve_device
 from edge_monitor.audio_in.replay import ReplaySource
 from edge_monitor.config.loader import load_config
 from edge_monitor.config.sections import Config
-from edge_monitor.core.errors import ConfigError, EdgeMonitorError
+from edge_monitor.core.errors import ConfigError, EdgeMonitorError, one_line, shown
 from edge_monitor.daemon import assemble, daemon_directories, learning_amount
 
 LIST_DEVICES = "`edge-monitor devices` lists the inputs"
@@ -39,9 +39,9 @@ def input_device(config: Config) -> str:
         if wanted is None or wanted == "":
             return ("sounddevice input (default): none visible now; run reports a fault until "
                     f"one appears ({LIST_DEVICES})")
-        detail = str(exc).removeprefix("device: ").replace(" (run `edge-monitor devices`)", "")
+        detail = one_line(exc).removeprefix("device: ").replace(" (run `edge-monitor devices`)", "")
         raise ConfigError(
-            f"source.device = {wanted!r} is not present ({detail}): plug it in or name one "
+            f"source.device = {shown(wanted)} is not present ({detail}): plug it in or name one "
             f"that is ({LIST_DEVICES}); run would start deaf, in fault, waiting for it"
         ) from None
     return f"sounddevice input {device.name!r} (index {device.index})"

@@ -126,6 +126,14 @@ def test_an_absent_named_input_device(tmp_path, capsys):
     assert "`edge-monitor devices` lists the inputs" in line
 
 
+def test_a_huge_absent_device_name_is_quoted_short(tmp_path, capsys):
+    """Found by tools/fuzz.py (config-near): a 9000-character name was quoted in full."""
+    path = config_file(tmp_path, source={"kind": "sounddevice", "device": "M" * 9000})
+    line = refusal("check", path, capsys)
+    assert "source.device = 'MMM" in line and "is not present" in line
+    assert len(line) < 1000
+
+
 def test_the_default_input_device_is_reported(tmp_path, capsys):
     path = config_file(tmp_path, source={"kind": "sounddevice"})
     assert cli.main(["check", "-c", str(path)]) == 0
