@@ -32,6 +32,7 @@ from usearch.index import Index
 
 from edge_monitor.core.atomic import atomic_path, atomic_write_text, fsync_dir
 from edge_monitor.core.errors import BankError, ConfigError, StorageError, one_line
+from edge_monitor.core.index_reader import read_index_vectors
 from edge_monitor.core.neighbours import build_usearch_index
 from edge_monitor.core.scoring_config import ScoringConfig
 
@@ -67,8 +68,6 @@ class Bank:
     group_medians: dict[str, float] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)  # embedder, machine, lineage, ...
     version: str = ""
-    # The HNSW graph restored from index.usearch (key i = row i); saves rebuilding it.
-    index: Index | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         n = len(self.embeddings)
@@ -263,17 +262,12 @@ def load_bank(directory: str | Path, expected_dim: int | None = None) -> Bank:
             f"embedding dimension {expected_dim}; build the bank with the same model"
         )
     index_path = directory / INDEX_NAME
-    try:
-        index = Index.restore(str(index_path))
-    except (ValueError, RuntimeError, OSError) as exc:
-        raise BankError(f"{index_path}: cannot open usearch index ({one_line(exc)}); copy the bank "
-                        "again") from exc
-    if index is None or index.ndim != dim or len(index) != count:
-        got = "nothing" if index is None else f"{len(index)} x {index.ndim}"
+    embeddings = read_index_vectors(index_path)
+    if embeddings.shape != (count, dim):
         raise BankError(
-            f"{index_path}: holds {got}, manifest says {count} x {dim}; rebuild the bank"
+            f"{index_path}: holds {embeddings.shape[0]} x {embeddings.shape[1]}, manifest says "
+            f"{count} x {dim}; rebuild the bank"
         )
-    embeddings = np.vstack(index.get(np.arange(count, dtype=np.int64))).astype(np.float32)
     arrays = _read_meta(directory / META_NAME, count)
     try:
         where = f"{directory / MANIFEST_NAME} scoring"
@@ -295,5 +289,4 @@ def load_bank(directory: str | Path, expected_dim: int | None = None) -> Bank:
         group_medians={k: float(v) for k, v in manifest.get("group_medians", {}).items()},
         info=dict(manifest.get("info", {})),
         version=str(manifest["version"]),
-        index=index,
     )

@@ -42,14 +42,10 @@ def build_usearch_index(vectors: np.ndarray) -> Index:
 class NeighbourIndex:
     """Search the k nearest rows of a fixed matrix of unit vectors."""
 
-    def __init__(
-        self, vectors: np.ndarray, backend: Backend = "auto", usearch_index: Index | None = None
-    ) -> None:
+    def __init__(self, vectors: np.ndarray, backend: Backend = "auto") -> None:
         self.vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         self.backend = choose_backend(len(self.vectors)) if backend == "auto" else backend
-        self._index = usearch_index
-        if self.backend == "hnsw" and self._index is None:
-            self._index = build_usearch_index(self.vectors)
+        self._index = build_usearch_index(self.vectors) if self.backend == "hnsw" else None
 
     def __len__(self) -> int:
         return int(self.vectors.shape[0])

@@ -109,8 +109,7 @@ class BankScorer:
         if group not in self._indexes:
             vectors = self.bank.embeddings[self._rows[group]]
             backend = choose_backend(len(vectors)) if self._backend == "auto" else self._backend
-            graph = self.bank.index if group == GROUP_ALL and backend == "hnsw" else None
-            self._indexes[group] = NeighbourIndex(vectors, backend, usearch_index=graph)
+            self._indexes[group] = NeighbourIndex(vectors, backend)
         return self._indexes[group]
 
     def has_group(self, group: str) -> bool:

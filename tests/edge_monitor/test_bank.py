@@ -1,5 +1,6 @@
 """Banks survive a round trip and refuse corrupt, truncated or mismatched files clearly."""
 
+import hashlib
 import json
 
 import numpy as np
@@ -77,7 +78,7 @@ def test_manifest_problems_are_named(tmp_path, bank):
         load_bank(tmp_path / "missing")
 
 
-def test_loaded_bank_serves_hnsw_search_from_its_saved_graph(tmp_path, bank):
+def test_loaded_bank_serves_hnsw_search_from_a_graph_built_from_its_vectors(tmp_path, bank):
     real = bank.parents < 0
     plain = build_bank(
         bank.embeddings[real], bank.domains[real], bank.clip_ids[real], variant("knn")
@@ -88,4 +89,23 @@ def test_loaded_bank_serves_hnsw_search_from_its_saved_graph(tmp_path, bank):
     queries /= np.linalg.norm(queries, axis=1, keepdims=True)
     exact = BankScorer(plain, "matmul").score(queries)
     np.testing.assert_allclose(scorer.score(queries), exact, atol=1e-5)
-    assert scorer._index("all")._index is loaded.index  # restored, not rebuilt
+
+
+def test_an_edited_index_with_repinned_checksums_is_refused_not_a_crash(tmp_path, bank):
+    """Found by tools/fuzz.py: usearch's loader and search segfaulted on such bytes and took
+    the process with it. Now a child reads the vectors and the graph is rebuilt from them;
+    this process sees a loaded bank or one BankError line naming the file."""
+    path = save_bank(bank, tmp_path / "bank")
+    original = (path / INDEX_NAME).read_bytes()
+    manifest = json.loads((path / MANIFEST_NAME).read_text())
+    rng = np.random.default_rng(11)
+    for position in rng.choice(len(original), size=40, replace=False):
+        data = bytearray(original)
+        data[position] ^= 0xFF
+        (path / INDEX_NAME).write_bytes(bytes(data))
+        manifest["files"][INDEX_NAME] = hashlib.sha256(bytes(data)).hexdigest()
+        (path / MANIFEST_NAME).write_text(json.dumps(manifest))
+        try:
+            load_bank(path)
+        except BankError as exc:
+            assert "\n" not in str(exc) and INDEX_NAME in str(exc) and "['" not in str(exc)
