@@ -24,3 +24,12 @@ def mounted_tmpfs(mount_point: Path, options: str) -> Iterator[Path]:
         yield mount_point
     finally:
         subprocess.run(["umount", str(mount_point)], check=True)
+
+
+def fill_disk(directory: Path) -> None:
+    """Fill the file system of `directory` to the last byte (big writes, then single bytes)."""
+    with open(directory / "filler", "wb", buffering=0) as handle:
+        for size in (65536, 1):
+            with contextlib.suppress(OSError):
+                while handle.write(b"\0" * size):
+                    continue

@@ -4,7 +4,6 @@ can be rolled back; a full disk is one clear error with the bank left as it was.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import re
@@ -14,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from disk_support import mounted_tmpfs
+from disk_support import fill_disk, mounted_tmpfs
 from enroll_support import NEW_SPEC, looping_replay, make_detector, write_clips
 
 from edge_monitor import cli
@@ -138,15 +137,6 @@ def tiny_disk(tmp_path):
         yield mount
 
 
-def fill(directory: Path) -> None:
-    """Fill the file system of `directory` to the last byte."""
-    with open(directory / "filler", "wb", buffering=0) as handle:
-        for size in (65536, 1):
-            with contextlib.suppress(OSError):
-                while handle.write(b"\0" * size):
-                    pass
-
-
 def seeded_manager(state_dir: Path):
     detector = make_detector(seconds=6.0)
     served = {"pump": detector}
@@ -164,7 +154,7 @@ def test_enrolment_on_a_full_disk_is_one_clear_error_and_the_bank_is_intact(
     clips = write_clips(tmp_path / "new", NEW_SPEC, 6)
     manager, served, store = seeded_manager(tiny_disk)
     detector, pointer = served["pump"], store.pointer()
-    fill(tiny_disk)
+    fill_disk(tiny_disk)
     listing = sorted(tiny_disk.rglob("*"))
     with pytest.raises(StorageError) as caught:
         manager.enrol_files("pump", clips, "tech")

@@ -13,7 +13,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from disk_support import mounted_tmpfs
+from disk_support import fill_disk, mounted_tmpfs
 
 from edge_monitor.config.sections import MqttSection
 from edge_monitor.mqtt.client import MqttClient
@@ -278,23 +278,13 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
         yield mount_point
 
 
-def fill(path: Path) -> None:
-    """Write zeros until the file system says it is full."""
-    with open(path, "wb", buffering=0) as handle:
-        try:
-            while True:
-                handle.write(b"\0" * 4096)
-        except OSError:
-            pass
-
-
 def test_full_disk_publishes_from_memory_then_journals_again(
     small_disk, mosquitto, mqtt_recorder, clients, caplog
 ):
     recorder = mqtt_recorder(mosquitto, [f"{ROOT}/machines/+/events"])
     client = clients(settings_for(mosquitto), small_disk / "j.sqlite3")
     wait_until(lambda: client.connected, "the connection")
-    fill(small_disk / "filler")
+    fill_disk(small_disk)
     on_full = [alarm("new", new_id()) for _ in range(3)]
     for event in on_full:
         client.publish_event(event)
