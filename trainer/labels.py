@@ -14,11 +14,13 @@ from edge_monitor.core.errors import DatasetError
 from trainer.dcase_data import Clip
 
 
-def class_name(clip: Clip, attribute_names: Sequence[str] | None = None) -> str:
+def class_name(
+    clip: Clip, attribute_names: Sequence[str] | None = None, source: str = "data.attributes"
+) -> str:
     """`machine/section/name=value/...`, over `attribute_names` (all of the clip's when None).
 
-    A clip that lacks a requested attribute is an error: silently merging it into another
-    class would teach the model a wrong condition.
+    A clip that lacks a requested attribute is an error naming the recipe key `source` that
+    asked for it: silently merging it into another class would teach the model a wrong condition.
     """
     names = sorted(clip.attributes) if attribute_names is None else list(attribute_names)
     parts = [clip.machine, f"section_{clip.section}"]
@@ -26,7 +28,7 @@ def class_name(clip: Clip, attribute_names: Sequence[str] | None = None) -> str:
         if name not in clip.attributes:
             raise DatasetError(
                 f"{clip.path}: attribute {name!r} missing (has {sorted(clip.attributes)}); add it "
-                "to the attributes CSV or drop it from the recipe's data.attributes"
+                f"to the attributes CSV or drop it from the recipe's {source}"
             )
         parts.append(f"{name}={clip.attributes[name]}")
     return "/".join(parts)
@@ -60,13 +62,6 @@ class ClassMap:
             raise DatasetError(
                 f"class {name!r} is not among the {len(self.names)} training classes"
             ) from None
-
-
-def clip_labels(
-    clips: Sequence[Clip], attribute_names: Sequence[str] | None = None
-) -> tuple[ClassMap, list[int]]:
-    """The class map over `clips` and each clip's class index."""
-    return targets_from_names([class_name(clip, attribute_names) for clip in clips])
 
 
 def targets_from_names(names: Sequence[str]) -> tuple[ClassMap, list[int]]:

@@ -7,6 +7,7 @@ the fix instead of silently training with a default. Cross-field rules (a LoRA r
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -28,6 +29,10 @@ STRATEGY_CLASSES: dict[str, str] = {
 """The class of each strategy, beside its name and recipe section: a new strategy is its own
 module plus its entries here."""
 MAX_SHOWN_VALUE = 80
+COMBINED_TASK = "combined"
+"""The data.tasks entry for the class over data.attributes (every other entry is an attribute)."""
+TASK_NAME = re.compile(r"[^.\s]+")
+"""A task names a loss module, and module names cannot hold a '.'."""
 STRATEGIES: tuple[str, ...] = StrategyName.__args__  # type: ignore[attr-defined]
 
 
@@ -72,6 +77,13 @@ class DataSection(Section):
     attributes: list[str] | None = Field(
         None, description="attribute names combined into classes; None = all of them"
     )
+    tasks: list[str] | None = Field(
+        None,
+        description=f"multi-task heads: one margin loss per entry on the same embedding, the "
+        f"training loss their mean; '{COMBINED_TASK}' is the class over data.attributes, any "
+        "other entry one attribute's classes (per machine and section), e.g. "
+        f"['{COMBINED_TASK}', 'car', 'spd', 'mic']; None = the combined class alone",
+    )
     trim_quiet_db: float = Field(
         20.0,
         ge=0,
@@ -84,6 +96,29 @@ class DataSection(Section):
         description="embedding window in seconds: 0 pools the whole clip at once, else the "
         "clip is cut into windows whose unit embeddings are averaged",
     )
+
+    @model_validator(mode="after")
+    def _tasks_named_once(self) -> DataSection:
+        if self.tasks is None:
+            return self
+        fix = f"write e.g. tasks: [{COMBINED_TASK}, car, spd] or leave tasks out"
+        if not self.tasks:
+            raise ValueError(f"tasks: empty; {fix}")
+        bad = [t for t in self.tasks if not TASK_NAME.fullmatch(t)]
+        if bad:
+            raise ValueError(
+                f"tasks: {bad} are not task names ('{COMBINED_TASK}' or an attribute name "
+                f"without '.' or spaces); {fix}"
+            )
+        twice = sorted({t for t in self.tasks if self.tasks.count(t) > 1})
+        if twice:
+            raise ValueError(f"tasks: {twice} named more than once; name each task once")
+        if self.attributes is not None and COMBINED_TASK not in self.tasks:
+            raise ValueError(
+                f"attributes only shape the '{COMBINED_TASK}' task, which tasks {self.tasks} "
+                f"lacks; add '{COMBINED_TASK}' to tasks or remove attributes"
+            )
+        return self
 
 
 class AugmentSection(Section):

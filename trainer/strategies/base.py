@@ -1,5 +1,8 @@
 """What every strategy shares: backbone + embedding head + margin loss on labelled crops.
 
+With `data.tasks` (multi-task heads) each task has its own margin loss module (`loss_<task>`)
+on the same embedding and the class loss is their mean; without it there is one (`loss`).
+
 A strategy owns its modules (all in one ModuleDict, so checkpoints and the optimizer see the
 same set), draws its own batches from the step's generator, and returns the loss of one
 micro-batch; the training loop does the rest (optimizer, AMP, accumulation, checkpoints).
@@ -8,6 +11,7 @@ micro-batch; the training loop does the rest (optimizer, AMP, accumulation, chec
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,8 +25,8 @@ from trainer.augment import Augmenter, MixedBatch
 from trainer.backbones import Backbone, build_backbone
 from trainer.dcase_data import Clip
 from trainer.heads import EmbeddingHead, build_margin_loss
-from trainer.labels import ClassMap, clip_labels
-from trainer.recipe import Recipe
+from trainer.labels import ClassMap, class_name, targets_from_names
+from trainer.recipe import COMBINED_TASK, Recipe
 from trainer.train_data import WaveSet, training_clips
 
 log = logging.getLogger(__name__)
@@ -83,24 +87,29 @@ class Strategy:
         self.crop_samples = round(recipe.data.crop_s * backbone.sample_rate_hz)
         self.clips = self.labelled_clips()
         self.classes, targets = self.class_targets(self.clips)
+        # data.tasks: one class map per task, and a [clips, tasks] target matrix
+        self.task_classes: dict[str, ClassMap] = {}
+        if recipe.data.tasks is not None:
+            self.task_classes, targets = self.task_targets(self.clips, recipe.data.tasks)
         self.data = WaveSet.from_paths(
             [c.path for c in self.clips], targets, self.sample_rate_hz, context.cache_dir,
             recipe.data.trim_quiet_db,
         )
         self.augmenter = Augmenter(recipe.augment, self.noise_bank())
+        losses = {
+            loss_module(task): self.new_margin_loss(len(classes))
+            for task, classes in self.task_classes.items()
+        } or {"loss": self.new_margin_loss(len(self.classes))}
         self.modules = nn.ModuleDict(
-            {
-                "backbone": backbone,
-                "head": self.new_head(backbone.dim),
-                "loss": self.new_margin_loss(len(self.classes)),
-            }
+            {"backbone": backbone, "head": self.new_head(backbone.dim), **losses}
         )
         self.frozen_modules = freeze(backbone, recipe.backbone.freeze)
+        counts = {task: len(c) for task, c in self.task_classes.items()} or len(self.classes)
         log.info(
-            "%s: %d clips, %d classes, backbone %s (%.2f M params)",
+            "%s: %d clips, classes %s, backbone %s (%.2f M params)",
             type(self).__name__,
             len(self.clips),
-            len(self.classes),
+            counts,
             recipe.backbone.name,
             sum(p.numel() for p in backbone.parameters()) / 1e6,
         )
@@ -110,8 +119,34 @@ class Strategy:
         """The clips trained with class targets: every training clip under --data."""
         return training_clips(self.context.data_roots[:1])
 
+    def class_names(
+        self, clips: list[Clip], attributes: Sequence[str] | None, source: str
+    ) -> list[str]:
+        """Each clip's class over `attributes` (all of a clip's when None); `source` is the
+        recipe key that asked, for the error when a clip lacks one."""
+        return [class_name(clip, attributes, source) for clip in clips]
+
     def class_targets(self, clips: list[Clip]) -> tuple[ClassMap, list[int]]:
-        return clip_labels(clips, self.recipe.data.attributes)
+        """The combined class (machine, section, data.attributes) of each clip."""
+        return targets_from_names(
+            self.class_names(clips, self.recipe.data.attributes, "data.attributes")
+        )
+
+    def task_targets(
+        self, clips: list[Clip], tasks: Sequence[str]
+    ) -> tuple[dict[str, ClassMap], np.ndarray]:
+        """Each task's class map and the [clips, tasks] matrix of class indices."""
+        maps: dict[str, ClassMap] = {}
+        columns: list[list[int]] = []
+        for task in tasks:
+            if task == COMBINED_TASK:
+                maps[task], column = self.class_targets(clips)
+            else:
+                maps[task], column = targets_from_names(
+                    self.class_names(clips, [task], "data.tasks")
+                )
+            columns.append(column)
+        return maps, np.asarray(columns, dtype=np.int64).T
 
     def noise_bank(self) -> list[np.ndarray]:
         """Noise clips for the noise augmentation; none means white noise."""
@@ -169,21 +204,39 @@ class Strategy:
         partner = torch.from_numpy(batch.partner).to(targets.device)
         return batch.lam * value + (1.0 - batch.lam) * criterion(embeddings, targets[partner])
 
+    def class_loss(
+        self, embeddings: Tensor, targets: Tensor, batch: MixedBatch
+    ) -> tuple[Tensor, dict[str, float]]:
+        """The loss on the recipe's classes and its log: the one margin loss, or with
+        data.tasks the mean of each task's (`targets` then holds one column per task)."""
+        if not self.task_classes:
+            value = self.margin_loss(embeddings, targets, batch)
+            return value, {
+                "loss_cls": float(value.detach()),
+                **self.accuracy(embeddings, targets, batch),
+            }
+        values: list[Tensor] = []
+        metrics: dict[str, float] = {}
+        for column, task in enumerate(self.task_classes):
+            name = loss_module(task)
+            value = self.margin_loss(embeddings, targets[:, column], batch, name)
+            values.append(value)
+            metrics[name] = float(value.detach())
+            accuracy = self.accuracy(embeddings, targets[:, column], batch, name)
+            metrics.update({f"acc_{task}": v for v in accuracy.values()})
+        total = torch.stack(values).mean()
+        return total, {"loss_cls": float(total.detach()), **metrics}
+
     # --- the interface the training loop calls ----------------------------------------------
     def loss(self, step: int, rng: np.random.Generator) -> tuple[Tensor, dict[str, float]]:
         """Loss of one micro-batch at optimizer step `step`, and numbers worth logging."""
         batch, targets = self.draw(rng)
-        embeddings = self.embed(batch.waves, rng)
-        value = self.margin_loss(embeddings, targets, batch)
-        return value, {
-            "loss_cls": float(value.detach()),
-            **self.accuracy(embeddings, targets, batch),
-        }
+        return self.class_loss(self.embed(batch.waves, rng), targets, batch)
 
     def accuracy(
         self, embeddings: Tensor, targets: Tensor, batch: MixedBatch, loss: str = "loss"
     ) -> dict[str, float]:
-        """Training-batch accuracy of the class head (only for batches that were not mixed)."""
+        """Training-batch accuracy of one class head (only for batches that were not mixed)."""
         if batch.partner is not None:
             return {}
         with torch.no_grad():
@@ -212,8 +265,18 @@ class Strategy:
     def load_extra_state(self, state: dict[str, Any]) -> None:
         """Restore what `extra_state` returned."""
 
+    def trained_classes(self, head: str = "head") -> dict[str, list[str]]:
+        """The class names `head` was trained on, for classes.json: under `head`, or with
+        data.tasks under `head:<task>` for each task."""
+        if not self.task_classes:
+            return {head: list(self.classes.names)}
+        return {f"{head}:{task}": list(c.names) for task, c in self.task_classes.items()}
+
     def embedding_model(self) -> EmbeddingModel:
         """The backbone and heads a finished run keeps for embedding."""
-        return EmbeddingModel(
-            self.backbone, {"head": self.modules["head"]}, {"head": list(self.classes.names)}
-        )
+        return EmbeddingModel(self.backbone, {"head": self.modules["head"]}, self.trained_classes())
+
+
+def loss_module(task: str) -> str:
+    """The strategy module that holds one data.tasks entry's margin loss."""
+    return f"loss_{task}"

@@ -87,9 +87,9 @@ class DualHead(Strategy):
 
     def loss(self, step: int, rng: np.random.Generator) -> tuple[Tensor, dict[str, float]]:
         batch, targets = self.draw(rng)
-        supervised = self.margin_loss(self.embed(batch.waves, rng), targets, batch)
+        supervised, metrics = self.class_loss(self.embed(batch.waves, rng), targets, batch)
         if not self.in_joint_stage(step):
-            return supervised, {"loss_cls": float(supervised.detach())}
+            return supervised, metrics
         if not self.pseudo_ready:
             self.pool.targets = self.pseudo_labels()
             self.pseudo_ready = True
@@ -107,10 +107,7 @@ class DualHead(Strategy):
             "pseudo_loss",
         )
         total = supervised + self.section.pseudo_weight * pseudo
-        return total, {
-            "loss_cls": float(supervised.detach()),
-            "loss_pseudo": float(pseudo.detach()),
-        }
+        return total, {**metrics, "loss_pseudo": float(pseudo.detach())}
 
     def extra_state(self) -> dict[str, Any]:
         targets = self.pool.targets if self.pseudo_ready else np.zeros(0, dtype=np.int64)
@@ -127,7 +124,7 @@ class DualHead(Strategy):
             self.backbone,
             {"head": self.modules["head"], "pseudo_head": self.modules["pseudo_head"]},  # type: ignore[dict-item]
             {
-                "head": list(self.classes.names),
+                **self.trained_classes(),
                 "pseudo_head": [f"cluster{i}" for i in range(self.clusters)],
             },
         )

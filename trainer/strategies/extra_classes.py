@@ -8,13 +8,14 @@ augmentation instead of white noise.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from edge_monitor.core.errors import DatasetError
 from trainer.dcase_data import AUDIO_SUFFIXES, Clip
-from trainer.labels import ClassMap, class_name, targets_from_names
+from trainer.labels import class_name
 from trainer.strategies.base import Strategy, StrategyContext
 from trainer.train_data import load_wave
 
@@ -56,16 +57,16 @@ class ExtraClasses(Strategy):
             )
         return clips
 
-    def class_targets(self, clips: list[Clip]) -> tuple[ClassMap, list[int]]:
-        attributes = self.recipe.data.attributes
-        return targets_from_names(
-            [
-                f"{EXTRA_MACHINE}/{c.attributes['kind']}"
-                if c.machine == EXTRA_MACHINE
-                else class_name(c, attributes)
-                for c in clips
-            ]
-        )
+    def class_names(
+        self, clips: list[Clip], attributes: Sequence[str] | None, source: str
+    ) -> list[str]:
+        """An extra directory is one class of its own in every task, whatever the attributes."""
+        return [
+            f"{EXTRA_MACHINE}/{c.attributes['kind']}"
+            if c.machine == EXTRA_MACHINE
+            else class_name(c, attributes, source)
+            for c in clips
+        ]
 
     def noise_bank(self) -> list[np.ndarray]:
         return [

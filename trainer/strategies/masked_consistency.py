@@ -70,13 +70,15 @@ class MaskedConsistency(TeacherStrategy):
         student_frames = self.backbone(mask_waves(clean, frame_mask))
         mask = torch.from_numpy(frame_mask).to(self.device)
         consistency = F.mse_loss(student_frames[mask].float(), teacher_frames[mask].float())
-        classification = self.margin_loss(self.modules["head"](student_frames), targets, batch)
+        classification, metrics = self.class_loss(
+            self.modules["head"](student_frames), targets, batch
+        )
         total = (
             section.consistency_weight * consistency
             + section.classification_weight * classification
         )
         return total, {
-            "loss_cls": float(classification.detach()),
+            **metrics,
             "loss_masked_mse": float(consistency.detach()),
             "masked_fraction": float(mask.float().mean()),
         }

@@ -7,6 +7,7 @@ smoothed average of the student, is what the run keeps for embedding.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -15,7 +16,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from trainer.dcase_data import Clip
-from trainer.labels import ClassMap, class_name, targets_from_names
+from trainer.labels import class_name
 from trainer.strategies.base import EmbeddingModel, StrategyContext
 from trainer.strategies.ema import TeacherStrategy, ema_update, make_teacher
 from trainer.train_data import training_clips
@@ -43,16 +44,15 @@ class TeacherStudent(TeacherStrategy):
             self.root_of += [index] * len(found)
         return clips
 
-    def class_targets(self, clips: list[Clip]) -> tuple[ClassMap, list[int]]:
+    def class_names(
+        self, clips: list[Clip], attributes: Sequence[str] | None, source: str
+    ) -> list[str]:
         """Classes stay apart per root: the same attribute names mean other machines in
         another year's data."""
-        attributes = self.recipe.data.attributes
-        return targets_from_names(
-            [
-                f"root{root}:{class_name(c, attributes)}"
-                for c, root in zip(clips, self.root_of, strict=True)
-            ]
-        )
+        return [
+            f"root{root}:{class_name(c, attributes, source)}"
+            for c, root in zip(clips, self.root_of, strict=True)
+        ]
 
     def loss(self, step: int, rng: np.random.Generator) -> tuple[Tensor, dict[str, float]]:
         waves, targets, _ = self.data.crop_batch(
@@ -63,7 +63,7 @@ class TeacherStudent(TeacherStrategy):
         batch.waves = batch.waves.to(self.device)
         targets = targets.to(self.device)
         student = self.embed(batch.waves, rng)
-        classification = self.margin_loss(student, targets, batch)
+        classification, metrics = self.class_loss(student, targets, batch)
         with torch.no_grad():
             teacher = self.teacher["head"](self.teacher["backbone"](clean))
         if batch.partner is not None:
@@ -71,10 +71,7 @@ class TeacherStudent(TeacherStrategy):
             teacher = batch.lam * teacher + (1.0 - batch.lam) * teacher[partner]
         consistency = (1.0 - F.cosine_similarity(student.float(), teacher.float(), dim=1)).mean()
         total = classification + self.weight * consistency
-        return total, {
-            "loss_cls": float(classification.detach()),
-            "loss_consistency": float(consistency.detach()),
-        }
+        return total, {**metrics, "loss_consistency": float(consistency.detach())}
 
     def after_step(self, step: int) -> None:
         ema_update(self.teacher["backbone"], self.backbone, self.decay)
@@ -90,5 +87,5 @@ class TeacherStudent(TeacherStrategy):
         return EmbeddingModel(
             self.teacher["backbone"],
             {"head": self.teacher["head"]},  # type: ignore[dict-item]
-            {"head": list(self.classes.names)},
+            self.trained_classes(),
         )
