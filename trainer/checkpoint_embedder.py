@@ -7,7 +7,8 @@ The run directory holds plain data only (no pickled classes), so it loads with
     RUN/embedder.json    format, backbone name + config, head sizes, head names, rate, window,
                          embedding window (0 = whole clip, else the average over windows), dim
     RUN/model.pt         {"backbone": state_dict, "heads": {name: state_dict}}
-    RUN/classes.json     the class names each head was trained on
+    RUN/classes.json     the class names each head was trained on (with data.tasks, each
+                         task's under head:<task>)
 
 Several heads (the dual-head strategy) give one embedding: each head's output is L2-normalised,
 they are concatenated and normalised again.
