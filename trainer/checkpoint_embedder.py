@@ -32,6 +32,7 @@ from edge_monitor.core.embedders.base import l2_normalise
 from edge_monitor.core.errors import ConfigError
 from trainer.backbones import Backbone, build_backbone
 from trainer.backbones.checkpoint import as_state_dict, load_strict, read_torch_file
+from trainer.backbones.full_spectrum import FullSpectrumFusion
 from trainer.errors import CheckpointError
 from trainer.heads import EmbeddingHead
 
@@ -50,6 +51,8 @@ MAX_CHUNK_S = 30.0
 def backbone_config(backbone: Backbone) -> dict[str, Any] | None:
     """The backbone's full config as plain values, so the run rebuilds it without the original
     pretrained checkpoint file."""
+    if isinstance(backbone, FullSpectrumFusion):
+        return backbone.config_values
     config = getattr(backbone, "config", None)
     dump = getattr(config, "model_dump", None)
     return dump(mode="json") if callable(dump) else None

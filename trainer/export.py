@@ -29,8 +29,9 @@ from tqdm import tqdm
 from edge_monitor.core.atomic import atomic_path
 from edge_monitor.core.embedders.base import Embedder, l2_normalise
 from edge_monitor.core.embedders.logmel_stats import LogMelStatsEmbedder
-from edge_monitor.core.errors import RuntimeUnavailableError
+from edge_monitor.core.errors import ConfigError, RuntimeUnavailableError
 from edge_monitor.core.scoring_config import ScoringConfig
+from trainer.backbones.full_spectrum import FullSpectrumBranch
 from trainer.dcase_data import Clip
 from trainer.embed_cache import EmbedOptions, embed_file
 from trainer.evaluate import evaluate_embeddings
@@ -161,6 +162,12 @@ def export_tflite(embedder: TorchEmbedder, path: Path, int8_weights: bool = True
     end are stored as int8 (dynamic-range quantisation through ai-edge-quantizer); the DFT
     and mel weights stay float so the features keep their precision.
     """
+    if any(isinstance(m, FullSpectrumBranch) for m in embedder.module.modules()):
+        raise ConfigError(
+            f"model {embedder.name!r}: its full-spectrum branch takes a DFT of the whole input, "
+            "which litert-torch cannot convert (complex tensors: 'Unsupported ir element type: "
+            "complex<f32>'); export it with --formats onnx or onnx-int8"
+        )
     litert_torch = import_litert_torch()
     example = torch.zeros(1, window_samples(embedder))
     edge_model = litert_torch.convert(embedder.module.eval(), (example,))

@@ -29,7 +29,9 @@ class AttentiveStatsPooling(nn.Module):
         weights = torch.softmax(self.attention(frames).float(), dim=1)  # [B, T, 1]
         x = frames.float()
         mean = (weights * x).sum(dim=1)
-        variance = (weights * x * x).sum(dim=1) - mean * mean
+        # two-pass variance: E[x^2] - E[x]^2 leaves rounding noise for a feature that is
+        # constant over frames (the full-spectrum branch's), and its square root amplifies it
+        variance = (weights * (x - mean.unsqueeze(1)).square()).sum(dim=1)
         std = torch.sqrt(variance.clamp(min=STD_FLOOR**2))
         return torch.cat([mean, std], dim=1)
 

@@ -55,6 +55,20 @@ class BackboneSection(Section):
         description="module name prefixes kept as pretrained (weights and batch-norm "
         "statistics), e.g. ['features.0.', 'features.1.'] for the early EfficientAT blocks",
     )
+    full_spectrum: dict[str, Any] | None = Field(
+        None,
+        description="a full-spectrum branch beside the backbone (trainer.backbones."
+        "full_spectrum): its config values, {} for the defaults; None = no branch",
+    )
+
+    @model_validator(mode="after")
+    def _branch_valid(self) -> BackboneSection:
+        if self.full_spectrum is not None:
+            from trainer.backbones.base import parse_config
+            from trainer.backbones.full_spectrum import FullSpectrumConfig
+
+            parse_config(FullSpectrumConfig, self.full_spectrum, "full_spectrum", ValueError)
+        return self
 
 
 class HeadSection(Section):

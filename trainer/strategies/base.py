@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from edge_monitor.core.errors import ConfigError
 from trainer.augment import Augmenter, MixedBatch
 from trainer.backbones import Backbone, build_backbone
+from trainer.backbones.full_spectrum import FullSpectrumFusion
 from trainer.dcase_data import Clip
 from trainer.heads import EmbeddingHead, build_margin_loss
 from trainer.labels import ClassMap, class_name, targets_from_names
@@ -81,7 +82,10 @@ class Strategy:
         self.device = torch.device("cpu")
         recipe = self.recipe
         backbone = build_backbone(
-            recipe.backbone.name, recipe.backbone.size, recipe.backbone.checkpoint
+            recipe.backbone.name,
+            recipe.backbone.size,
+            recipe.backbone.checkpoint,
+            recipe.backbone.full_spectrum,
         )
         self.sample_rate_hz = backbone.sample_rate_hz
         self.crop_samples = round(recipe.data.crop_s * backbone.sample_rate_hz)
@@ -244,9 +248,15 @@ class Strategy:
         return {"acc": float((predicted == targets).float().mean())}
 
     def parameter_groups(self) -> list[dict[str, Any]]:
-        """Trainable parameters: the backbone's at backbone_lr, the rest at lr."""
+        """Trainable parameters: the backbone's at backbone_lr, the rest at lr (a full-spectrum
+        branch starts from scratch, so it is "the rest" like the heads)."""
         optim = self.recipe.optim
-        backbone_ids = {id(p) for p in self.backbone.parameters()}
+        pretrained = (
+            self.backbone.spectrogram
+            if isinstance(self.backbone, FullSpectrumFusion)
+            else self.backbone
+        )
+        backbone_ids = {id(p) for p in pretrained.parameters()}
         trainable = [(n, p) for n, p in self.modules.named_parameters() if p.requires_grad]
         backbone = [p for _, p in trainable if id(p) in backbone_ids]
         rest = [p for _, p in trainable if id(p) not in backbone_ids]
