@@ -213,6 +213,9 @@ def _read_manifest(directory: Path) -> dict[str, Any]:
     if not all(isinstance(v, (int, float)) and np.isfinite(v) for v in numbers):
         raise BankError(f"{path}: overlap_s and group_medians must be finite numbers; rebuild "
                         "the bank")
+    if any(v <= 0 for v in medians.values()):
+        raise BankError(f"{path}: group_medians must be positive (they divide distances); "
+                        "rebuild the bank")
     return manifest
 
 

@@ -93,6 +93,9 @@ class BankScorer:
         }
         self._indexes: dict[str, NeighbourIndex] = {}
         self._weights = (bank.densities.astype(np.float64) + self.config.eps) ** self.config.alpha
+        # a bank still being built has neither medians nor leave-one-out scores yet
+        if self.config.domain_norm and (bank.group_medians or bank.loo_scores.size):
+            self._weights = self._weights * self._domain_medians()
         children: dict[int, list[int]] = {}
         for row in np.flatnonzero(bank.parents >= 0):
             children.setdefault(int(bank.parents[row]), []).append(int(row))
@@ -104,6 +107,22 @@ class BankScorer:
                 rows = real[bank.recordings[real] == recording]
                 order = np.argsort(bank.start_s[rows], kind="stable")
                 self._timeline[str(recording)] = (bank.start_s[rows][order], rows[order])
+
+    def _domain_medians(self) -> np.ndarray:
+        """Per row, the leave-one-out median of its domain's group (target-syn counts as target)."""
+        medians = np.ones(len(self.bank.domains))
+        for group in (GROUP_SOURCE, GROUP_TARGET):
+            rows = self._rows[group]
+            if rows.size == 0:
+                continue
+            median = self.bank.group_medians.get(group)
+            if median is None:
+                raise BankError(
+                    f"bank {self.bank.version or '(unsaved)'}: no leave-one-out median for "
+                    f"group {group!r}; rebuild the bank with domain_norm enabled"
+                )
+            medians[rows] = median
+        return medians
 
     def _index(self, group: str) -> NeighbourIndex:
         if group not in self._indexes:
@@ -254,7 +273,7 @@ def build_bank(
     )
     scorer = BankScorer(bank)
     originals = np.arange(len(emb))
-    if config.domain_wise_min:
+    if config.domain_wise_min or config.domain_norm:
         for group in (GROUP_SOURCE, GROUP_TARGET):
             rows = originals[np.isin(doms, _GROUP_DOMAINS[group])]
             if rows.size == 0:
@@ -265,6 +284,8 @@ def build_bank(
                 log.warning("group %s has too few entries for a leave-one-out median", group)
                 median = 1.0
             bank.group_medians[group] = median
+        if config.domain_norm:  # the medians weight every distance from here on
+            scorer = BankScorer(bank)
     loo_rows = _sample_rows(originals, config.loo_max, rng)
     loo = scorer.loo_scores(loo_rows)
     keep = np.isfinite(loo)

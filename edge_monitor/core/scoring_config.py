@@ -24,6 +24,9 @@ class ScoringConfig:
     k_rho: int = 5  # neighbours over which the local density rho is averaged
     eps: float = 1e-6
     domain_wise_min: bool = False  # score source and target separately, take the min
+    # each neighbour's distance divided by the leave-one-out median of its own domain, so a
+    # clip near the few target entries is judged on the target's scale (no test label needed)
+    domain_norm: bool = False
     loo_max: int = 5000  # leave-one-out scores on at most this many bank entries
     seed: int = 0
 
@@ -81,6 +84,8 @@ VARIANTS: dict[str, ScoringConfig] = {
     "dads": ScoringConfig(**DADS_DEFAULTS),
     "knn-dwmin": ScoringConfig(domain_wise_min=True),
     "dads-dwmin": ScoringConfig(**DADS_DEFAULTS, domain_wise_min=True),
+    "knn-dnorm": ScoringConfig(domain_norm=True),
+    "dads-dnorm": ScoringConfig(**DADS_DEFAULTS, domain_norm=True),
 }
 
 

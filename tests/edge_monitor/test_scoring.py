@@ -96,6 +96,32 @@ def test_domain_wise_min_puts_both_domains_on_one_scale(two_domains):
         assert 0.4 < ratio < 2.5, name
 
 
+def test_domain_norm_divides_each_distance_by_its_domains_median(two_domains):
+    emb, domains, ids, rng = two_domains
+    src_q, tgt_q = held_out(rng)
+    bank = build_bank(emb, domains, ids, variant("knn-dnorm"))
+    scorer = BankScorer(bank)
+    plain = build_bank(emb, domains, ids, VARIANTS["knn"])
+    queries = np.vstack([src_q, tgt_q])
+    nearest = np.argmax(queries @ emb.T, axis=1)
+    median = np.where(nearest < 400, bank.group_medians["source"], bank.group_medians["target"])
+    np.testing.assert_allclose(
+        scorer.score(queries), BankScorer(plain).score(queries) / median, rtol=1e-5
+    )
+    ratio = np.median(scorer.score(tgt_q)) / np.median(scorer.score(src_q))
+    assert 0.4 < ratio < 2.5
+    # the threshold's leave-one-out scores are on the same normalised scale
+    assert 0.3 < np.median(bank.loo_scores) < 3.0
+
+
+def test_a_domain_norm_bank_without_its_medians_is_refused(two_domains):
+    emb, domains, ids, _ = two_domains
+    bank = build_bank(emb, domains, ids, variant("dads-dnorm"))
+    bank.group_medians.pop("target")
+    with pytest.raises(BankError, match="no leave-one-out median.*'target'"):
+        BankScorer(bank)
+
+
 @pytest.mark.parametrize("name", sorted(VARIANTS))
 def test_outlier_scores_above_every_normal(two_domains, name):
     emb, domains, ids, rng = two_domains
