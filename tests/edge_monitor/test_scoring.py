@@ -118,7 +118,7 @@ def test_a_domain_norm_bank_without_its_medians_is_refused(two_domains):
     emb, domains, ids, _ = two_domains
     bank = build_bank(emb, domains, ids, variant("dads-dnorm"))
     bank.group_medians.pop("target")
-    with pytest.raises(BankError, match="no leave-one-out median.*'target'"):
+    with pytest.raises(BankError, match=r"no leave-one-out median.*'target'"):
         BankScorer(bank)
 
 
