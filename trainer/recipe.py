@@ -17,7 +17,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from edge_monitor.core.errors import ConfigError
 
-StrategyName = Literal["full", "extra-classes", "lora", "dual-head", "tats", "masked-consistency"]
+StrategyName = Literal[
+    "full", "extra-classes", "lora", "dual-head", "tats", "masked-consistency", "feature-exchange"
+]
 STRATEGY_CLASSES: dict[str, str] = {
     "full": "trainer.strategies.full:FullFineTuning",
     "extra-classes": "trainer.strategies.extra_classes:ExtraClasses",
@@ -25,6 +27,7 @@ STRATEGY_CLASSES: dict[str, str] = {
     "dual-head": "trainer.strategies.dual_head:DualHead",
     "tats": "trainer.strategies.tats:TeacherStudent",
     "masked-consistency": "trainer.strategies.masked_consistency:MaskedConsistency",
+    "feature-exchange": "trainer.strategies.feature_exchange:FeatureExchange",
 }
 """The class of each strategy, beside its name and recipe section: a new strategy is its own
 module plus its entries here."""
@@ -227,6 +230,12 @@ class MaskedSection(Section):
     classification_weight: float = Field(1.0, ge=0)
 
 
+class FeatureExchangeSection(Section):
+    """Exchanged branch features of a full-spectrum backbone, as C x C pair classes."""
+
+    weight: float = Field(1.0, ge=0, description="weight of the exchanged examples' loss")
+
+
 class Recipe(BaseModel):
     """One training recipe: a strategy with its backbone, head, data, augmentation, optimiser."""
 
@@ -245,6 +254,7 @@ class Recipe(BaseModel):
     dual_head: DualHeadSection | None = None
     tats: TatsSection | None = None
     masked: MaskedSection | None = None
+    feature_exchange: FeatureExchangeSection | None = None
 
     @model_validator(mode="after")
     def _strategy_sections(self) -> Recipe:
@@ -254,6 +264,7 @@ class Recipe(BaseModel):
             "dual-head": "dual_head",
             "tats": "tats",
             "masked-consistency": "masked",
+            "feature-exchange": "feature_exchange",
         }
         for strategy, section in needed.items():
             present = getattr(self, section) is not None
@@ -268,6 +279,11 @@ class Recipe(BaseModel):
             raise ValueError(
                 f"dual_head.stage1_steps ({self.dual_head.stage1_steps}) must be below "
                 f"optim.steps ({self.optim.steps}) so the joint stage runs"
+            )
+        if self.feature_exchange is not None and self.backbone.full_spectrum is None:
+            raise ValueError(
+                "strategy 'feature-exchange' exchanges the full-spectrum branch's features: add "
+                "backbone.full_spectrum ({} for the defaults)"
             )
         if self.extra_classes is not None and not (
             self.extra_classes.noise_dirs or self.extra_classes.clean_dirs

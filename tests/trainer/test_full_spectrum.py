@@ -130,3 +130,30 @@ def test_tflite_export_is_refused_with_the_way_out(run: Path, tmp_path: Path) ->
     embedder = torch_embedder_for(load_checkpoint_embedder(run))
     with pytest.raises(ConfigError, match=r"full-spectrum branch.*--formats onnx"):
         export_tflite(embedder, tmp_path / "x.tflite")
+
+
+def test_feature_exchange_trains_on_pair_classes(tree: Path, tmp_path: Path) -> None:
+    recipe = tiny_recipe("feature_exchange")
+    torch.manual_seed(0)
+    strategy = build_strategy(StrategyContext(recipe, [tree], tmp_path / "cache"))
+    classes = len(strategy.classes)
+    assert strategy.modules["loss"].classes == classes * classes
+    frames = strategy.backbone(torch.randn(3, RATE_HZ))
+    order = np.array([2, 0, 1])
+    swapped = strategy.exchange(frames, order)
+    split = strategy.backbone.spectrogram.dim
+    assert torch.equal(swapped[..., :split], frames[..., :split])
+    assert torch.equal(swapped[..., split:], frames[order][..., split:])
+    pairs = strategy.pair_targets(torch.tensor([0, 1]), torch.tensor([2, 1]))
+    assert pairs.tolist() == [2, classes + 1]
+    before = {k: v.clone() for k, v in strategy.modules.state_dict().items()}
+    Trainer(strategy, recipe, tmp_path / "run", torch.device("cpu")).run(progress=False)
+    moved = {k for k, v in strategy.modules.state_dict().items() if not torch.equal(before[k], v)}
+    assert any(k.startswith("backbone.full_spectrum.") for k in moved)
+    logged = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
+    assert any("loss_exchange" in row for row in logged)
+
+
+def test_feature_exchange_without_a_branch_is_refused() -> None:
+    with pytest.raises(ConfigError, match="feature-exchange.*backbone.full_spectrum"):
+        tiny_recipe("feature_exchange", backbone={"full_spectrum": None})
