@@ -285,6 +285,11 @@ class Recipe(BaseModel):
                 "strategy 'feature-exchange' exchanges the full-spectrum branch's features: add "
                 "backbone.full_spectrum ({} for the defaults)"
             )
+        if self.feature_exchange is not None and self.data.tasks is not None:
+            raise ValueError(
+                "strategy 'feature-exchange' trains pair classes of the combined label; remove "
+                "data.tasks (multi-task heads) or use strategy 'full'"
+            )
         if self.extra_classes is not None and not (
             self.extra_classes.noise_dirs or self.extra_classes.clean_dirs
         ):

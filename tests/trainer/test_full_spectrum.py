@@ -155,5 +155,10 @@ def test_feature_exchange_trains_on_pair_classes(tree: Path, tmp_path: Path) -> 
 
 
 def test_feature_exchange_without_a_branch_is_refused() -> None:
-    with pytest.raises(ConfigError, match="feature-exchange.*backbone.full_spectrum"):
+    with pytest.raises(ConfigError, match=r"feature-exchange.*backbone.full_spectrum"):
         tiny_recipe("feature_exchange", backbone={"full_spectrum": None})
+
+
+def test_feature_exchange_with_multi_task_heads_is_refused() -> None:
+    with pytest.raises(ConfigError, match=r"feature-exchange.*remove data\.tasks"):
+        tiny_recipe("feature_exchange", data={"tasks": ["combined", "spd"]})
