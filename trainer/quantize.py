@@ -37,14 +37,12 @@ TFLITE_QUANTISE_REGEX = rf"^(?!.*{re.escape(TFLITE_FRONTEND_PATTERN)}).*$"
 
 
 def front_end_nodes(model: onnx.ModelProto) -> list[str]:
-    """Names of the nodes that compute the first `Log` of the graph (the log-mel front end)."""
+    """Names of the nodes that compute a `Log` of the graph and everything it depends on: the
+    log-mel front end, and a full-spectrum branch's log spectrum where there is one."""
     nodes = list(model.graph.node)
-    logs = [n for n in nodes if n.op_type == "Log"]
-    if not logs:
-        return []
     producer = {out: n for n in nodes for out in n.output}
     keep: dict[str, onnx.NodeProto] = {}
-    stack = [logs[0]]
+    stack = [n for n in nodes if n.op_type == "Log"]
     while stack:
         node = stack.pop()
         if node.name in keep:
@@ -63,16 +61,42 @@ def _group(node: onnx.NodeProto) -> int:
     return next((a.i for a in node.attribute if a.name == "group"), 1)
 
 
+def _first_convs_after_logs(model: onnx.ModelProto, front: set[str]) -> list[str]:
+    """For each `Log`, the first convolution (in graph order) that its output reaches."""
+    nodes = list(model.graph.node)
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in nodes:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    order = {n.name: i for i, n in enumerate(nodes)}
+    firsts = []
+    for log_node in (n for n in nodes if n.op_type == "Log"):
+        seen: set[str] = set()
+        stack = list(log_node.output)
+        reached = []
+        while stack:
+            for node in consumers.get(stack.pop(), []):
+                if node.name in seen:
+                    continue
+                seen.add(node.name)
+                if node.op_type == "Conv" and node.name not in front:
+                    reached.append(node)
+                else:
+                    stack += list(node.output)
+        if reached:
+            firsts.append(min(reached, key=lambda n: order[n.name]).name)
+    return firsts
+
+
 def float_nodes(model: onnx.ModelProto) -> list[str]:
-    """Nodes kept in float: the front end, the first convolution after it (it sees the log-mel
+    """Nodes kept in float: the front ends, the first convolution after each (it sees the log
     range, where int8 steps are coarsest) and depthwise convolutions (one filter per channel:
     per-channel int8 weights there cost far more than they save)."""
     front = set(front_end_nodes(model))
     convs = [n for n in model.graph.node if n.op_type == "Conv" and n.name not in front]
-    keep = [n.name for n in convs if _group(n) > 1]
-    if convs:
-        keep.append(convs[0].name)
-    return sorted(front) + keep
+    keep = {n.name for n in convs if _group(n) > 1}
+    keep.update(_first_convs_after_logs(model, front))
+    return sorted(front) + sorted(keep)
 
 
 class _WindowReader:

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime
 import pytest
 import torch
@@ -24,6 +25,7 @@ from trainer.backbones.full_spectrum import (
 from trainer.checkpoint_embedder import load_checkpoint_embedder
 from trainer.cli import main as trainer_main
 from trainer.export import export_onnx, export_tflite, torch_embedder_for
+from trainer.quantize import float_nodes, front_end_nodes, quantize_onnx
 from trainer.strategies import StrategyContext, build_strategy
 from trainer.train_loop import Trainer
 
@@ -162,3 +164,33 @@ def test_feature_exchange_without_a_branch_is_refused() -> None:
 def test_feature_exchange_with_multi_task_heads_is_refused() -> None:
     with pytest.raises(ConfigError, match=r"feature-exchange.*remove data\.tasks"):
         tiny_recipe("feature_exchange", data={"tasks": ["combined", "spd"]})
+
+
+def test_int8_keeps_both_front_ends_and_their_first_convolutions_float(
+    run: Path, tmp_path: Path
+) -> None:
+    embedder = torch_embedder_for(load_checkpoint_embedder(run))
+    path = export_onnx(embedder, tmp_path / "fullspec.onnx")
+    model = onnx.load(str(path))
+    logs = [n for n in model.graph.node if n.op_type == "Log"]
+    assert len(logs) == 2  # the mel front end and the branch's log spectrum
+    kept = set(float_nodes(model))
+    assert set(front_end_nodes(model)) <= kept
+    assert {n.name for n in model.graph.node if n.op_type == "DFT"} <= kept
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    for log_node in logs:  # walk to the first convolutions each log reaches
+        frontier, convs = list(log_node.output), []
+        while frontier and not convs:
+            nodes = [c for name in frontier for c in consumers.get(name, [])]
+            convs = [n.name for n in nodes if n.op_type == "Conv"]
+            frontier = [out for n in nodes for out in n.output]
+        assert convs and set(convs) <= kept
+    quantised = tmp_path / "fullspec-int8.onnx"
+    quantize_onnx(path, quantised, "dynamic")
+    graph = onnxruntime.InferenceSession(str(quantised), providers=["CPUExecutionProvider"])
+    audio = (0.1 * np.random.default_rng(2).standard_normal(3 * RATE_HZ)).astype(np.float32)
+    got = graph.run(None, {"wave": audio[None]})[0][0]
+    assert float(got @ embedder.embed(audio)) > 0.9
