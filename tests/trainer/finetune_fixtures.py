@@ -7,9 +7,11 @@ from typing import Any
 
 import numpy as np
 import soundfile as sf
+import torch
 import yaml
 
 from trainer.recipe import Recipe, parse_recipe
+from trainer.strategies import Strategy, StrategyContext, build_strategy
 
 REPO = Path(__file__).resolve().parents[2]
 RATE = 16000
@@ -62,3 +64,9 @@ def tiny_recipe(name: str, **overrides: Any) -> Recipe:
         else:
             values[key] = value
     return parse_recipe(values, f"tiny_{name}")
+
+
+def seeded_strategy(recipe: Recipe, roots: list[Path], cache: Path) -> Strategy:
+    """The recipe's strategy built with torch's seed fixed, so initial weights repeat."""
+    torch.manual_seed(0)
+    return build_strategy(StrategyContext(recipe, roots, cache))

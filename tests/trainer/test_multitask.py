@@ -11,7 +11,7 @@ import pytest
 import soundfile as sf
 import torch
 import yaml
-from finetune_fixtures import RATE, REPO, tiny_recipe, tone
+from finetune_fixtures import RATE, REPO, seeded_strategy, tiny_recipe, tone
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -19,7 +19,6 @@ from edge_monitor.core.errors import ConfigError, DatasetError
 from trainer.checkpoint_embedder import load_checkpoint_embedder
 from trainer.cli import main
 from trainer.recipe import Recipe, parse_recipe
-from trainer.strategies import Strategy, StrategyContext, build_strategy
 from trainer.train_data import step_rng
 from trainer.train_loop import STATE_FILE, Trainer
 
@@ -56,11 +55,6 @@ def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("cache")
 
 
-def _build(recipe: Recipe, roots: list[Path], cache: Path) -> Strategy:
-    torch.manual_seed(0)
-    return build_strategy(StrategyContext(recipe, roots, cache))
-
-
 def _with_tasks(name: str, tasks: list[str] = TASKS, **overrides) -> Recipe:
     values = yaml.safe_load((REPO / "conf" / "train" / f"tiny_{name}.yaml").read_text())
     return tiny_recipe(name, data={**values["data"], "tasks": tasks}, **overrides)
@@ -68,7 +62,7 @@ def _with_tasks(name: str, tasks: list[str] = TASKS, **overrides) -> Recipe:
 
 def test_each_task_has_its_loss_and_classes_per_machine_and_section(tree, cache, tmp_path):
     recipe = _with_tasks("full")
-    strategy = _build(recipe, [tree], cache)
+    strategy = seeded_strategy(recipe, [tree], cache)
     assert {k for k in strategy.modules if k.startswith("loss")} == {
         "loss_combined", "loss_car", "loss_spd"
     }
@@ -96,8 +90,8 @@ def test_each_task_has_its_loss_and_classes_per_machine_and_section(tree, cache,
 
 def test_one_task_loss_is_the_single_loss_of_the_same_classes(tree, cache) -> None:
     """tasks [combined] trains exactly what no tasks trains: same classes, same loss value."""
-    plain = _build(tiny_recipe("full"), [tree], cache)
-    single = _build(_with_tasks("full", ["combined"]), [tree], cache)
+    plain = seeded_strategy(tiny_recipe("full"), [tree], cache)
+    single = seeded_strategy(_with_tasks("full", ["combined"]), [tree], cache)
     assert single.task_classes["combined"] == plain.classes
     assert set(plain.modules) == {"backbone", "head", "loss"}
     for strategy in (plain, single):
@@ -150,7 +144,7 @@ def test_every_strategy_trains_every_task(name, tree, cache, tmp_path) -> None:
         sf.write(tmp_path / "noise" / "noise.wav", tone(1.0, 50.0, 7, 0.5), RATE)
         overrides["extra_classes"] = {"noise_dirs": [str(tmp_path / "noise")], "clean_dirs": []}
     recipe = _with_tasks(name, **overrides)
-    strategy = _build(recipe, [tree], cache)
+    strategy = seeded_strategy(recipe, [tree], cache)
     if name == "extra_classes":  # an extra directory is a class of its own in every task
         assert all("extra/noise-only:noise" in c.names for c in strategy.task_classes.values())
     if name == "tats":
@@ -171,7 +165,7 @@ def test_every_strategy_trains_every_task(name, tree, cache, tmp_path) -> None:
 
 def test_a_task_no_clip_has_names_the_field(tree, cache) -> None:
     with pytest.raises(DatasetError, match=r"attribute 'mic' missing.*data\.tasks"):
-        _build(_with_tasks("full", ["combined", "mic"]), [tree], cache)
+        seeded_strategy(_with_tasks("full", ["combined", "mic"]), [tree], cache)
 
 
 def _recipe_with(**data) -> dict:

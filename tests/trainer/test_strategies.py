@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from finetune_fixtures import RATE, make_tree, tiny_recipe, tone
+from finetune_fixtures import RATE, make_tree, seeded_strategy, tiny_recipe, tone
 
 from edge_monitor.core.errors import ConfigError
 from trainer.lora import LoRALinear
 from trainer.recipe import Recipe
-from trainer.strategies import Strategy, StrategyContext, build_strategy
+from trainer.strategies import Strategy
 from trainer.strategies.masked_consistency import mask_waves, span_mask
 from trainer.train_data import step_rng
 from trainer.train_loop import Trainer
@@ -27,11 +27,6 @@ def tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("cache")
-
-
-def _build(recipe: Recipe, roots: list[Path], cache: Path) -> Strategy:
-    torch.manual_seed(0)
-    return build_strategy(StrategyContext(recipe, roots, cache))
 
 
 def _snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -48,7 +43,7 @@ def _train(strategy: Strategy, recipe: Recipe, run_dir: Path) -> None:
 
 def test_full_fine_tuning_moves_backbone_and_head(tree, cache, tmp_path) -> None:
     recipe = tiny_recipe("full")
-    strategy = _build(recipe, [tree], cache)
+    strategy = seeded_strategy(recipe, [tree], cache)
     assert strategy.classes.names == (
         "ToyFan/section_00/spd=10",
         "ToyFan/section_00/spd=20",
@@ -72,7 +67,7 @@ def test_extra_classes_add_noise_only_and_clean(tree, cache, tmp_path) -> None:
             "clean_dirs": [str(tmp_path / "clean")],
         },
     )
-    strategy = _build(recipe, [tree], cache)
+    strategy = seeded_strategy(recipe, [tree], cache)
     assert {"extra/noise-only:noise", "extra/clean:clean"} <= set(strategy.classes.names)
     assert len(strategy.augmenter.noise_bank) == 1
     before = _snapshot(strategy.modules)
@@ -82,7 +77,7 @@ def test_extra_classes_add_noise_only_and_clean(tree, cache, tmp_path) -> None:
 
 def test_lora_freezes_base_and_moves_adapters(tree, cache, tmp_path) -> None:
     recipe = tiny_recipe("lora")
-    strategy = _build(recipe, [tree], cache)
+    strategy = seeded_strategy(recipe, [tree], cache)
     adapted = [m for m in strategy.backbone.modules() if isinstance(m, LoRALinear)]
     assert len(adapted) == len(strategy.adapted) > 0
     before = _snapshot(strategy.modules)
@@ -102,7 +97,7 @@ def test_lora_freezes_base_and_moves_adapters(tree, cache, tmp_path) -> None:
 
 def test_dual_head_gives_both_heads_gradients_in_the_joint_stage(tree, cache, tmp_path) -> None:
     recipe = tiny_recipe("dual_head")
-    strategy = _build(recipe, [tree], cache)
+    strategy = seeded_strategy(recipe, [tree], cache)
     strategy.train(True)
 
     def grads(step: int) -> tuple[bool, bool]:
@@ -125,7 +120,7 @@ def test_dual_head_gives_both_heads_gradients_in_the_joint_stage(tree, cache, tm
     labels = strategy.pool.targets
     assert labels.shape == (len(strategy.all_clips),) and len(set(labels.tolist())) > 1
     state = strategy.extra_state()
-    fresh = _build(recipe, [tree], cache)
+    fresh = seeded_strategy(recipe, [tree], cache)
     fresh.load_extra_state(state)
     assert fresh.pseudo_ready and np.array_equal(fresh.pool.targets, labels)
     assert set(strategy.embedding_model().heads) == {"head", "pseudo_head"}
@@ -134,7 +129,7 @@ def test_dual_head_gives_both_heads_gradients_in_the_joint_stage(tree, cache, tm
 def test_tats_teacher_follows_the_student(tree, cache, tmp_path_factory, tmp_path) -> None:
     second = make_tree(tmp_path_factory.mktemp("year2"), machine="ToyPump")
     recipe = tiny_recipe("tats", tats={"extra_roots": [str(second)], "ema_decay": 0.5})
-    strategy = _build(recipe, [tree, second], cache)
+    strategy = seeded_strategy(recipe, [tree, second], cache)
     assert any(n.startswith("root1:ToyPump") for n in strategy.classes.names)
     teacher_before = _snapshot(strategy.teacher)
     trainer = Trainer(strategy, recipe, tmp_path, torch.device("cpu"))
@@ -149,7 +144,7 @@ def test_tats_teacher_follows_the_student(tree, cache, tmp_path_factory, tmp_pat
 
 def test_masked_consistency_masks_thirty_percent_and_trains(tree, cache, tmp_path) -> None:
     recipe = tiny_recipe("masked_consistency")
-    strategy = _build(recipe, [tree], cache)
+    strategy = seeded_strategy(recipe, [tree], cache)
     strategy.train(True)
     loss, metrics = strategy.loss(0, step_rng(0, 0))
     assert metrics["masked_fraction"] == pytest.approx(0.3, abs=0.1)
@@ -183,7 +178,7 @@ def test_every_cnn_strategy_trains_efficientat_with_frozen_early_blocks(
         (tmp_path / "noise").mkdir()
         sf.write(tmp_path / "noise" / "noise.wav", tone(1.0, 50.0, 7, 0.5), RATE)
         overrides["extra_classes"] = {"noise_dirs": [str(tmp_path / "noise")], "clean_dirs": []}
-    strategy = _build(tiny_recipe(name, **overrides), [tree], cache)
+    strategy = seeded_strategy(tiny_recipe(name, **overrides), [tree], cache)
     before = _snapshot(strategy.modules)
     _train(strategy, strategy.recipe, tmp_path / "run")
     changed = _changed(before, strategy.modules)
@@ -196,4 +191,4 @@ def test_every_cnn_strategy_trains_efficientat_with_frozen_early_blocks(
 def test_freeze_prefix_that_matches_nothing_is_refused(tree, cache) -> None:
     recipe = tiny_recipe("full", backbone={**EFFICIENTAT_TINY, "freeze": ["feature.0."]})
     with pytest.raises(ConfigError, match=r"feature\.0\..*match no module"):
-        _build(recipe, [tree], cache)
+        seeded_strategy(recipe, [tree], cache)
