@@ -32,7 +32,6 @@ from edge_monitor.core.embedders.base import l2_normalise
 from edge_monitor.core.errors import ConfigError
 from trainer.backbones import Backbone, build_backbone
 from trainer.backbones.checkpoint import as_state_dict, load_strict, read_torch_file
-from trainer.backbones.full_spectrum import FullSpectrumFusion
 from trainer.errors import CheckpointError
 from trainer.heads import EmbeddingHead
 
@@ -46,16 +45,6 @@ DEFAULT_WINDOW_S = 10.0
 """Nominal window when the recipe embeds whole clips (the daemon's window length)."""
 MAX_CHUNK_S = 30.0
 """Longer input is embedded in chunks whose frame features are pooled together."""
-
-
-def backbone_config(backbone: Backbone) -> dict[str, Any] | None:
-    """The backbone's full config as plain values, so the run rebuilds it without the original
-    pretrained checkpoint file."""
-    if isinstance(backbone, FullSpectrumFusion):
-        return backbone.config_values
-    config = getattr(backbone, "config", None)
-    dump = getattr(config, "model_dump", None)
-    return dump(mode="json") if callable(dump) else None
 
 
 def save_embedding_model(
@@ -81,7 +70,7 @@ def save_embedding_model(
     }
     with atomic_path(run_dir / MODEL_FILE) as tmp:
         torch.save(state, tmp)
-    config = backbone_config(backbone)
+    config = backbone.config_values()
     first = next(iter(heads.values()))
     meta = {
         "format": FORMAT_VERSION,

@@ -155,6 +155,16 @@ def import_litert_torch() -> Any:
         ) from exc
 
 
+def check_tflite_convertible(embedder: TorchEmbedder) -> None:
+    """Refuse, before any work, a model litert-torch cannot convert: a full-spectrum branch."""
+    if any(isinstance(m, FullSpectrumBranch) for m in embedder.module.modules()):
+        raise ConfigError(
+            f"model {embedder.name!r}: its full-spectrum branch takes a DFT of the whole input, "
+            "which litert-torch cannot convert (complex tensors: 'Unsupported ir element type: "
+            "complex<f32>'); export it with --formats onnx or onnx-int8"
+        )
+
+
 def export_tflite(embedder: TorchEmbedder, path: Path, int8_weights: bool = True) -> Path:
     """Write a waveform-in TFLite model with a static window (litert-torch), atomically.
 
@@ -162,12 +172,7 @@ def export_tflite(embedder: TorchEmbedder, path: Path, int8_weights: bool = True
     end are stored as int8 (dynamic-range quantisation through ai-edge-quantizer); the DFT
     and mel weights stay float so the features keep their precision.
     """
-    if any(isinstance(m, FullSpectrumBranch) for m in embedder.module.modules()):
-        raise ConfigError(
-            f"model {embedder.name!r}: its full-spectrum branch takes a DFT of the whole input, "
-            "which litert-torch cannot convert (complex tensors: 'Unsupported ir element type: "
-            "complex<f32>'); export it with --formats onnx or onnx-int8"
-        )
+    check_tflite_convertible(embedder)
     litert_torch = import_litert_torch()
     example = torch.zeros(1, window_samples(embedder))
     edge_model = litert_torch.convert(embedder.module.eval(), (example,))

@@ -12,7 +12,9 @@ import onnxruntime
 import pytest
 import torch
 import yaml
-from finetune_fixtures import REPO, make_tree, tiny_recipe, tone
+from finetune_fixtures import REPO, make_tree, seeded_strategy, tiny_recipe, tone
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from edge_monitor.core.embedders.onnx_model import OnnxEmbedder
 from edge_monitor.core.errors import ConfigError
@@ -26,7 +28,6 @@ from trainer.checkpoint_embedder import load_checkpoint_embedder
 from trainer.cli import main as trainer_main
 from trainer.export import export_onnx, export_tflite, torch_embedder_for
 from trainer.quantize import float_nodes, front_end_nodes, quantize_onnx
-from trainer.strategies import StrategyContext, build_strategy
 from trainer.train_loop import Trainer
 
 RATE_HZ = 32000
@@ -80,8 +81,7 @@ def tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_training_moves_the_branch_and_the_spectrogram(tree: Path, tmp_path: Path) -> None:
     recipe = tiny_recipe("full", backbone=BACKBONE)
-    torch.manual_seed(0)
-    strategy = build_strategy(StrategyContext(recipe, [tree], tmp_path / "cache"))
+    strategy = seeded_strategy(recipe, [tree], tmp_path / "cache")
     before = {k: v.clone() for k, v in strategy.modules.state_dict().items()}
     Trainer(strategy, recipe, tmp_path / "run", torch.device("cpu")).run(progress=False)
     moved = {k for k, v in strategy.modules.state_dict().items() if not torch.equal(before[k], v)}
@@ -128,16 +128,22 @@ def test_onnx_graph_matches_torch_at_any_length(run: Path, tmp_path: Path) -> No
             np.testing.assert_allclose(runtime.embed(audio), embedder.embed(audio), atol=5e-5)
 
 
-def test_tflite_export_is_refused_with_the_way_out(run: Path, tmp_path: Path) -> None:
+def test_tflite_export_is_refused_with_the_way_out(
+    run: Path, tree: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     embedder = torch_embedder_for(load_checkpoint_embedder(run))
     with pytest.raises(ConfigError, match=r"full-spectrum branch.*--formats onnx"):
         export_tflite(embedder, tmp_path / "x.tflite")
+    out = tmp_path / "export"
+    argv = ["export", "--checkpoint", str(run), "--formats", "onnx,tflite", "--data", str(tree),
+            "--out", str(out)]
+    assert trainer_main(argv) == 2  # refused before any export work: nothing written
+    assert "--formats onnx or onnx-int8" in capsys.readouterr().err and not out.exists()
 
 
 def test_feature_exchange_trains_on_pair_classes(tree: Path, tmp_path: Path) -> None:
     recipe = tiny_recipe("feature_exchange")
-    torch.manual_seed(0)
-    strategy = build_strategy(StrategyContext(recipe, [tree], tmp_path / "cache"))
+    strategy = seeded_strategy(recipe, [tree], tmp_path / "cache")
     classes = len(strategy.classes)
     assert strategy.modules["loss"].classes == classes * classes
     frames = strategy.backbone(torch.randn(3, RATE_HZ))
@@ -194,3 +200,25 @@ def test_int8_keeps_both_front_ends_and_their_first_convolutions_float(
     audio = (0.1 * np.random.default_rng(2).standard_normal(3 * RATE_HZ)).astype(np.float32)
     got = graph.run(None, {"wave": audio[None]})[0][0]
     assert float(got @ embedder.embed(audio)) > 0.9
+
+
+_VALUES = st.one_of(
+    st.none(), st.booleans(), st.integers(-10**6, 10**6), st.floats(allow_nan=True),
+    st.text(max_size=8), st.lists(st.integers(-4, 64), max_size=4),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.dictionaries(
+    st.sampled_from(["segment", "high_hz", "channels", "first_kernel", "first_stride", "kernel",
+                     "dim", "segments"]), _VALUES, max_size=4,
+))
+def test_any_branch_config_is_accepted_or_refused_by_name(values: dict) -> None:
+    try:
+        recipe = tiny_recipe("full", backbone={**BACKBONE, "full_spectrum": values})
+        backbone = build_backbone("efficientat", "tiny", None, recipe.backbone.full_spectrum)
+    except ConfigError as exc:
+        assert "full_spectrum" in str(exc)
+        return
+    frames = backbone.eval()(torch.zeros(1, RATE_HZ // 2))  # an accepted config also runs
+    assert frames.shape[-1] == backbone.dim

@@ -59,6 +59,16 @@ class Backbone(nn.Module, metaclass=abc.ABCMeta):
     def forward(self, wave: Tensor) -> Tensor:
         """Map wave [B, T] to features [B, frames, dim]."""
 
+    def config_values(self) -> dict[str, Any] | None:
+        """The full config as plain values, so a run directory rebuilds the backbone without
+        the original pretrained file (None for a backbone without a typed config)."""
+        dump = getattr(getattr(self, "config", None), "model_dump", None)
+        return dump(mode="json") if callable(dump) else None
+
+    def pretrained_parameters(self) -> list[nn.Parameter]:
+        """The parameters that start from a checkpoint and train at `optim.backbone_lr`."""
+        return list(self.parameters())
+
     def attention_module_names(self) -> list[str]:
         """Full names of the Linear layers in attention blocks, for peft's target_modules."""
         return [

@@ -16,12 +16,13 @@ Everything is inside the graph, so the exported model takes raw waveform like ev
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 from pydantic import Field, model_validator
 from torch import Tensor, nn
 
+from edge_monitor.core.errors import ConfigError
 from trainer.backbones.base import Backbone, BackboneConfig
 
 LOG_FLOOR = 1e-10
@@ -33,18 +34,20 @@ class FullSpectrumConfig(BackboneConfig):
     segment: int = Field(
         16384,
         ge=256,
+        le=2**20,
         description="DFT length (a power of two); 16384 at 32 kHz gives 1.95 Hz bins",
     )
     high_hz: float = Field(
         8000.0, gt=0, description="highest frequency kept (DCASE clips are 16 kHz: 8000)"
     )
-    channels: list[int] = Field(
-        default_factory=lambda: [32, 64, 128, 128], description="width of each conv block"
+    channels: list[Annotated[int, Field(gt=0, le=512)]] = Field(
+        default_factory=lambda: [32, 64, 128, 128], max_length=8,
+        description="width of each conv block"
     )
-    first_kernel: int = Field(64, ge=1, description="kernel of the first conv, in bins")
-    first_stride: int = Field(8, ge=1, description="stride of the first conv, in bins")
-    kernel: int = Field(16, ge=1, description="kernel of the later convs")
-    dim: int = Field(128, gt=0, description="size of the branch's vector")
+    first_kernel: int = Field(64, ge=1, le=512, description="kernel of the first conv, in bins")
+    first_stride: int = Field(8, ge=1, le=512, description="stride of the first conv, in bins")
+    kernel: int = Field(16, ge=1, le=512, description="kernel of the later convs")
+    dim: int = Field(128, gt=0, le=4096, description="size of the branch's vector")
 
     @model_validator(mode="after")
     def _shape(self) -> FullSpectrumConfig:
@@ -64,6 +67,7 @@ class FullSpectrumBranch(nn.Module):
         self.segment = config.segment
         bin_hz = sample_rate_hz / config.segment
         self.bins = min(config.segment // 2 + 1, int(config.high_hz / bin_hz) + 1)
+        self._check_length(config)
         self.norm = nn.BatchNorm1d(self.bins)
         blocks: list[nn.Module] = []
         width_in = 1
@@ -83,6 +87,21 @@ class FullSpectrumBranch(nn.Module):
             nn.Linear(2 * width_in, config.dim), nn.BatchNorm1d(config.dim), nn.ReLU(),
             nn.Linear(config.dim, config.dim),
         )
+
+    def _check_length(self, config: FullSpectrumConfig) -> None:
+        """Refuse blocks that would pool the spectrum's bins down to nothing."""
+        length = self.bins
+        for index in range(len(config.channels)):
+            kernel, stride = (
+                (config.first_kernel, config.first_stride) if index == 0 else (config.kernel, 1)
+            )
+            length = ((length + 2 * (kernel // 2) - kernel) // stride + 1) // 2
+        if length < 1:
+            raise ConfigError(
+                f"full_spectrum: {len(config.channels)} conv blocks leave none of the "
+                f"{self.bins} spectrum bins; use fewer channels entries, a smaller first_stride "
+                "or a higher high_hz / longer segment"
+            )
 
     def log_spectrum(self, wave: Tensor) -> Tensor:
         """[B, bins]: log of the mean power over the input's whole segments (at least one)."""
@@ -112,15 +131,17 @@ class FullSpectrumFusion(Backbone):
         self.attention_suffixes = spectrogram.attention_suffixes
         self.dim = spectrogram.dim + config.dim
 
-    @property
     def config_values(self) -> dict[str, Any] | None:
         """The spectrogram backbone's config with this branch's under `full_spectrum`, the
         mapping `trainer.backbones.build_backbone` rebuilds the pair from."""
-        inner = getattr(self.spectrogram, "config", None)
-        dump = getattr(inner, "model_dump", None)
-        if not callable(dump):
+        inner = self.spectrogram.config_values()
+        if inner is None:
             return None
-        return {**dump(mode="json"), "full_spectrum": self.full_spectrum.config.model_dump()}
+        return {**inner, "full_spectrum": self.full_spectrum.config.model_dump()}
+
+    def pretrained_parameters(self) -> list[nn.Parameter]:
+        """Only the spectrogram backbone's: the branch starts from scratch, like the heads."""
+        return self.spectrogram.pretrained_parameters()
 
     def forward(self, wave: Tensor) -> Tensor:
         frames = self.spectrogram(wave)

@@ -43,7 +43,10 @@ def build_backbone(
         size = dict(size)
         stored = size.pop(FULL_SPECTRUM_KEY)
         if full_spectrum is not None and dict(full_spectrum) != stored:
-            raise ConfigError(f"backbone {name!r}: full_spectrum given twice, differently")
+            raise ConfigError(
+                f"backbone {name!r}: full_spectrum is given both in backbone.full_spectrum and "
+                "in the size mapping, with different values; keep it in backbone.full_spectrum"
+            )
         full_spectrum = stored
     try:
         backbone = BUILDERS[name](size, None if checkpoint is None else Path(checkpoint))

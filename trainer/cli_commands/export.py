@@ -32,6 +32,7 @@ from trainer.embedder_factory import make_embedder
 from trainer.export import (
     TorchEmbedder,
     check_export,
+    check_tflite_convertible,
     embed_clips,
     export_onnx,
     export_tflite,
@@ -118,6 +119,8 @@ def run(args: argparse.Namespace) -> int:
     if unknown or not formats:
         raise ConfigError(f"--formats {args.formats!r}: choose from {FORMATS}")
     model = load_torch_model(args)
+    if "tflite" in formats:
+        check_tflite_convertible(model)
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     clips = read_dataset(args.data)

@@ -23,7 +23,6 @@ from torch import Tensor, nn
 from edge_monitor.core.errors import ConfigError
 from trainer.augment import Augmenter, MixedBatch
 from trainer.backbones import Backbone, build_backbone
-from trainer.backbones.full_spectrum import FullSpectrumFusion
 from trainer.dcase_data import Clip
 from trainer.heads import EmbeddingHead, build_margin_loss
 from trainer.labels import ClassMap, class_name, targets_from_names
@@ -248,15 +247,10 @@ class Strategy:
         return {"acc": float((predicted == targets).float().mean())}
 
     def parameter_groups(self) -> list[dict[str, Any]]:
-        """Trainable parameters: the backbone's at backbone_lr, the rest at lr (a full-spectrum
-        branch starts from scratch, so it is "the rest" like the heads)."""
+        """Trainable parameters: the backbone's pretrained ones at backbone_lr, the rest (heads,
+        a full-spectrum branch) at lr."""
         optim = self.recipe.optim
-        pretrained = (
-            self.backbone.spectrogram
-            if isinstance(self.backbone, FullSpectrumFusion)
-            else self.backbone
-        )
-        backbone_ids = {id(p) for p in pretrained.parameters()}
+        backbone_ids = {id(p) for p in self.backbone.pretrained_parameters()}
         trainable = [(n, p) for n, p in self.modules.named_parameters() if p.requires_grad]
         backbone = [p for _, p in trainable if id(p) in backbone_ids]
         rest = [p for _, p in trainable if id(p) not in backbone_ids]

@@ -16,7 +16,6 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from edge_monitor.core.errors import ConfigError
 from trainer.backbones.full_spectrum import FullSpectrumFusion
 from trainer.strategies.base import Strategy, StrategyContext
 
@@ -26,13 +25,9 @@ class FeatureExchange(Strategy):
 
     def __init__(self, context: StrategyContext) -> None:
         super().__init__(context)
-        if not isinstance(self.backbone, FullSpectrumFusion):
-            raise ConfigError(
-                f"{self.recipe.name}: strategy 'feature-exchange' needs a full-spectrum branch; "
-                "add backbone.full_spectrum: {} to the recipe"
-            )
         section = self.recipe.feature_exchange
-        assert section is not None  # the recipe validator guarantees it
+        # the recipe validator guarantees both: the section and a full-spectrum branch
+        assert section is not None and isinstance(self.backbone, FullSpectrumFusion)
         self.weight = section.weight
 
     def new_margin_loss(self, classes: int) -> nn.Module:
