@@ -82,11 +82,13 @@ def mask_features(
 
 @dataclass
 class MixedBatch:
-    """Augmented waves; with mixup, the partner rows and the weight of the original targets."""
+    """Augmented waves; with mixup, the partner rows and the weight of the original targets;
+    `clips` is each row's clip index in the strategy's data, where the batch was drawn from it."""
 
     waves: Tensor
     partner: np.ndarray | None = None
     lam: float = 1.0
+    clips: np.ndarray | None = None
 
 
 class Augmenter:

@@ -108,12 +108,20 @@ def _crops(features: list[torch.Tensor], rows: np.ndarray, frames: int,
     return torch.stack(batch)
 
 
+def cosine_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """1 - cos(student, teacher) of unit rows, averaged over the batch."""
+    return 1.0 - (student * teacher).sum(dim=1).mean()
+
+
+def relational_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """Mean squared mismatch of the batch's pairwise cosines (unit rows; dims may differ)."""
+    return (student @ student.T - teacher @ teacher.T).square().mean()
+
+
 def distillation_loss(student: torch.Tensor, teacher: torch.Tensor,
                       relational_weight: float) -> torch.Tensor:
     """1 - cos(student, teacher), plus the mismatch of the batch's pairwise cosines."""
-    cosine = 1.0 - (student * teacher).sum(dim=1).mean()
-    relational = (student @ student.T - teacher @ teacher.T).square().mean()
-    return cosine + relational_weight * relational
+    return cosine_loss(student, teacher) + relational_weight * relational_loss(student, teacher)
 
 
 def train_student(

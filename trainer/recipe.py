@@ -236,6 +236,22 @@ class FeatureExchangeSection(Section):
     weight: float = Field(1.0, ge=0, description="weight of the exchanged examples' loss")
 
 
+class DistillSection(Section):
+    """Teachers' stored clip embeddings (a teachers.npz from `edge-trainer distill
+    --teachers-only`) as an extra loss on the strategy's embedding: the model keeps its own
+    auxiliary classes and learns the ensemble's geometry too."""
+
+    teachers: Path = Field(..., description="teachers.npz with a vector for every training clip")
+    weight: float = Field(1.0, gt=0, description="weight of the distillation loss")
+    relational_weight: float = Field(
+        1.0, ge=0, description="weight of the pairwise-cosine term inside the distillation loss"
+    )
+
+
+DISTILL_STRATEGIES = ("full", "lora", "feature-exchange")
+"""The strategies whose loss adds the distillation term (the others have their own teachers)."""
+
+
 class Recipe(BaseModel):
     """One training recipe: a strategy with its backbone, head, data, augmentation, optimiser."""
 
@@ -255,6 +271,7 @@ class Recipe(BaseModel):
     tats: TatsSection | None = None
     masked: MaskedSection | None = None
     feature_exchange: FeatureExchangeSection | None = None
+    distill: DistillSection | None = None
 
     @model_validator(mode="after")
     def _strategy_sections(self) -> Recipe:
@@ -289,6 +306,12 @@ class Recipe(BaseModel):
             raise ValueError(
                 "strategy 'feature-exchange' trains pair classes of the combined label; remove "
                 "data.tasks (multi-task heads) or use strategy 'full'"
+            )
+        if self.distill is not None and self.strategy not in DISTILL_STRATEGIES:
+            raise ValueError(
+                f"section 'distill' works with strategies {list(DISTILL_STRATEGIES)}, not "
+                f"{self.strategy!r} (it trains its own teacher); remove the section or change "
+                "the strategy"
             )
         if self.extra_classes is not None and not (
             self.extra_classes.noise_dirs or self.extra_classes.clean_dirs

@@ -1,11 +1,13 @@
 """`edge-trainer distill`: train the small edge student on the teachers' embedding geometry.
 
     edge-trainer distill --data ROOT --teacher logmel-stats --teacher resnet=runs/resnet \
-        [--weights acp.json] [--unlabelled DIR ...] --out DIR
+        [--weights acp.json] [--unlabelled DIR ...] [--teachers-only] --out DIR
 
-writes DIR/teachers.npz (stored teacher embeddings; pass it back with --teacher-embeddings to
-train another student without the teachers), DIR/student.pt and DIR/distill.json, and prints
-the student's DCASE figures next to those of the teachers' combined geometry.
+writes DIR/teachers.npz (stored teacher embeddings, by absolute clip path; pass it back with
+--teacher-embeddings to train another student without the teachers, or name it in a fine-tune
+recipe's `distill` section to distil into a pretrained backbone), DIR/student.pt and
+DIR/distill.json, and prints the student's DCASE figures next to those of the teachers'
+combined geometry. With --teachers-only it stops after teachers.npz and that figure.
 """
 
 from __future__ import annotations
@@ -55,6 +57,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="acp.json: teacher weights (default uniform)")
     parser.add_argument("--unlabelled", type=Path, action="append", default=[], metavar="DIR",
                         help="extra unlabelled audio to train on; repeat")
+    parser.add_argument("--teachers-only", action="store_true",
+                        help="write teachers.npz and the teachers' figure, train no student")
     parser.add_argument("--channels", default="16,32,64,128", help="student CNN channels")
     parser.add_argument("--n-mels", type=int, default=64)
     parser.add_argument("--epochs", type=int, default=DistillSettings.epochs)
@@ -80,11 +84,11 @@ def _unlabelled_paths(directories: list[Path]) -> list[Path]:
 def teacher_targets(args: argparse.Namespace, paths: list[Path]) -> TeacherTargets:
     if args.teacher_embeddings is not None:
         stored = TeacherTargets.load(args.teacher_embeddings)
-        missing = sorted({str(p) for p in paths} - set(stored.paths))
+        index = {str(Path(p).resolve()): i for i, p in enumerate(stored.paths)}
+        missing = sorted(str(p) for p in paths if str(p) not in index)
         if missing:
             raise ConfigError(f"--teacher-embeddings {args.teacher_embeddings}: no vectors for "
                               f"{len(missing)} clip(s), e.g. {missing[0]}; rerun with --teacher")
-        index = {p: i for i, p in enumerate(stored.paths)}
         rows = [index[str(p)] for p in paths]
         return TeacherTargets([str(p) for p in paths], stored.names, stored.weights,
                               [e[rows] for e in stored.embeddings])
@@ -124,10 +128,19 @@ def _hmean(clips: list[Clip], vectors: np.ndarray) -> float:
 def run(args: argparse.Namespace) -> int:
     clips = read_dataset(args.data)
     extra = _unlabelled_paths(args.unlabelled)
-    all_paths = [c.path for c in clips] + extra
+    all_paths = [Path(p).resolve() for p in [c.path for c in clips] + extra]
     teachers = teacher_targets(args, all_paths)
     args.out.mkdir(parents=True, exist_ok=True)
     teachers.save(args.out / TEACHERS_FILE)
+    if args.teachers_only:
+        geometry = _hmean(clips, teachers.targets()[: len(clips)])
+        atomic_write_text(args.out / "distill.json", json.dumps(
+            {"teachers_geometry_hmean": geometry,
+             "teachers": dict(zip(teachers.names, map(float, teachers.weights), strict=True))},
+            indent=2) + "\n")
+        print(f"teachers' combined geometry: hmean {100 * geometry:.1f} %; "
+              f"wrote {args.out / TEACHERS_FILE}")
+        return 0
     train_rows = [i for i, c in enumerate(clips) if c.split == "train"]
     train_rows += list(range(len(clips), len(all_paths)))
     targets = teachers.targets()

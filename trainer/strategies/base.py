@@ -27,6 +27,7 @@ from trainer.dcase_data import Clip
 from trainer.heads import EmbeddingHead, build_margin_loss
 from trainer.labels import ClassMap, class_name, targets_from_names
 from trainer.recipe import COMBINED_TASK, Recipe
+from trainer.strategies.distillation import Distillation
 from trainer.train_data import WaveSet, training_clips
 
 log = logging.getLogger(__name__)
@@ -103,8 +104,12 @@ class Strategy:
             loss_module(task): self.new_margin_loss(len(classes))
             for task, classes in self.task_classes.items()
         } or {"loss": self.new_margin_loss(len(self.classes))}
+        distill = recipe.distill
+        extra = {} if distill is None else {
+            "distill": Distillation(distill, [c.path for c in self.clips], recipe.head.embed_dim)
+        }
         self.modules = nn.ModuleDict(
-            {"backbone": backbone, "head": self.new_head(backbone.dim), **losses}
+            {"backbone": backbone, "head": self.new_head(backbone.dim), **losses, **extra}
         )
         self.frozen_modules = freeze(backbone, recipe.backbone.freeze)
         counts = {task: len(c) for task, c in self.task_classes.items()} or len(self.classes)
@@ -184,8 +189,11 @@ class Strategy:
     ) -> tuple[MixedBatch, Tensor]:
         """An augmented batch of crops and its targets, on the device."""
         data = data or self.data
-        waves, targets, _ = data.crop_batch(rng, self.recipe.data.batch_size, self.crop_samples)
+        waves, targets, clips = data.crop_batch(
+            rng, self.recipe.data.batch_size, self.crop_samples
+        )
         batch = self.augmenter.waves(waves, rng)
+        batch.clips = clips if data is self.data else None
         batch.waves = batch.waves.to(self.device, non_blocking=True)
         return batch, targets.to(self.device)
 
@@ -230,11 +238,25 @@ class Strategy:
         total = torch.stack(values).mean()
         return total, {"loss_cls": float(total.detach()), **metrics}
 
+    def distilled(
+        self, value: Tensor, logs: dict[str, float], embeddings: Tensor, batch: MixedBatch
+    ) -> tuple[Tensor, dict[str, float]]:
+        """`value` plus the recipe's distillation term (section `distill`) on an unmixed batch
+        of training clips; unchanged without the section or on a mixed batch, whose waves
+        are no clip the teachers embedded."""
+        if "distill" not in self.modules or batch.partner is not None or batch.clips is None:
+            return value, logs
+        distillation: Distillation = self.modules["distill"]  # type: ignore[assignment]
+        term = distillation(embeddings, batch.clips)
+        return value + distillation.weight * term, {**logs, "loss_distill": float(term.detach())}
+
     # --- the interface the training loop calls ----------------------------------------------
     def loss(self, step: int, rng: np.random.Generator) -> tuple[Tensor, dict[str, float]]:
         """Loss of one micro-batch at optimizer step `step`, and numbers worth logging."""
         batch, targets = self.draw(rng)
-        return self.class_loss(self.embed(batch.waves, rng), targets, batch)
+        embeddings = self.embed(batch.waves, rng)
+        value, logs = self.class_loss(embeddings, targets, batch)
+        return self.distilled(value, logs, embeddings, batch)
 
     def accuracy(
         self, embeddings: Tensor, targets: Tensor, batch: MixedBatch, loss: str = "loss"

@@ -45,7 +45,8 @@ class FeatureExchange(Strategy):
         batch, targets = self.draw(rng)
         frames = self.augmenter.features(self.backbone(batch.waves), rng)
         pairs = self.pair_targets(targets, targets)
-        value = self.margin_loss(self.modules["head"](frames), pairs, batch)
+        embeddings = self.modules["head"](frames)
+        value = self.margin_loss(embeddings, pairs, batch)
         logs = {"loss_cls": float(value.detach())}
         if batch.partner is None:
             order = rng.permutation(len(targets))
@@ -53,4 +54,4 @@ class FeatureExchange(Strategy):
             exchanged = self.modules["loss"](swapped, self.pair_targets(targets, targets[order]))
             logs["loss_exchange"] = float(exchanged.detach())
             value = (value + self.weight * exchanged) / (1.0 + self.weight)
-        return value, logs
+        return self.distilled(value, logs, embeddings, batch)
