@@ -56,6 +56,18 @@ class TeacherTargets:
                      weights=self.weights.astype(np.float64), **arrays)
         return path
 
+    def select(self, paths: Sequence[str | Path], source: str, fix: str) -> TeacherTargets:
+        """The rows of `paths` (matched by absolute path), in their order; one error naming how
+        many have no vector, where they were asked for (`source`) and the `fix`."""
+        index = {str(Path(p).resolve()): row for row, p in enumerate(self.paths)}
+        keys = [str(Path(p).resolve()) for p in paths]
+        missing = [key for key in keys if key not in index]
+        if missing:
+            raise ConfigError(f"{source}: no teacher vector for {len(missing)} of {len(keys)} "
+                              f"clip(s) (e.g. {missing[0]}); {fix}")
+        rows = [index[key] for key in keys]
+        return TeacherTargets(keys, self.names, self.weights, [e[rows] for e in self.embeddings])
+
     @classmethod
     def load(cls, path: Path) -> TeacherTargets:
         try:
@@ -66,7 +78,8 @@ class TeacherTargets:
                     embeddings=[data[f"teacher_{i}"] for i in range(len(names))],
                 )
         except (OSError, KeyError, ValueError) as exc:
-            raise ConfigError(f"{path}: not a teachers.npz written by distill ({exc})") from exc
+            raise ConfigError(f"{path}: not a teachers.npz written by distill ({exc}); write it "
+                              "with `edge-trainer distill --teachers-only`") from exc
 
 
 @dataclass(frozen=True)

@@ -83,15 +83,9 @@ def _unlabelled_paths(directories: list[Path]) -> list[Path]:
 
 def teacher_targets(args: argparse.Namespace, paths: list[Path]) -> TeacherTargets:
     if args.teacher_embeddings is not None:
-        stored = TeacherTargets.load(args.teacher_embeddings)
-        index = {str(Path(p).resolve()): i for i, p in enumerate(stored.paths)}
-        missing = sorted(str(p) for p in paths if str(p) not in index)
-        if missing:
-            raise ConfigError(f"--teacher-embeddings {args.teacher_embeddings}: no vectors for "
-                              f"{len(missing)} clip(s), e.g. {missing[0]}; rerun with --teacher")
-        rows = [index[str(p)] for p in paths]
-        return TeacherTargets([str(p) for p in paths], stored.names, stored.weights,
-                              [e[rows] for e in stored.embeddings])
+        return TeacherTargets.load(args.teacher_embeddings).select(
+            paths, f"--teacher-embeddings {args.teacher_embeddings}", "rerun with --teacher"
+        )
     if not args.teacher:
         raise ConfigError("give --teacher (one or more) or --teacher-embeddings")
     embedders = [load_embedder(spec) for spec in args.teacher]
@@ -132,18 +126,18 @@ def run(args: argparse.Namespace) -> int:
     teachers = teacher_targets(args, all_paths)
     args.out.mkdir(parents=True, exist_ok=True)
     teachers.save(args.out / TEACHERS_FILE)
+    targets = teachers.targets()
+    figures: dict[str, object] = {
+        "teachers_geometry_hmean": _hmean(clips, targets[: len(clips)]),
+        "teachers": dict(zip(teachers.names, map(float, teachers.weights), strict=True)),
+    }
     if args.teachers_only:
-        geometry = _hmean(clips, teachers.targets()[: len(clips)])
-        atomic_write_text(args.out / "distill.json", json.dumps(
-            {"teachers_geometry_hmean": geometry,
-             "teachers": dict(zip(teachers.names, map(float, teachers.weights), strict=True))},
-            indent=2) + "\n")
-        print(f"teachers' combined geometry: hmean {100 * geometry:.1f} %; "
-              f"wrote {args.out / TEACHERS_FILE}")
+        atomic_write_text(args.out / "distill.json", json.dumps(figures, indent=2) + "\n")
+        print(f"teachers' combined geometry: hmean {100 * figures['teachers_geometry_hmean']:.1f}"
+              f" %; wrote {args.out / TEACHERS_FILE}")
         return 0
     train_rows = [i for i, c in enumerate(clips) if c.split == "train"]
     train_rows += list(range(len(clips), len(all_paths)))
-    targets = teachers.targets()
     channels = [int(c) for c in args.channels.split(",") if c.strip()]
     values = {"channels": channels, "n_mels": args.n_mels, "dim": int(targets.shape[1])}
     probe = build_student(values)
@@ -164,13 +158,8 @@ def run(args: argparse.Namespace) -> int:
     history = train_student(model, features, targets[train_rows], settings)
     save_student(model, args.out / STUDENT_FILE)
     student_vectors = embed_clips(student_embedder(model), clips, EmbedOptions())
-    figures = {
-        "student_hmean": _hmean(clips, student_vectors),
-        "teachers_geometry_hmean": _hmean(clips, targets[: len(clips)]),
-        "parameters": params,
-        "teachers": dict(zip(teachers.names, map(float, teachers.weights), strict=True)),
-        "loss_per_epoch": history,
-    }
+    figures.update(student_hmean=_hmean(clips, student_vectors), parameters=params,
+                   loss_per_epoch=history)
     atomic_write_text(args.out / "distill.json", json.dumps(figures, indent=2) + "\n")
     print(f"student ({params / 1e6:.2f} M parameters): hmean {figures['student_hmean']:.4f}; "
           f"teachers' combined geometry: {figures['teachers_geometry_hmean']:.4f}")

@@ -24,27 +24,15 @@ from trainer.distill import TeacherTargets, cosine_loss, relational_loss
 from trainer.recipe import DistillSection
 
 
-def target_rows(teachers: TeacherTargets, paths: Sequence[Path], source: Path) -> np.ndarray:
-    """The teachers.npz row of each training clip, or one error naming how many lack one."""
-    index = {str(Path(p).resolve()): row for row, p in enumerate(teachers.paths)}
-    rows = [index.get(str(Path(p).resolve()), -1) for p in paths]
-    missing = [str(p) for p, row in zip(paths, rows, strict=True) if row < 0]
-    if missing:
-        raise ConfigError(
-            f"distill.teachers {source}: no teacher vector for {len(missing)} of {len(paths)} "
-            f"training clips (e.g. {missing[0]}); write it again with `edge-trainer distill "
-            "--teachers-only` on the same --data"
-        )
-    return np.asarray(rows, dtype=np.int64)
-
-
 class Distillation(nn.Module):
     """The distillation term for clips of the training set, by clip index."""
 
     def __init__(self, section: DistillSection, paths: Sequence[Path], embed_dim: int) -> None:
         super().__init__()
-        teachers = TeacherTargets.load(section.teachers)
-        targets = teachers.targets()[target_rows(teachers, paths, section.teachers)]
+        targets = TeacherTargets.load(section.teachers).select(
+            paths, f"distill.teachers {section.teachers}",
+            "write it again with `edge-trainer distill --teachers-only` on the same --data",
+        ).targets()
         if not np.isfinite(targets).all():
             raise ConfigError(f"distill.teachers {section.teachers}: holds non-finite vectors; "
                               "write it again with `edge-trainer distill --teachers-only`")
