@@ -177,6 +177,26 @@ class OptimSection(Section):
     clip_grad_norm: float = Field(5.0, gt=0)
     amp: bool = Field(True, description="bfloat16/float16 autocast; only used on CUDA")
     seed: int = 0
+    average_decay: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description="keep an exponential moving average of the weights (and BatchNorm "
+        "statistics) with this decay per step, and export it instead of the last step's "
+        "weights; None = export the last step's weights",
+    )
+    average_start: int = Field(
+        0, ge=0, description="steps before the average starts (as a copy of the weights then)"
+    )
+
+    @model_validator(mode="after")
+    def _average_starts_in_time(self) -> OptimSection:
+        if self.average_decay is not None and self.average_start >= self.steps:
+            raise ValueError(
+                f"average_start {self.average_start} must be below steps {self.steps}, or the "
+                "average never starts; lower average_start or drop average_decay"
+            )
+        return self
 
 
 class LoggingSection(Section):

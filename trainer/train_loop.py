@@ -4,6 +4,9 @@ Everything method-specific lives in the strategy; this loop only turns its micro
 into optimizer steps. `train_state.pt` holds every piece of state a resume needs (modules,
 optimizer, scheduler, scaler, RNGs, the strategy's extras, the step), written atomically; a
 resumed run continues at the saved step and draws the same batches it would have drawn.
+With `optim.average_decay` the loop also keeps an exponential moving average of the weights
+(a smoother point than the last step's, which still moves with the last batches); it is part of
+the resume state, and `averaged_modules()` hands it to whoever writes the model.
 Under torchrun (WORLD_SIZE > 1) each rank draws its own batches and gradients are averaged
 with all-reduce before every optimizer step (data-parallel training).
 """
@@ -29,6 +32,7 @@ from edge_monitor.core.errors import ConfigError
 from trainer.recipe import Recipe
 from trainer.schedule import warmup_cosine
 from trainer.strategies.base import Strategy
+from trainer.strategies.ema import ema_update, make_teacher
 from trainer.train_data import step_rng
 
 log = logging.getLogger(__name__)
@@ -158,6 +162,7 @@ class Trainer:
         )
         self.autocast, self.scaler = _autocast(device, recipe.optim.amp)
         self.step = 0
+        self.average: torch.nn.Module | None = None
         _broadcast_parameters(strategy, self.layout)
 
     @property
@@ -173,6 +178,7 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "strategy": self.strategy.extra_state(),
             "rng": _rng_state(),
+            "average": None if self.average is None else self.average.state_dict(),
         }
 
     def save(self) -> None:
@@ -200,7 +206,25 @@ class Trainer:
             }
         )
         self.step = int(state["step"])
+        if state.get("average") is not None:
+            self.average = make_teacher(self.strategy.modules)
+            self.average.load_state_dict(state["average"], strict=True)
         log.info("resumed %s at step %d", self.run_dir, self.step)
+
+    def _update_average(self) -> None:
+        """Fold the weights of the step just taken into the average, once it has started."""
+        optim = self.recipe.optim
+        if optim.average_decay is None or self.step <= optim.average_start:
+            return
+        if self.average is None:
+            self.average = make_teacher(self.strategy.modules)
+        else:
+            ema_update(self.average, self.strategy.modules, optim.average_decay)
+
+    def averaged_modules(self) -> torch.nn.Module | None:
+        """The weight average (same keys as the strategy's modules), or None when the recipe
+        keeps none or the run stopped before it started."""
+        return self.average
 
     def _trainable(self) -> list[torch.nn.Parameter]:
         return [p for group in self.optimizer.param_groups for p in group["params"]]
@@ -266,6 +290,7 @@ class Trainer:
             while self.step < stop:
                 last = self._optimizer_step()
                 self.step += 1
+                self._update_average()
                 bar.update(1)
                 bar.set_postfix(loss=f"{last['loss']:.3f}")
                 if handle is not None and (

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from edge_monitor.core.errors import ConfigError
 from trainer.recipe import STRATEGIES, load_recipe, parse_recipe
@@ -66,6 +68,27 @@ def test_reversed_range_is_refused() -> None:
     values["augment"]["snr_db"] = [15, -5]
     with pytest.raises(ConfigError, match="snr_db"):
         parse_recipe(values, "r")
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    decay=st.one_of(st.none(), st.floats(-1, 2), st.just(float("nan")), st.text(max_size=3)),
+    start=st.one_of(st.integers(-3, 8), st.floats(-1, 9)),
+)
+def test_weight_average_settings_are_checked(decay, start) -> None:
+    """Any average_decay / average_start either validates to a usable pair or is refused with
+    the key named."""
+    values = _tiny()  # steps: 4
+    values["optim"].update(average_decay=decay, average_start=start)
+    try:
+        optim = parse_recipe(values, "r").optim
+    except ConfigError as exc:
+        assert "optim.average_" in str(exc) or "average_start" in str(exc)
+        return
+    assert optim.average_start >= 0
+    if optim.average_decay is not None:
+        assert 0 < optim.average_decay < 1
+        assert optim.average_start < optim.steps
 
 
 def test_missing_and_unreadable_files(tmp_path: Path) -> None:

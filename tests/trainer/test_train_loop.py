@@ -26,8 +26,8 @@ def tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_tree(tmp_path_factory.mktemp("data"))
 
 
-def _trainer(tree: Path, run_dir: Path, cache: Path) -> Trainer:
-    recipe = tiny_recipe("full")
+def _trainer(tree: Path, run_dir: Path, cache: Path, **optim: float) -> Trainer:
+    recipe = tiny_recipe("full", optim=optim) if optim else tiny_recipe("full")
     torch.manual_seed(0)
     strategy = build_strategy(StrategyContext(recipe, [tree], cache))
     return Trainer(strategy, recipe, run_dir, torch.device("cpu"))
@@ -61,6 +61,60 @@ def test_resume_continues_exactly_where_it_stopped(tree, tmp_path) -> None:
         for line in (tmp_path / "split" / METRICS_FILE).read_text().splitlines()
     ]
     assert steps == [1, 2, 3, 4]
+
+
+def _weights(trainer: Trainer) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in trainer.strategy.modules.state_dict().items()}
+
+
+def test_weight_average_follows_its_decay_and_survives_resume(tree, tmp_path) -> None:
+    cache = tmp_path / "cache"
+    trainer = _trainer(tree, tmp_path / "avg", cache, average_decay=0.25, average_start=1)
+    trainer.run(max_steps=1, progress=False)
+    assert trainer.averaged_modules() is None  # not started yet
+    trainer.run(max_steps=2, progress=False)
+    second = _weights(trainer)
+    average = trainer.averaged_modules()
+    assert average is not None
+    for key, value in average.state_dict().items():
+        torch.testing.assert_close(value, second[key], rtol=0, atol=0, msg=key)  # a copy
+    trainer.run(max_steps=3, progress=False)
+    third = _weights(trainer)
+    for key, value in trainer.averaged_modules().state_dict().items():
+        if value.is_floating_point():
+            torch.testing.assert_close(value, 0.25 * second[key] + 0.75 * third[key], msg=key)
+        else:
+            assert torch.equal(value, third[key]), key
+    assert any(not torch.equal(second[k], third[k]) for k in second)
+
+    resumed = _trainer(tree, tmp_path / "avg", cache, average_decay=0.25, average_start=1)
+    resumed.resume()
+    resumed.run(progress=False)
+    straight = _trainer(tree, tmp_path / "straight", cache, average_decay=0.25, average_start=1)
+    straight.run(progress=False)
+    expected = straight.averaged_modules().state_dict()
+    for key, value in resumed.averaged_modules().state_dict().items():
+        torch.testing.assert_close(value, expected[key], rtol=0, atol=0, msg=key)
+
+
+def test_finetune_writes_the_average_and_keeps_the_last_weights(tree, tmp_path) -> None:
+    recipe = tmp_path / "avg.yaml"
+    recipe.write_text(
+        RECIPE.read_text().replace("seed: 0}", "seed: 0, average_decay: 0.5, average_start: 1}")
+    )
+    run_dir = tmp_path / "run"
+    args = ["finetune", "--recipe", str(recipe), "--data", str(tree), "--out", str(run_dir)]
+    assert main([*args, "--cache", str(tmp_path / "cache"), "--no-progress"]) == 0
+    state = torch.load(run_dir / STATE_FILE, weights_only=True)
+    averaged = torch.load(run_dir / "model.pt", weights_only=True)
+    raw = torch.load(run_dir / "raw" / "model.pt", weights_only=True)
+    assert (run_dir / "raw" / "embedder.json").is_file()
+    assert averaged["backbone"].keys() == raw["backbone"].keys()
+    last = raw["backbone"]
+    assert any(not torch.equal(averaged["backbone"][k], last[k]) for k in last)
+    for key, value in averaged["backbone"].items():
+        assert torch.equal(value, state["average"][f"backbone.{key}"]), key
+        assert torch.equal(raw["backbone"][key], state["modules"][f"backbone.{key}"]), key
 
 
 def test_finetune_command_life_cycle(tree, tmp_path, capsys) -> None:

@@ -5,7 +5,9 @@
 
 RUN receives recipe.yaml, metrics.jsonl and train_state.pt while training, and the embedding
 model (model.pt, embedder.json, classes.json) whenever it stops (done or --max-steps); then
-`edge-trainer eval --checkpoint RUN` evaluates it. Under torchrun every rank runs this command.
+`edge-trainer eval --checkpoint RUN` evaluates it. With the recipe's optim.average_decay that
+model is the weight average and RUN/raw holds the last step's weights. Under torchrun every
+rank runs this command.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from edge_monitor.core.errors import ConfigError
 from trainer.checkpoint_embedder import save_embedding_model
 from trainer.recipe import Recipe, load_recipe
 from trainer.strategies import StrategyContext, build_strategy
+from trainer.strategies.base import Strategy
 from trainer.train_data import default_cache_dir
 from trainer.train_loop import (
     STATE_FILE,
@@ -36,6 +39,8 @@ from trainer.train_loop import (
 NAME = "finetune"
 HELP = "Fine-tune a backbone with a training recipe (conf/train/*.yaml) on a DCASE data tree."
 RECIPE_FILE = "recipe.yaml"
+RAW_DIR = "raw"
+"""With optim.average_decay, RUN holds the averaged model and RUN/raw the last step's."""
 log = logging.getLogger(__name__)
 
 
@@ -104,6 +109,27 @@ def run(args: argparse.Namespace) -> int:
         shutdown_distributed(layout)
 
 
+def _save_model(out: Path, recipe: Recipe, strategy: Strategy) -> None:
+    """Write the strategy's embedding model as an `eval`/`export` checkpoint into `out`."""
+    model = strategy.embedding_model()
+    head = recipe.head
+    save_embedding_model(
+        out,
+        f"finetuned:{recipe.name}",
+        recipe.backbone.name,
+        recipe.backbone.size,
+        model.backbone,
+        model.heads,
+        {
+            "attention_dim": head.attention_dim,
+            "hidden_dim": head.hidden_dim,
+            "embed_dim": head.embed_dim,
+        },
+        model.classes,
+        recipe.data.embed_window_s,
+    )
+
+
 def _train(
     args: argparse.Namespace,
     recipe: Recipe,
@@ -128,23 +154,12 @@ def _train(
     if not layout.is_main:
         return 0
     # The embedding model is written at every stop, so an early stop can be evaluated too.
-    model = strategy.embedding_model()
-    head = recipe.head
-    save_embedding_model(
-        run_dir,
-        f"finetuned:{recipe.name}",
-        recipe.backbone.name,
-        recipe.backbone.size,
-        model.backbone,
-        model.heads,
-        {
-            "attention_dim": head.attention_dim,
-            "hidden_dim": head.hidden_dim,
-            "embed_dim": head.embed_dim,
-        },
-        model.classes,
-        recipe.data.embed_window_s,
-    )
+    average = trainer.averaged_modules()
+    if average is not None:
+        # The last step's weights stay beside the average, for a paired comparison.
+        _save_model(run_dir / RAW_DIR, recipe, strategy)
+        strategy.modules.load_state_dict(average.state_dict(), strict=True)
+    _save_model(run_dir, recipe, strategy)
     if not result.finished:
         print(
             f"{run_dir}: stopped at step {result.step} of {recipe.optim.steps} (model of this "
