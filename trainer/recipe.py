@@ -176,7 +176,13 @@ class OptimSection(Section):
     grad_accum: int = Field(1, ge=1, description="micro-batches per optimizer step")
     clip_grad_norm: float = Field(5.0, gt=0)
     amp: bool = Field(True, description="bfloat16/float16 autocast; only used on CUDA")
-    seed: int = 0
+    seed: int = Field(0, description="seeds the batches, crops and augmentation draws")
+    init_seed: int | None = Field(
+        None,
+        description="seeds the initial weights of the layers not loaded from a checkpoint "
+        "(heads, a full-spectrum branch); None = seed. Runs that share it and differ in seed "
+        "start from the same point, which a weight soup (edge-trainer soup) needs",
+    )
     average_decay: float | None = Field(
         None,
         gt=0,
@@ -197,6 +203,11 @@ class OptimSection(Section):
                 "average never starts; lower average_start or drop average_decay"
             )
         return self
+
+    @property
+    def weights_seed(self) -> int:
+        """The seed the initial weights are drawn with."""
+        return self.seed if self.init_seed is None else self.init_seed
 
 
 class LoggingSection(Section):

@@ -22,7 +22,7 @@ import yaml
 from edge_monitor.core.atomic import atomic_write_text
 from edge_monitor.core.errors import ConfigError
 from trainer.checkpoint_embedder import save_embedding_model
-from trainer.recipe import Recipe, load_recipe
+from trainer.recipe import Recipe, load_recipe, parse_recipe
 from trainer.strategies import StrategyContext, build_strategy
 from trainer.strategies.base import Strategy
 from trainer.train_data import default_cache_dir
@@ -80,7 +80,9 @@ def _check_run_dir(run_dir: Path, recipe: Recipe, resume: bool) -> None:
     if resume:
         if not saved.is_file():
             raise ConfigError(f"--resume: {run_dir} holds no {RECIPE_FILE}; start without --resume")
-        if yaml.safe_load(saved.read_text(encoding="utf-8")) != recipe.to_dict():
+        # Compared as parsed recipes, so a key added since (with its default) is no change.
+        saved_values = yaml.safe_load(saved.read_text(encoding="utf-8"))
+        if parse_recipe(saved_values, str(saved)).to_dict() != recipe.to_dict():
             raise ConfigError(
                 f"--resume: {saved} differs from --recipe; resume with the same recipe or "
                 "start a new --out"
@@ -137,7 +139,7 @@ def _train(
     device: torch.device,
     run_dir: Path,
 ) -> int:
-    torch.manual_seed(recipe.optim.seed)
+    torch.manual_seed(recipe.optim.weights_seed)
     roots = [args.data, *(recipe.tats.extra_roots if recipe.tats else [])]
     context = StrategyContext(recipe, roots, args.cache or default_cache_dir())
     strategy = build_strategy(context)
