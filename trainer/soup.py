@@ -51,6 +51,8 @@ def _start(run_dir: Path) -> tuple[dict[str, Any], int]:
         values = yaml.safe_load(path.read_text(encoding="utf-8"))
         optim = OptimSection(**values.get("optim", {}))
         backbone = dict(values["backbone"])
+        if backbone.get("checkpoint"):  # one file, however the recipe's path spelled it
+            backbone["checkpoint"] = str(Path(backbone["checkpoint"]).resolve())
     except (OSError, yaml.YAMLError, AttributeError, KeyError, TypeError, ValidationError) as exc:
         raise ConfigError(
             f"{path}: not a recipe finetune wrote ({exc}); train the run again"
@@ -63,10 +65,16 @@ def check_same_start(run_dirs: Sequence[Path]) -> None:
     first_backbone, first_seed = _start(run_dirs[0])
     for run_dir in run_dirs[1:]:
         backbone, seed = _start(run_dir)
-        if backbone != first_backbone:
+        differing = sorted(
+            key for key in {*backbone, *first_backbone}
+            if backbone.get(key) != first_backbone.get(key)
+        )
+        if differing:
+            key = differing[0]
             raise ConfigError(
-                f"{run_dir}: backbone {backbone} differs from {run_dirs[0]}'s {first_backbone}; "
-                "a soup averages runs of one backbone from one checkpoint"
+                f"{run_dir}: backbone.{key} is {backbone.get(key)!r}, {run_dirs[0]}'s is "
+                f"{first_backbone.get(key)!r}; a soup averages runs of one backbone from one "
+                "checkpoint"
             )
         if seed != first_seed:
             raise ConfigError(

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from finetune_fixtures import REPO, make_tree
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -16,7 +17,7 @@ from hypothesis import strategies as st
 from edge_monitor.core.errors import ConfigError
 from trainer.checkpoint_embedder import load_checkpoint_embedder
 from trainer.cli import main
-from trainer.soup import SOUP_FILE, average_state_dicts, make_soup
+from trainer.soup import SOUP_FILE, average_state_dicts, check_same_start, make_soup
 
 RECIPE = REPO / "conf" / "train" / "tiny_full.yaml"
 
@@ -127,3 +128,27 @@ def test_average_lies_between_the_members_and_keeps_integer_buffers(values, coun
     assert int(mean["n"]) == counter
     same = average_state_dicts([states[0]] * 3)
     torch.testing.assert_close(same["w"], states[0]["w"], rtol=0, atol=0)
+
+
+def _recipe_only_run(root: Path, name: str, backbone: dict, optim: dict) -> Path:
+    run_dir = root / name
+    run_dir.mkdir()
+    text = yaml.safe_dump({"backbone": backbone, "optim": optim})
+    (run_dir / "recipe.yaml").write_text(text)
+    return run_dir
+
+
+def test_same_start_reads_one_checkpoint_file_however_its_path_is_spelled(tmp_path) -> None:
+    weights = tmp_path / "w" / "release.pt"
+    spelled = str(tmp_path / "w" / "sub" / ".." / "release.pt")
+    backbone = {"name": "efficientat", "size": "mn04"}
+    a = _recipe_only_run(tmp_path, "a", {**backbone, "checkpoint": str(weights)}, {"seed": 0})
+    b = _recipe_only_run(
+        tmp_path, "b", {**backbone, "checkpoint": spelled}, {"seed": 1, "init_seed": 0}
+    )
+    check_same_start([a, b])
+    c = _recipe_only_run(
+        tmp_path, "c", {**backbone, "checkpoint": str(tmp_path / "other.pt")}, {"seed": 0}
+    )
+    with pytest.raises(ConfigError, match=r"backbone\.checkpoint"):
+        check_same_start([a, c])
