@@ -6,8 +6,10 @@ band before the log amplifies it in quiet bands, so the front end is excluded:
 - ONNX (onnxruntime.quantization): the front end is every node the first `Log` depends on
   (framing convolutions, power, mel MatMul, clamp, log); it, the first convolution after it and
   depthwise convolutions stay float (`float_nodes`), and the other Conv/Gemm/MatMul ops are
-  quantised dynamically (int8 weights, activations quantised at run time) or statically (QDQ,
-  activation ranges calibrated on real windows).
+  quantised dynamically (int8 weights, activations quantised at run time), statically (QDQ,
+  activation ranges calibrated on real windows), or for their weights only (`weights`: int8
+  per-channel weights that a DequantizeLinear turns back into float; the arithmetic stays
+  float, so the file shrinks while the activations keep their full precision).
 - TFLite (ai-edge-quantizer): ops whose output tensor is named after a `trainer.frontend`
   module stay float; convolution and fully connected weights elsewhere become int8.
 """
@@ -29,8 +31,8 @@ from edge_monitor.core.errors import ConfigError, RuntimeUnavailableError
 
 log = logging.getLogger(__name__)
 
-OnnxInt8Mode = Literal["dynamic", "static"]
-ONNX_INT8_MODES = ("dynamic", "static")
+OnnxInt8Mode = Literal["dynamic", "static", "weights"]
+ONNX_INT8_MODES = ("dynamic", "static", "weights")
 TFLITE_FRONTEND_PATTERN = "trainer.frontend."
 # ai-edge-quantizer matches this against each op's output tensor name.
 TFLITE_QUANTISE_REGEX = rf"^(?!.*{re.escape(TFLITE_FRONTEND_PATTERN)}).*$"
@@ -118,6 +120,63 @@ class _WindowReader:
         self._next = 0
 
 
+def _weight_axis(node: onnx.NodeProto, rank: int) -> int:
+    """The output-channel axis of a node's weight (input 1): one scale per output channel."""
+    if node.op_type == "Conv":
+        return 0
+    if node.op_type == "Gemm":
+        trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
+        return 0 if trans_b else 1
+    return rank - 1  # MatMul: B is [..., K, N]
+
+
+def int8_weights_only(model: onnx.ModelProto, excluded: set[str]) -> onnx.ModelProto:
+    """Store the float weights of Conv/Gemm/MatMul nodes outside `excluded` as symmetric
+    per-channel int8, each followed by a DequantizeLinear; everything else is left as it is."""
+    from onnx import numpy_helper
+
+    graph = model.graph
+    initializers = {t.name: t for t in graph.initializer}
+    dequantized: dict[str, str] = {}
+    new_nodes: list[onnx.NodeProto] = []
+    for node in graph.node:
+        if node.op_type not in QUANTISED_OPS or node.name in excluded or len(node.input) < 2:
+            continue
+        name = node.input[1]
+        tensor = initializers.get(name)
+        if tensor is None or tensor.data_type != onnx.TensorProto.FLOAT or not tensor.dims:
+            continue
+        if name not in dequantized:
+            weight = numpy_helper.to_array(tensor)
+            axis = _weight_axis(node, weight.ndim)
+            others = tuple(i for i in range(weight.ndim) if i != axis)
+            scale = np.abs(weight).max(axis=others) / 127.0
+            scale = np.where(scale > 0, scale, 1.0).astype(np.float32)
+            shape = [1] * weight.ndim
+            shape[axis] = -1
+            quantised = np.clip(np.rint(weight / scale.reshape(shape)), -127, 127).astype(np.int8)
+            graph.initializer.extend([
+                numpy_helper.from_array(quantised, f"{name}_int8"),
+                numpy_helper.from_array(scale, f"{name}_scale"),
+                numpy_helper.from_array(np.zeros_like(scale, np.int8), f"{name}_zero_point"),
+            ])
+            new_nodes.append(onnx.helper.make_node(
+                "DequantizeLinear", [f"{name}_int8", f"{name}_scale", f"{name}_zero_point"],
+                [f"{name}_dequantized"], name=f"{name}_DequantizeLinear", axis=axis,
+            ))
+            dequantized[name] = f"{name}_dequantized"
+        node.input[1] = dequantized[name]
+    still_used = {i for n in graph.node for i in n.input}
+    for name in dequantized:
+        if name not in still_used:
+            graph.initializer.remove(initializers[name])
+    # The new nodes read only initializers, so they can lead the (topologically sorted) graph.
+    nodes = new_nodes + list(graph.node)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return model
+
+
 def quantize_onnx(
     source: Path,
     target: Path,
@@ -135,7 +194,9 @@ def quantize_onnx(
         model = onnx.load(str(prepared))
         excluded = float_nodes(model)
         log.info("quantising %s (%s), keeping %d nodes in float", source, mode, len(excluded))
-        if mode == "dynamic":
+        if mode == "weights":
+            onnx.save(int8_weights_only(model, set(excluded)), str(tmp))
+        elif mode == "dynamic":
             q.quantize_dynamic(
                 str(prepared), str(tmp), weight_type=q.QuantType.QInt8,
                 nodes_to_exclude=excluded, per_channel=True, op_types_to_quantize=QUANTISED_OPS,

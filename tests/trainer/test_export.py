@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from edge_monitor.cli import main as monitor_main
 from edge_monitor.core.bundle import load_bundle
@@ -19,7 +21,7 @@ from edge_monitor.core.embedders.logmel_stats import LogMelStatsEmbedder
 from edge_monitor.core.embedders.onnx_model import OnnxEmbedder
 from trainer.cli import main as trainer_main
 from trainer.export import LogMelStatsModule, export_onnx
-from trainer.quantize import front_end_nodes, quantize_onnx
+from trainer.quantize import front_end_nodes, int8_weights_only, quantize_onnx
 from trainer.student import build_student, save_student, student_embedder
 
 RATE_HZ = 16000
@@ -79,7 +81,7 @@ def test_onnx_fp32_matches_torch_at_any_length(tiny) -> None:
             np.testing.assert_allclose(runtime.embed(audio), embedder.embed(audio), atol=2e-5)
 
 
-@pytest.mark.parametrize("mode", ["dynamic", "static"])
+@pytest.mark.parametrize("mode", ["dynamic", "static", "weights"])
 def test_onnx_int8_stays_close_and_keeps_front_end_float(tiny, tmp_path: Path, mode: str) -> None:
     import onnx
 
@@ -87,7 +89,9 @@ def test_onnx_int8_stays_close_and_keeps_front_end_float(tiny, tmp_path: Path, m
     target = quantize_onnx(path, tmp_path / f"tiny.{mode}.onnx", mode, _clips(4, seed=1))
     quantised = onnx.load(str(target))
     kinds = {n.op_type for n in quantised.graph.node}
-    assert kinds & {"ConvInteger", "MatMulInteger", "QuantizeLinear", "DynamicQuantizeLinear"}
+    assert kinds & {"ConvInteger", "MatMulInteger", "QuantizeLinear", "DynamicQuantizeLinear"} or (
+        mode == "weights" and "DequantizeLinear" in kinds and "QuantizeLinear" not in kinds
+    )
     assert len(front_end_nodes(quantised)) >= len(front_end_nodes(onnx.load(str(path))))
     runtime = OnnxEmbedder(target, "tiny", RATE_HZ, 1.0, 8)
     cosines = [float(runtime.embed(c) @ embedder.embed(c)) for c in _clips(4, seed=2)]
@@ -144,3 +148,63 @@ def test_export_and_bundle_cli_end_to_end(tmp_path: Path, capsys) -> None:
     loaded = load_bundle(model_only)
     assert loaded.banks == {} and loaded.manifest.learns("pump")
     assert loaded.manifest.models["student-onnx-int8"].precision == "int8"
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    op=st.sampled_from(["Conv", "Gemm", "GemmT", "MatMul"]),
+    out_channels=st.integers(1, 6),
+    zero_channel=st.booleans(),
+)
+def test_int8_weights_round_each_channel_to_its_own_scale(seed, op, out_channels, zero_channel):
+    """Each output channel keeps its own scale (max |w| / 127): every weight comes back within
+    half a step, an all-zero channel stays zero, and the graph computes what it did."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    k = 5
+    if op == "Conv":
+        weight = rng.normal(size=(out_channels, 2, 3)).astype(np.float32)
+        x_shape, node = [1, 2, 8], helper.make_node("Conv", ["x", "w"], ["y"], name="n")
+        y_shape = [1, out_channels, 6]
+        axis = 0
+    elif op == "MatMul":
+        weight = rng.normal(size=(k, out_channels)).astype(np.float32)
+        x_shape, node = [3, k], helper.make_node("MatMul", ["x", "w"], ["y"], name="n")
+        y_shape = [3, out_channels]
+        axis = 1
+    else:
+        trans = op == "GemmT"
+        weight = rng.normal(size=(out_channels, k) if trans else (k, out_channels))
+        weight = (weight * rng.uniform(0.01, 100)).astype(np.float32)
+        x_shape, y_shape = [3, k], [3, out_channels]
+        node = helper.make_node("Gemm", ["x", "w"], ["y"], name="n", transB=int(trans))
+        axis = 0 if trans else 1
+    if zero_channel:
+        np.moveaxis(weight, axis, 0)[0] = 0.0
+    graph = helper.make_graph(
+        [node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, y_shape)],
+        [numpy_helper.from_array(weight, "w")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    x = rng.normal(size=x_shape).astype(np.float32)
+    before = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})[0]
+    quantised = int8_weights_only(model, excluded=set())
+    onnx.checker.check_model(quantised)
+    stored = {t.name: numpy_helper.to_array(t) for t in quantised.graph.initializer}
+    assert "w" not in stored and stored["w_int8"].dtype == np.int8
+    scale = stored["w_scale"]
+    assert scale.shape == (out_channels,)
+    shape = [1] * weight.ndim
+    shape[axis] = -1
+    restored = stored["w_int8"].astype(np.float32) * scale.reshape(shape)
+    assert np.all(np.abs(restored - weight) <= scale.reshape(shape) / 2 + 1e-6)
+    if zero_channel:
+        assert not np.moveaxis(restored, axis, 0)[0].any()
+    after = ort.InferenceSession(quantised.SerializeToString()).run(None, {"x": x})[0]
+    bound = np.abs(x).sum() * float(scale.max()) / 2 + 1e-4
+    assert np.max(np.abs(after - before)) <= bound

@@ -2,7 +2,8 @@
 
     edge-trainer export --out DIR (--embedder logmel-stats | --checkpoint RUN|RELEASE.pt
                         | --student FILE) [--pooling LAYER:STAT,...]
-                        [--formats onnx,onnx-int8,tflite] [--int8 dynamic|static] --data ROOT
+                        [--formats onnx,onnx-int8,tflite] [--int8 static|dynamic|weights]
+                        --data ROOT
 
 writes DIR/<name>.onnx, <name>.int8.onnx, <name>.tflite and DIR/export.json (what
 `edge-trainer bundle` reads), and prints, per format, the cosine to torch and the change of
@@ -62,7 +63,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--formats", default="onnx,onnx-int8",
                         help=f"comma-separated subset of {FORMATS}")
     parser.add_argument("--int8", choices=ONNX_INT8_MODES, default="static",
-                        help="ONNX INT8: dynamic, or static with calibration windows")
+                        help="ONNX INT8: static (activations calibrated on training windows), "
+                        "dynamic, or weights (int8 weights, float arithmetic)")
     parser.add_argument("--no-tflite-int8", action="store_true",
                         help="keep TFLite weights in float")
     parser.add_argument("--data", type=Path, required=True, metavar="ROOT",
@@ -136,7 +138,8 @@ def run(args: argparse.Namespace) -> int:
         if fmt == "onnx":
             path, runtime, precision = onnx_path, "onnx", "fp32"
         elif fmt == "onnx-int8":
-            path, runtime, precision = out / f"{model.name}.int8.onnx", "onnx", "int8"
+            path, runtime = out / f"{model.name}.int8.onnx", "onnx"
+            precision = "int8-weights" if args.int8 == "weights" else "int8"
             calibration = (
                 calibration_windows(model, [c for c in clips if c.split == "train"],
                                     args.calibration)
