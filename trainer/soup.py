@@ -17,8 +17,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
-from pydantic import ValidationError
 from torch import Tensor
 
 from edge_monitor.core.atomic import atomic_write_text
@@ -30,7 +28,7 @@ from trainer.checkpoint_embedder import (
     save_embedding_model,
 )
 from trainer.errors import CheckpointError
-from trainer.recipe import OptimSection
+from trainer.recipe import load_recipe
 
 log = logging.getLogger(__name__)
 
@@ -47,17 +45,11 @@ def _start(run_dir: Path) -> tuple[dict[str, Any], int]:
             f"{path} does not exist; a soup member is a run directory of `edge-trainer finetune` "
             "(it says where the run started)"
         )
-    try:
-        values = yaml.safe_load(path.read_text(encoding="utf-8"))
-        optim = OptimSection(**values.get("optim", {}))
-        backbone = dict(values["backbone"])
-        if backbone.get("checkpoint"):  # one file, however the recipe's path spelled it
-            backbone["checkpoint"] = str(Path(backbone["checkpoint"]).resolve())
-    except (OSError, yaml.YAMLError, AttributeError, KeyError, TypeError, ValidationError) as exc:
-        raise ConfigError(
-            f"{path}: not a recipe finetune wrote ({exc}); train the run again"
-        ) from exc
-    return backbone, optim.weights_seed
+    recipe = load_recipe(path)
+    backbone = recipe.backbone.model_dump(mode="json")
+    if backbone.get("checkpoint"):  # one file, however the recipe's path spelled it
+        backbone["checkpoint"] = str(Path(backbone["checkpoint"]).resolve())
+    return backbone, recipe.optim.weights_seed
 
 
 def check_same_start(run_dirs: Sequence[Path]) -> None:

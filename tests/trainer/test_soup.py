@@ -133,7 +133,9 @@ def test_average_lies_between_the_members_and_keeps_integer_buffers(values, coun
 def _recipe_only_run(root: Path, name: str, backbone: dict, optim: dict) -> Path:
     run_dir = root / name
     run_dir.mkdir()
-    text = yaml.safe_dump({"backbone": backbone, "optim": optim})
+    text = yaml.safe_dump(
+        {"name": name, "strategy": "full", "backbone": backbone, "optim": optim}
+    )
     (run_dir / "recipe.yaml").write_text(text)
     return run_dir
 
