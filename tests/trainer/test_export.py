@@ -118,7 +118,8 @@ def test_export_and_bundle_cli_end_to_end(tmp_path: Path, capsys) -> None:
     student = save_student(build_student(TINY), tmp_path / "student.pt")
     out = tmp_path / "exports"
     assert trainer_main(["export", "--student", str(student), "--out", str(out), "--data",
-                         str(data), "--formats", "onnx,onnx-int8", "--calibration", "4"]) == 0
+                         str(data), "--formats", "onnx,onnx-int8", "--int8", "static",
+                         "--calibration", "4"]) == 0
     printed = capsys.readouterr().out
     assert "student (onnx, fp32): cosine to torch" in printed and "hmean" in printed
     listed = json.loads((out / "export.json").read_text())["models"]
@@ -148,6 +149,22 @@ def test_export_and_bundle_cli_end_to_end(tmp_path: Path, capsys) -> None:
     loaded = load_bundle(model_only)
     assert loaded.banks == {} and loaded.manifest.learns("pump")
     assert loaded.manifest.models["student-onnx-int8"].precision == "int8"
+
+
+def test_export_stores_int8_weights_by_default(tmp_path: Path, capsys) -> None:
+    import onnx
+
+    data = _tree(tmp_path / "data")
+    torch.manual_seed(2)
+    student = save_student(build_student(TINY), tmp_path / "student.pt")
+    out = tmp_path / "exports"
+    assert trainer_main(["export", "--student", str(student), "--out", str(out), "--data",
+                         str(data), "--formats", "onnx-int8"]) == 0
+    assert "student-onnx-int8 (onnx, int8-weights): cosine to torch" in capsys.readouterr().out
+    (entry,) = json.loads((out / "export.json").read_text())["models"]
+    assert entry["precision"] == "int8-weights" and entry["check"]["cosine_min"] > 0.99
+    kinds = {n.op_type for n in onnx.load(str(out / entry["file"])).graph.node}
+    assert "DequantizeLinear" in kinds and "QuantizeLinear" not in kinds
 
 
 @settings(max_examples=30, deadline=None)

@@ -2,7 +2,7 @@
 
     edge-trainer export --out DIR (--embedder logmel-stats | --checkpoint RUN|RELEASE.pt
                         | --student FILE) [--pooling LAYER:STAT,...]
-                        [--formats onnx,onnx-int8,tflite] [--int8 static|dynamic|weights]
+                        [--formats onnx,onnx-int8,tflite] [--int8 weights|static|dynamic]
                         --data ROOT
 
 writes DIR/<name>.onnx, <name>.int8.onnx, <name>.tflite and DIR/export.json (what
@@ -62,9 +62,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--name", default=None, help="model name in file names and bundles")
     parser.add_argument("--formats", default="onnx,onnx-int8",
                         help=f"comma-separated subset of {FORMATS}")
-    parser.add_argument("--int8", choices=ONNX_INT8_MODES, default="static",
-                        help="ONNX INT8: static (activations calibrated on training windows), "
-                        "dynamic, or weights (int8 weights, float arithmetic)")
+    parser.add_argument("--int8", choices=ONNX_INT8_MODES, default="weights",
+                        help="ONNX INT8: weights (int8 weights, float arithmetic; the default: "
+                        "closest to fp32), static (activations calibrated on training windows: "
+                        "int8 arithmetic, for CPUs where it is faster) or dynamic")
     parser.add_argument("--no-tflite-int8", action="store_true",
                         help="keep TFLite weights in float")
     parser.add_argument("--data", type=Path, required=True, metavar="ROOT",
