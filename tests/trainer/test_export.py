@@ -112,14 +112,21 @@ def test_tflite_matches_torch(tiny, tmp_path: Path, int8: bool) -> None:
     assert min(cosines) > (0.98 if int8 else 0.99999)
 
 
-def test_export_and_bundle_cli_end_to_end(tmp_path: Path, capsys) -> None:
+def _export_student(tmp_path: Path, *options: str) -> tuple[Path, Path]:
+    """A tiny student exported by the CLI with `options`; returns (data tree, export dir)."""
     data = _tree(tmp_path / "data")
     torch.manual_seed(1)
     student = save_student(build_student(TINY), tmp_path / "student.pt")
     out = tmp_path / "exports"
     assert trainer_main(["export", "--student", str(student), "--out", str(out), "--data",
-                         str(data), "--formats", "onnx,onnx-int8", "--int8", "static",
-                         "--calibration", "4"]) == 0
+                         str(data), *options]) == 0
+    return data, out
+
+
+def test_export_and_bundle_cli_end_to_end(tmp_path: Path, capsys) -> None:
+    data, out = _export_student(
+        tmp_path, "--formats", "onnx,onnx-int8", "--int8", "static", "--calibration", "4"
+    )
     printed = capsys.readouterr().out
     assert "student (onnx, fp32): cosine to torch" in printed and "hmean" in printed
     listed = json.loads((out / "export.json").read_text())["models"]
@@ -154,12 +161,7 @@ def test_export_and_bundle_cli_end_to_end(tmp_path: Path, capsys) -> None:
 def test_export_stores_int8_weights_by_default(tmp_path: Path, capsys) -> None:
     import onnx
 
-    data = _tree(tmp_path / "data")
-    torch.manual_seed(2)
-    student = save_student(build_student(TINY), tmp_path / "student.pt")
-    out = tmp_path / "exports"
-    assert trainer_main(["export", "--student", str(student), "--out", str(out), "--data",
-                         str(data), "--formats", "onnx-int8"]) == 0
+    _, out = _export_student(tmp_path, "--formats", "onnx-int8")
     assert "student-onnx-int8 (onnx, int8-weights): cosine to torch" in capsys.readouterr().out
     (entry,) = json.loads((out / "export.json").read_text())["models"]
     assert entry["precision"] == "int8-weights" and entry["check"]["cosine_min"] > 0.99
