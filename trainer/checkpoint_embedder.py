@@ -41,6 +41,8 @@ FORMAT_VERSION = 1
 MODEL_FILE = "model.pt"
 META_FILE = "embedder.json"
 CLASSES_FILE = "classes.json"
+RECIPE_FILE = "recipe.yaml"
+"""Written by `finetune` beside the model: the recipe the run was trained with."""
 DEFAULT_WINDOW_S = 10.0
 """Nominal window when the recipe embeds whole clips (the daemon's window length)."""
 MAX_CHUNK_S = 30.0
@@ -99,7 +101,7 @@ def _read_meta(run_dir: Path) -> dict[str, Any]:
         )
     try:
         meta = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise CheckpointError(f"{path}: unreadable ({exc}); train the run again") from exc
     required = {"format", "name", "backbone", "head", "heads", "sample_rate_hz", "window_s", "dim"}
     if not isinstance(meta, dict) or not required <= set(meta):

@@ -24,6 +24,7 @@ from edge_monitor.core.errors import ConfigError
 from trainer.checkpoint_embedder import (
     CLASSES_FILE,
     META_FILE,
+    RECIPE_FILE,
     load_checkpoint_embedder,
     save_embedding_model,
 )
@@ -32,7 +33,6 @@ from trainer.recipe import load_recipe
 
 log = logging.getLogger(__name__)
 
-RECIPE_FILE = "recipe.yaml"
 SOUP_FILE = "soup.json"
 """Written beside the model: which runs went in, so the soup can be traced and rebuilt."""
 
@@ -76,25 +76,33 @@ def check_same_start(run_dirs: Sequence[Path]) -> None:
             )
 
 
-def _same_files(run_dirs: Sequence[Path]) -> None:
-    """Members must describe the same model: embedder.json (but its name) and classes.json."""
-
-    def described(run_dir: Path) -> tuple[dict[str, Any], Any]:
-        meta = json.loads((run_dir / META_FILE).read_text(encoding="utf-8"))
-        meta.pop("name", None)
-        return meta, json.loads((run_dir / CLASSES_FILE).read_text(encoding="utf-8"))
-
-    reference = described(run_dirs[0])
-    for run_dir in run_dirs[1:]:
-        meta, classes = described(run_dir)
-        if meta != reference[0]:
+def _description(run_dir: Path) -> tuple[dict[str, Any], Any]:
+    """A member's embedder.json and classes.json, read once."""
+    values = []
+    for name in (META_FILE, CLASSES_FILE):
+        path = run_dir / name
+        try:
+            values.append(json.loads(path.read_text(encoding="utf-8")))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise CheckpointError(
-                f"{run_dir / META_FILE} describes another model than {run_dirs[0] / META_FILE}; "
+                f"{path}: unreadable ({exc}); keep the run directory's files together or train "
+                "the run again"
+            ) from exc
+    return values[0], values[1]
+
+
+def _check_same_model(run_dirs: Sequence[Path], described: Sequence[tuple[dict, Any]]) -> None:
+    """Members must describe the same model: embedder.json (but its name) and classes.json."""
+    (meta, classes), first = described[0], run_dirs[0]
+    for run_dir, (other_meta, other_classes) in zip(run_dirs[1:], described[1:], strict=True):
+        if {**other_meta, "name": None} != {**meta, "name": None}:
+            raise CheckpointError(
+                f"{run_dir / META_FILE} describes another model than {first / META_FILE}; "
                 "a soup averages runs of one architecture and one head layout"
             )
-        if classes != reference[1]:
+        if other_classes != classes:
             raise CheckpointError(
-                f"{run_dir / CLASSES_FILE}: other classes than {run_dirs[0]}; train the members "
+                f"{run_dir / CLASSES_FILE}: other classes than {first}; train the members "
                 "on the same data"
             )
 
@@ -118,11 +126,13 @@ def make_soup(run_dirs: Sequence[Path], out: Path) -> Path:
         raise ConfigError("a soup needs at least two --run directories")
     if len({r.resolve() for r in run_dirs}) < len(run_dirs):
         raise ConfigError("a --run is given twice; each member counts once in the mean")
-    if Path(out).resolve() in {r.resolve() for r in run_dirs}:
-        raise ConfigError(f"--out {out} is one of the members; write the soup to a new directory")
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ConfigError(f"--out {out} already exists and is not empty; pick a new directory")
     check_same_start(run_dirs)
     members = [load_checkpoint_embedder(run_dir) for run_dir in run_dirs]
-    _same_files(run_dirs)
+    described = [_description(run_dir) for run_dir in run_dirs]
+    _check_same_model(run_dirs, described)
     base = members[0]
     base.backbone.load_state_dict(
         average_state_dicts([m.backbone.state_dict() for m in members]), strict=True
@@ -131,10 +141,9 @@ def make_soup(run_dirs: Sequence[Path], out: Path) -> Path:
         base.heads[head].load_state_dict(
             average_state_dicts([m.heads[head].state_dict() for m in members]), strict=True
         )
-    meta = json.loads((run_dirs[0] / META_FILE).read_text(encoding="utf-8"))
-    classes = json.loads((run_dirs[0] / CLASSES_FILE).read_text(encoding="utf-8"))
+    meta, classes = described[0]
     save_embedding_model(
-        Path(out),
+        out,
         f"soup:{'+'.join(r.name for r in run_dirs)}",
         meta["backbone"]["name"],
         meta["backbone"]["size"],
@@ -145,6 +154,6 @@ def make_soup(run_dirs: Sequence[Path], out: Path) -> Path:
         float(meta.get("embed_window_s", 0.0)),
     )
     provenance = {"members": [str(r.resolve()) for r in run_dirs], "weights": "uniform mean"}
-    atomic_write_text(Path(out) / SOUP_FILE, json.dumps(provenance, indent=2) + "\n")
+    atomic_write_text(out / SOUP_FILE, json.dumps(provenance, indent=2) + "\n")
     log.info("soup of %d runs written to %s", len(run_dirs), out)
-    return Path(out)
+    return out

@@ -14,7 +14,7 @@ from finetune_fixtures import REPO, make_tree
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edge_monitor.core.errors import ConfigError
+from edge_monitor.core.errors import BadInputError, ConfigError
 from trainer.checkpoint_embedder import load_checkpoint_embedder
 from trainer.cli import main
 from trainer.soup import SOUP_FILE, average_state_dicts, check_same_start, make_soup
@@ -154,3 +154,44 @@ def test_same_start_reads_one_checkpoint_file_however_its_path_is_spelled(tmp_pa
     )
     with pytest.raises(ConfigError, match=r"backbone\.checkpoint"):
         check_same_start([a, c])
+
+
+def test_soup_refuses_an_existing_out_and_leaves_it_alone(runs, tmp_path, capsys) -> None:
+    out = tmp_path / "taken"
+    out.mkdir()
+    (out / "model.pt").write_bytes(b"someone else's run")
+    args = ["soup", "--run", str(runs["a"]), "--run", str(runs["b"]), "--out", str(out)]
+    assert main(args) == 2
+    assert "already exists and is not empty" in capsys.readouterr().err
+    assert (out / "model.pt").read_bytes() == b"someone else's run"
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    name=st.sampled_from(["recipe.yaml", "embedder.json", "classes.json", "model.pt"]),
+    content=st.one_of(
+        st.binary(max_size=64),
+        st.text(max_size=64).map(str.encode),
+        st.sampled_from([b"{}", b"[]", b"null", b'{"format": 1}', b"name: x\n"]),
+    ),
+)
+def test_a_damaged_member_file_is_named_and_nothing_is_written(
+    runs, tmp_path_factory, name, content
+) -> None:
+    """Whatever one member's file holds, the soup fails with one error naming that file and
+    writes nothing, or (if the damage does not matter) writes a soup that loads."""
+    root = tmp_path_factory.mktemp("damaged")
+    damaged = root / "b"
+    damaged.mkdir()
+    for file in runs["b"].iterdir():
+        if file.is_file():
+            (damaged / file.name).write_bytes(file.read_bytes())
+    (damaged / name).write_bytes(content)
+    out = root / "soup"
+    try:
+        make_soup([runs["a"], damaged], out)
+    except BadInputError as exc:
+        assert str(damaged) in str(exc)
+        assert not out.exists()
+    else:
+        load_checkpoint_embedder(out)

@@ -21,7 +21,7 @@ import yaml
 
 from edge_monitor.core.atomic import atomic_write_text
 from edge_monitor.core.errors import ConfigError
-from trainer.checkpoint_embedder import save_embedding_model
+from trainer.checkpoint_embedder import RECIPE_FILE, save_embedding_model
 from trainer.recipe import Recipe, load_recipe, parse_recipe
 from trainer.strategies import StrategyContext, build_strategy
 from trainer.strategies.base import Strategy
@@ -38,7 +38,6 @@ from trainer.train_loop import (
 
 NAME = "finetune"
 HELP = "Fine-tune a backbone with a training recipe (conf/train/*.yaml) on a DCASE data tree."
-RECIPE_FILE = "recipe.yaml"
 RAW_DIR = "raw"
 """With optim.average_decay, RUN holds the averaged model and RUN/raw the last step's."""
 log = logging.getLogger(__name__)
