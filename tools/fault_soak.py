@@ -3,7 +3,10 @@
 A real mosquitto with persistence, the real `edge-monitor run` process replaying (as fast as
 it goes, looped) a synthetic machine with a fault every few seconds of audio, so alarms
 keep opening and closing, and a subscriber with a persistent session (clean_session false,
-QoS 1) that records every event message it receives. Meanwhile the broker is restarted
+QoS 1) that records every event message it receives and, after each broker restart, comes
+back later than the box does (so the broker must have kept its session and queued what the
+box sent meanwhile). The broker runs the persistence settings of the shipped
+conf/mosquitto/mosquitto.conf. Meanwhile the broker is restarted
 `--broker-restarts` times, alternately by SIGKILL and SIGTERM, and the daemon is SIGKILLed
 `--daemon-kills` times, each the moment its log shows an alarm `new` or `update` (so an
 alarm is open), and started again. At the end the daemon is stopped cleanly once its
@@ -13,6 +16,7 @@ log lines, written once the message is durable), delivered, lost, duplicated (by
 was lost or an alarm left open.
 
     .venv/bin/python tools/fault_soak.py --broker-restarts 20 --daemon-kills 10
+    .venv/bin/python tools/fault_soak.py --broker-autosave-s 60   # what a timed save loses
 """
 
 from __future__ import annotations
@@ -56,6 +60,14 @@ TYPE_RANK = {"new": 0, "update": 1, "end": 2}
 LEARN_S = 10.0
 WAIT_S = 60.0
 AUDIO_S = 120.0
+SHIPPED_BROKER = Path(__file__).resolve().parents[1] / "conf" / "mosquitto" / "mosquitto.conf"
+PERSISTENCE_KEYS = ("autosave_interval", "autosave_on_changes", "max_queued_messages")
+
+
+def shipped_persistence() -> list[str]:
+    """The shipped broker's save settings, so the soak tests what production runs."""
+    lines = [line.strip() for line in SHIPPED_BROKER.read_text().splitlines()]
+    return [line for line in lines if line.split(" ", 1)[0] in PERSISTENCE_KEYS]
 
 
 def ramped_faults(total_s: float, lead_s: float) -> list[FaultSegment]:
@@ -77,7 +89,8 @@ class Profile:
     broker_up_s: tuple[float, float] = (1.0, 4.0)
     broker_down_s: tuple[float, float] = (0.2, 2.0)
     final_run_s: float = 5.0  # the last run, broker left alone, before its clean stop
-    broker_autosave_s: float = 60.0  # as conf/mosquitto/mosquitto.conf
+    broker_autosave_s: float | None = None  # None: as the shipped conf; S: save every S s
+    subscriber_reconnect_s: tuple[float, float] = (1.5, 3.0)  # paho's min and max delay
     seed: int = 12
 
 
@@ -133,7 +146,7 @@ class Report:
 class Subscriber:
     """A consumer with a persistent session that records every event message it gets."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, reconnect_s: tuple[float, float]) -> None:
         self.received: list[dict[str, Any]] = []
         self._lock = threading.Lock()
         self._client = paho.Client(
@@ -142,7 +155,7 @@ class Subscriber:
         )
         self._client.on_connect = self._on_connect
         self._client.on_message = self._on_message
-        self._client.reconnect_delay_set(0.05, 0.5)
+        self._client.reconnect_delay_set(*reconnect_s)
         self._client.connect_async("127.0.0.1", port, keepalive=5)
         self._client.loop_start()
 
@@ -182,13 +195,18 @@ class Soak:
         (workdir / "broker").mkdir()
         self.broker = LocalMosquitto(workdir / "broker", [
             f"listener {self.port} 127.0.0.1", "allow_anonymous true", "persistence true",
-            f"persistence_location {workdir / 'broker'}/",
-            f"autosave_interval {profile.broker_autosave_s:g}",
+            f"persistence_location {workdir / 'broker'}/", *self.persistence(),
         ], [self.port])
         self.state_dir = workdir / "state"
         self.logs: list[Path] = []
         self._stop = threading.Event()
         self._broker_lock = threading.Lock()
+
+    def persistence(self) -> list[str]:
+        seconds = self.profile.broker_autosave_s
+        if seconds is None:
+            return shipped_persistence()
+        return ["autosave_on_changes false", f"autosave_interval {seconds:g}"]
 
     def config(self) -> Path:
         audio = synthesize(MachineSpec(seed=5), AUDIO_S, RATE,
@@ -265,7 +283,7 @@ class Soak:
         started = time.monotonic()
         config = self.config()
         self.broker.start()
-        subscriber = Subscriber(self.port)
+        subscriber = Subscriber(self.port, self.profile.subscriber_reconnect_s)
         faults = threading.Thread(target=self.broker_faults, name="broker-faults")
         proc = None
         try:
@@ -350,8 +368,9 @@ def main() -> int:
     parser.add_argument("--broker-restarts", type=int, default=Profile.broker_restarts)
     parser.add_argument("--daemon-kills", type=int, default=Profile.daemon_kills)
     parser.add_argument("--seed", type=int, default=Profile.seed)
-    parser.add_argument("--broker-autosave-s", type=float, default=Profile.broker_autosave_s,
-                        help="mosquitto's autosave_interval")
+    parser.add_argument("--broker-autosave-s", type=float, default=None,
+                        help="save the broker every S seconds instead of on every change as "
+                             "the shipped conf does (shows what a timed save loses)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     args = parser.parse_args()
     print(f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} cores, "
@@ -359,7 +378,11 @@ def main() -> int:
     workdir = Path(tempfile.mkdtemp(prefix="fault-soak-"))
     profile = Profile(args.broker_restarts, args.daemon_kills, seed=args.seed,
                       broker_autosave_s=args.broker_autosave_s)
-    report = Soak(workdir, profile).run()
+    soak = Soak(workdir, profile)
+    print(f"broker saves: {', '.join(soak.persistence())}; the subscriber comes back "
+          f"{profile.subscriber_reconnect_s[0]:g}-{profile.subscriber_reconnect_s[1]:g} s "
+          "after each broker restart")
+    report = soak.run()
     print("\n".join(report.lines()))
     for mid in report.lost[:10]:
         print(f"  lost: {mid}")
