@@ -74,6 +74,12 @@ class MqttClient:
         self.outbox = Outbox(journal_path, settings.journal_max_events, settings.max_inflight,
                              self._connected, self._send_direct)
         self._last_error: str | None = None
+        # The newest state (and bundle status) per label, sent again at every reconnect: a
+        # broker that lost its retained messages (no persistence, a timed save, a new
+        # broker) would otherwise show nothing for a machine until its state changes.
+        self._retained: dict[str, Message] = {}
+        self._retained_lock = threading.Lock()
+        self._was_connected = False
         self._paho: paho.Client | None = None
         self._successor: MqttClient | None = None
         self._prepared: paho.Client | None = None
@@ -207,6 +213,9 @@ class MqttClient:
         journal (events are never lost; a state replaces the one queued before it); None is
         telemetry, dropped while disconnected (the next window brings a fresh one)."""
         if kind is not None:
+            if kind == KIND_STATE:
+                with self._retained_lock:
+                    self._retained[label] = message
             self.outbox.enqueue(message, kind, label)
             return
         client = self._paho
@@ -256,7 +265,7 @@ class MqttClient:
         removed = [m for m in self._machines if m not in new]
         self._machines = new
         for machine in removed:
-            self.outbox.enqueue(self.topics.state_clear_message(machine), KIND_STATE, machine)
+            self.send(self.topics.state_clear_message(machine), KIND_STATE, machine)
         if self.settings.ha_discovery and self._connected.is_set():
             self._send_direct(self.topics.discovery_removal_messages(removed))
             self._send_direct(self._discovery(new))
@@ -358,6 +367,11 @@ class MqttClient:
         self._send_direct([self.topics.availability_message(online=True)])
         if s.ha_discovery:
             self._send_direct(self._discovery(self._machines))
+        if self._was_connected:  # the first time, the journal sends them anyway
+            with self._retained_lock:
+                retained = list(self._retained.values())
+            self._send_direct(retained)
+        self._was_connected = True
         self._connected.set()
         self.outbox.connected_again()
 

@@ -92,6 +92,27 @@ def test_state_and_availability_are_retained(mosquitto, mqtt_recorder, clients, 
     assert body["since"].endswith("Z")
 
 
+def test_state_is_sent_again_to_a_broker_that_lost_its_retained_messages(
+    mosquitto, mqtt_recorder, clients, tmp_path
+):
+    client = clients(settings_for(mosquitto), tmp_path / "j.sqlite3", machines=("pump", "fan"))
+    client.publish_state("pump", MachineState("normal", 0.2, 1.0, utc_now()))
+    client.publish_state("pump", MachineState("anomaly", 2.5, 1.0, utc_now()))
+    client.publish_state("fan", MachineState("normal", 0.1, 1.0, utc_now()))
+    wait_until(lambda: client.connected, "connection")
+    assert client.flush(WAIT_S)
+
+    mosquitto.stop()  # persistence off: every retained message is gone with it
+    wait_until(lambda: not client.connected, "the client to notice the outage")
+    mosquitto.start()
+    wait_until(lambda: client.connected, "the reconnection")
+    late = mqtt_recorder(mosquitto, [f"{ROOT}/machines/+/state"])
+    [pump] = late.wait_topic(f"{ROOT}/machines/pump/state")
+    [fan] = late.wait_topic(f"{ROOT}/machines/fan/state")
+    assert pump.retain and json.loads(pump.payload)["status"] == "anomaly"  # the newest
+    assert fan.retain and json.loads(fan.payload)["status"] == "normal"
+
+
 def test_events_arrive_with_ids_qos1_not_retained(mosquitto, mqtt_recorder, clients, tmp_path):
     recorder = mqtt_recorder(mosquitto, [f"{ROOT}/machines/+/events", f"{ROOT}/machines/+/score"])
     client = clients(settings_for(mosquitto), tmp_path / "j.sqlite3")
