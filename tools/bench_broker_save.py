@@ -19,10 +19,14 @@ import tempfile
 import time
 from pathlib import Path
 
-import paho.mqtt.client as paho
-from fault_soak import shipped_persistence  # tools/ is on sys.path when run as a script
+from fault_soak import (  # tools/ is on sys.path when run as a script
+    connect_client,
+    persistent_broker,
+    positive,
+    shipped_persistence,
+)
 
-from edge_monitor.demo.local_broker import LocalMosquitto, free_port
+from edge_monitor.demo.local_broker import free_port
 
 PAYLOAD = b"x" * 600  # about an alarm event's JSON
 
@@ -32,27 +36,17 @@ def written_bytes(pid: int) -> int:
         return next(int(line.split()[1]) for line in io if line.startswith("write_bytes"))
 
 
-def connect(port: int, client_id: str, clean: bool) -> paho.Client:
-    client = paho.Client(callback_api_version=paho.CallbackAPIVersion.VERSION2,
-                         client_id=client_id, clean_session=clean, protocol=paho.MQTTv311)
-    client.connect("127.0.0.1", port)
-    client.loop_start()
-    return client
-
-
 def measure(workdir: Path, persistence: list[str], events: int) -> str:
     port = free_port()
-    broker = LocalMosquitto(workdir, [f"listener {port} 127.0.0.1", "allow_anonymous true",
-                                      "persistence true", f"persistence_location {workdir}/",
-                                      *persistence], [port])
+    broker = persistent_broker(workdir, port, persistence)
     broker.start()
     try:
-        consumer = connect(port, "absent-consumer", False)
+        consumer = connect_client(port, "absent-consumer", False)
         consumer.subscribe("events/#", qos=1)
         time.sleep(0.3)
         consumer.disconnect()
         consumer.loop_stop()
-        box = connect(port, "box", True)
+        box = connect_client(port, "box", True)
         assert broker.pid is not None
         before, started = written_bytes(broker.pid), time.perf_counter()
         for _ in range(events):
@@ -74,9 +68,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=1000,
                         help="events queued (the shipped max_queued_messages is 10000)")
-    parser.add_argument("--timed-s", type=float, default=60.0,
+    parser.add_argument("--timed-s", type=positive, default=60.0,
                         help="the timed save to compare with (mosquitto's autosave_interval)")
     args = parser.parse_args()
+    if args.events < 1:
+        parser.error(f"--events {args.events}: queue at least 1 event")
     print(f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} cores; "
           f"{args.events} events of {len(PAYLOAD)} B queued for an absent consumer")
     modes = [shipped_persistence(),

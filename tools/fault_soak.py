@@ -70,6 +70,34 @@ def shipped_persistence() -> list[str]:
     return [line for line in lines if line.split(" ", 1)[0] in PERSISTENCE_KEYS]
 
 
+def persistent_broker(workdir: Path, port: int, persistence: list[str]) -> LocalMosquitto:
+    """An anonymous loopback mosquitto that saves into `workdir` as `persistence` says."""
+    return LocalMosquitto(workdir, [
+        f"listener {port} 127.0.0.1", "allow_anonymous true", "persistence true",
+        f"persistence_location {workdir}/", *persistence,
+    ], [port])
+
+
+def connect_client(port: int, client_id: str, clean: bool,
+                   received: list[bytes] | None = None) -> paho.Client:
+    """A connected MQTT 3.1.1 client; payloads it receives go to `received`."""
+    client = paho.Client(callback_api_version=paho.CallbackAPIVersion.VERSION2,
+                         client_id=client_id, clean_session=clean, protocol=paho.MQTTv311)
+    if received is not None:
+        client.on_message = lambda c, u, message: received.append(message.payload)
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    return client
+
+
+def positive(text: str) -> float:
+    """argparse type: a number above zero."""
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number above zero")
+    return value
+
+
 def ramped_faults(total_s: float, lead_s: float) -> list[FaultSegment]:
     """After `lead_s` of normal sound, faults that grow in four steps of 1.5 s (so each
     alarm has a `new` and `update`s) with 4 s of normal sound between them."""
@@ -193,10 +221,7 @@ class Soak:
         self.report = Report()
         self.port = free_port()
         (workdir / "broker").mkdir()
-        self.broker = LocalMosquitto(workdir / "broker", [
-            f"listener {self.port} 127.0.0.1", "allow_anonymous true", "persistence true",
-            f"persistence_location {workdir / 'broker'}/", *self.persistence(),
-        ], [self.port])
+        self.broker = persistent_broker(workdir / "broker", self.port, self.persistence())
         self.state_dir = workdir / "state"
         self.logs: list[Path] = []
         self._stop = threading.Event()
@@ -368,7 +393,7 @@ def main() -> int:
     parser.add_argument("--broker-restarts", type=int, default=Profile.broker_restarts)
     parser.add_argument("--daemon-kills", type=int, default=Profile.daemon_kills)
     parser.add_argument("--seed", type=int, default=Profile.seed)
-    parser.add_argument("--broker-autosave-s", type=float, default=None,
+    parser.add_argument("--broker-autosave-s", type=positive, default=None,
                         help="save the broker every S seconds instead of on every change as "
                              "the shipped conf does (shows what a timed save loses)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")

@@ -10,9 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-import paho.mqtt.client as paho
-
-from edge_monitor.demo.local_broker import LocalMosquitto, free_port
+from edge_monitor.demo.local_broker import free_port
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))
 import fault_soak  # a tool, found by the path above
@@ -30,32 +28,21 @@ def test_short_fault_soak_loses_no_event_and_leaves_no_alarm_open(tmp_path):
     assert report.lost == [] and report.open_alarms == [] and report.journal_backlog == 0
 
 
-def _client(port: int, client_id: str, clean: bool, got: list[bytes]) -> paho.Client:
-    client = paho.Client(callback_api_version=paho.CallbackAPIVersion.VERSION2,
-                         client_id=client_id, clean_session=clean, protocol=paho.MQTTv311)
-    client.on_message = lambda c, u, message: got.append(message.payload)
-    client.connect("127.0.0.1", port)
-    client.loop_start()
-    return client
-
-
 def _after_broker_sigkill(workdir: Path, persistence: list[str]) -> list[bytes]:
     """What a persistent-session consumer gets after a broker SIGKILL: one event queued
     while it was away before the kill, one sent after the restart before it is back."""
     port = free_port()
-    broker = LocalMosquitto(workdir, [f"listener {port} 127.0.0.1", "allow_anonymous true",
-                                      "persistence true", f"persistence_location {workdir}/",
-                                      *persistence], [port])
+    broker = fault_soak.persistent_broker(workdir, port, persistence)
     broker.start()
     got: list[bytes] = []
     try:
-        consumer = _client(port, "notifier", False, got)
+        consumer = fault_soak.connect_client(port, "notifier", False, got)
         consumer.subscribe("events/#", qos=1)
         time.sleep(0.3)
         consumer.disconnect()
         consumer.loop_stop()
         for payload in (b"queued before the kill", b"sent before the consumer is back"):
-            box = _client(port, "box", True, [])
+            box = fault_soak.connect_client(port, "box", True)
             box.publish("events/pump", payload, qos=1).wait_for_publish(5)
             box.disconnect()
             box.loop_stop()
@@ -63,7 +50,7 @@ def _after_broker_sigkill(workdir: Path, persistence: list[str]) -> list[bytes]:
                 time.sleep(0.2)  # the save follows the acknowledgement by a loop pass (ms)
                 broker.kill()
                 broker.start()
-        consumer = _client(port, "notifier", False, got)
+        consumer = fault_soak.connect_client(port, "notifier", False, got)
         deadline = time.monotonic() + 3.0
         while len(got) < 2 and time.monotonic() < deadline:
             time.sleep(0.05)
